@@ -1,0 +1,14 @@
+"""The /api/v1 router tree. Every route carries a guard (see corral.auth.dependencies)."""
+
+from fastapi import APIRouter
+
+from corral.audit.endpoints import router as audit_router
+from corral.auth.endpoints import router as me_router
+from corral.rbac.endpoints import router as rbac_router
+from corral.tenant.endpoints import router as tenant_router
+from corral.tokens.endpoints import router as tokens_router
+from corral.users.endpoints import router as users_router
+
+api_router = APIRouter(prefix="/api/v1")
+for router in (me_router, users_router, rbac_router, tokens_router, audit_router, tenant_router):
+    api_router.include_router(router)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.audit.schemas import AuditFilter
+from corral.kit.pagination import Page, decode_cursor, encode_cursor
+from corral.models import AuditEvent
+
+
+def _filtered(filters: AuditFilter) -> Select[tuple[AuditEvent]]:
+    stmt = select(AuditEvent)
+    if filters.actor:
+        stmt = stmt.where(AuditEvent.actor_name.icontains(filters.actor, autoescape=True))
+    if filters.activity:
+        stmt = stmt.where(AuditEvent.activity == filters.activity)
+    if filters.category:
+        stmt = stmt.where(AuditEvent.category == filters.category)
+    if filters.result:
+        stmt = stmt.where(AuditEvent.result == filters.result)
+    if filters.target_type:
+        stmt = stmt.where(AuditEvent.target_type == filters.target_type)
+    if filters.target_id:
+        stmt = stmt.where(AuditEvent.target_id == filters.target_id)
+    if filters.correlation_id:
+        stmt = stmt.where(AuditEvent.correlation_id == filters.correlation_id)
+    if filters.since:
+        stmt = stmt.where(AuditEvent.occurred_at >= filters.since)
+    if filters.until:
+        stmt = stmt.where(AuditEvent.occurred_at < filters.until)
+    return stmt.order_by(AuditEvent.seq.desc())
+
+
+async def list_events(session: AsyncSession, filters: AuditFilter) -> Page[AuditEvent]:
+    stmt = _filtered(filters)
+    cursor = decode_cursor(filters.cursor)
+    if cursor:
+        try:
+            last_seq = int(cursor[0])
+        except (TypeError, ValueError):
+            last_seq = 0
+        stmt = stmt.where(AuditEvent.seq < last_seq)
+    rows = list((await session.scalars(stmt.limit(filters.limit + 1))).all())
+    more = len(rows) > filters.limit
+    items = rows[: filters.limit]
+    return Page(items=items, next_cursor=encode_cursor([items[-1].seq]) if more and items else None)
+
+
+async def export_events(session: AsyncSession, filters: AuditFilter, limit: int) -> list[AuditEvent]:
+    return list((await session.scalars(_filtered(filters).limit(limit))).all())
+
+
+async def distinct_activities(session: AsyncSession) -> list[str]:
+    rows = await session.scalars(select(AuditEvent.activity).distinct().order_by(AuditEvent.activity))
+    return list(rows.all())

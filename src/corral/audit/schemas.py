@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AuditFilter(BaseModel):
+    actor: str | None = Field(default=None, max_length=320, description="Actor name contains (case-insensitive)")
+    activity: str | None = Field(default=None, max_length=128)
+    category: str | None = Field(default=None, max_length=64)
+    result: str | None = Field(default=None, pattern="^(success|failure)$")
+    target_type: str | None = Field(default=None, max_length=64)
+    target_id: str | None = Field(default=None, max_length=64)
+    correlation_id: str | None = Field(default=None, max_length=64)
+    since: datetime | None = None
+    until: datetime | None = None
+    cursor: str | None = Field(default=None, max_length=200)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class ModifiedProperty(BaseModel):
+    name: str
+    old: Any = None
+    new: Any = None
+
+
+class AuditEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    occurred_at: datetime
+    category: str
+    activity: str
+    operation: str
+    result: str
+    actor_type: str
+    actor_id: uuid.UUID | None
+    actor_name: str | None
+    actor_token_id: uuid.UUID | None
+    target_type: str | None
+    target_id: str | None
+    target_name: str | None
+    modified_properties: list[ModifiedProperty]
+    detail: str | None
+    correlation_id: str | None
+    ip_address: str | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None

@@ -1,0 +1,113 @@
+"""The audit trail: every admin state change and every sign-in, append-only."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from corral.audit import repository
+from corral.audit.schemas import AuditFilter
+from corral.kit import context
+from corral.kit.pagination import Page
+from corral.models import AuditEvent
+
+REDACTED = "[redacted]"
+_SECRET_NAME = re.compile(r"password|secret|token|private|key|totp|otp|credential", re.IGNORECASE)
+
+Change = tuple[str, Any, Any]
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_json_safe(item) for item in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+def redact(changes: Sequence[Change]) -> list[dict[str, Any]]:
+    out = []
+    for name, old, new in changes:
+        secret = bool(_SECRET_NAME.search(name))
+        out.append(
+            {
+                "name": name,
+                "old": REDACTED if secret and old is not None else _json_safe(old),
+                "new": REDACTED if secret and new is not None else _json_safe(new),
+            }
+        )
+    return out
+
+
+def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Change]:
+    """The properties whose values differ, as (name, old, new)."""
+    names = list(dict.fromkeys([*before, *after]))
+    return [(n, before.get(n), after.get(n)) for n in names if before.get(n) != after.get(n)]
+
+
+def build_event(
+    *,
+    activity: str,
+    category: str,
+    operation: str,
+    result: str = "success",
+    target_type: str | None = None,
+    target_id: object | None = None,
+    target_name: str | None = None,
+    changes: Sequence[Change] = (),
+    detail: str | None = None,
+    actor: context.Actor | None = None,
+) -> AuditEvent:
+    ctx = context.current()
+    who = actor or ctx.actor or context.Actor(type="anonymous")
+    return AuditEvent(
+        category=category,
+        activity=activity,
+        operation=operation,
+        result=result,
+        actor_type=who.type,
+        actor_id=who.id,
+        actor_name=who.name,
+        actor_token_id=who.token_id,
+        target_type=target_type,
+        target_id=str(target_id) if target_id is not None else None,
+        target_name=target_name,
+        modified_properties=redact(changes),
+        detail=detail[:1024] if detail else None,
+        correlation_id=ctx.correlation_id,
+        ip_address=ctx.client_ip,
+        user_agent=ctx.user_agent[:512] if ctx.user_agent else None,
+    )
+
+
+class AuditService:
+    async def record(self, session: AsyncSession, **fields: Any) -> AuditEvent:
+        """Record within the caller's transaction: the event lands exactly when the change does."""
+        event = build_event(**fields)
+        session.add(event)
+        await session.flush()
+        return event
+
+    async def record_now(self, sessionmaker: async_sessionmaker[AsyncSession], **fields: Any) -> None:
+        """Record in a transaction of its own: for refusals and failures whose request rolls back."""
+        async with sessionmaker() as session:
+            session.add(build_event(**fields))
+            await session.commit()
+
+    async def list(self, session: AsyncSession, filters: AuditFilter) -> Page[AuditEvent]:
+        return await repository.list_events(session, filters)
+
+    async def export(self, session: AsyncSession, filters: AuditFilter, limit: int = 100_000) -> list[AuditEvent]:
+        return await repository.export_events(session, filters, limit)
+
+    async def activities(self, session: AsyncSession) -> list[str]:
+        return await repository.distinct_activities(session)
+
+
+audit_service = AuditService()

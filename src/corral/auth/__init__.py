@@ -1,0 +1,1 @@
+"""Sign-in, server-side sessions, second factor, API tokens, and the route guard."""

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from corral.models import ApiToken, RoleAssignment, SignInThrottle, User, UserSession, role_assignment_members
+
+
+async def user_by_email(session: AsyncSession, email: str) -> User | None:
+    return await session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+
+
+async def session_with_user(session: AsyncSession, token_hash: bytes) -> tuple[UserSession, User] | None:
+    row = (
+        await session.execute(
+            select(UserSession, User).join(User, User.id == UserSession.user_id).where(
+                UserSession.token_hash == token_hash
+            )
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def token_with_user(session: AsyncSession, token_hash: bytes) -> tuple[ApiToken, User] | None:
+    row = (
+        await session.execute(
+            select(ApiToken, User).join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == token_hash)
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def assignments_of(session: AsyncSession, user_id: uuid.UUID) -> list[RoleAssignment]:
+    stmt = (
+        select(RoleAssignment)
+        .join(role_assignment_members, role_assignment_members.c.role_assignment_id == RoleAssignment.id)
+        .where(role_assignment_members.c.user_id == user_id)
+        .options(selectinload(RoleAssignment.role), selectinload(RoleAssignment.scope_tags))
+        .order_by(RoleAssignment.name)
+    )
+    return list((await session.scalars(stmt)).unique().all())
+
+
+async def delete_session(session: AsyncSession, session_id: uuid.UUID) -> None:
+    await session.execute(delete(UserSession).where(UserSession.id == session_id))
+
+
+async def delete_sessions_of(session: AsyncSession, user_id: uuid.UUID) -> int:
+    result = await session.execute(delete(UserSession).where(UserSession.user_id == user_id))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def touch_session(session: AsyncSession, session_id: uuid.UUID, now: datetime) -> None:
+    await session.execute(update(UserSession).where(UserSession.id == session_id).values(last_seen_at=now))
+
+
+async def touch_token(session: AsyncSession, token_id: uuid.UUID, now: datetime) -> None:
+    await session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+
+
+async def throttle_rows(session: AsyncSession, keys: list[str]) -> list[SignInThrottle]:
+    return list((await session.scalars(select(SignInThrottle).where(SignInThrottle.key.in_(keys)))).all())
+
+
+async def lock_throttle(session: AsyncSession, key: str, now: datetime) -> SignInThrottle:
+    await session.execute(
+        insert(SignInThrottle).values(key=key, failures=0, window_started_at=now).on_conflict_do_nothing()
+    )
+    row = await session.scalar(select(SignInThrottle).where(SignInThrottle.key == key).with_for_update())
+    assert row is not None
+    return row
+
+
+async def clear_throttle(session: AsyncSession, key: str) -> None:
+    await session.execute(delete(SignInThrottle).where(SignInThrottle.key == key))
+
+
+async def sessions_of(session: AsyncSession, user_id: uuid.UUID) -> list[UserSession]:
+    return list((await session.scalars(select(UserSession).where(UserSession.user_id == user_id))).all())

@@ -1,0 +1,277 @@
+"""The `corral` command: server, database and administration."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.config import Settings, get_settings
+from corral.errors import CorralError
+from corral.kit import context
+from corral.kit.db import create_engine, create_sessionmaker
+from corral.kit.embedded import resolve_database_url
+from corral.kit.logging import configure_logging
+
+app = typer.Typer(help="Corral: device and app management.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+admin_app = typer.Typer(help="Administrator accounts.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for automation.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+app.add_typer(token_app, name="token")
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            typer.secho(f"configuration error: {error['msg']}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(message, fg="red", err=True)
+    return typer.Exit(1)
+
+
+def _run_in_session(url: str, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                result = await fn(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    context.set_current(context.RequestContext(
+        correlation_id=uuid.uuid4().hex, actor=context.Actor(type="system", name=f"cli:{getpass.getuser()}")
+    ))
+    try:
+        return asyncio.run(runner())
+    finally:
+        context._current.set(None)
+
+
+# ------------------------------------------------------------------------------------------- db
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations (to the latest by default)."""
+    from corral.kit.migrations import upgrade
+
+    settings = _settings()
+    _handle, url = resolve_database_url(settings)
+    upgrade(url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (e.g. -1, or base)."""
+    from corral.kit.migrations import downgrade
+
+    settings = _settings()
+    _handle, url = resolve_database_url(settings)
+    downgrade(url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's revision and whether it is current."""
+    from corral.kit.migrations import current_revisions, head_revisions
+
+    settings = _settings()
+    _handle, url = resolve_database_url(settings)
+
+    async def check() -> set[str]:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        try:
+            return await current_revisions(engine)
+        finally:
+            await engine.dispose()
+
+    current = asyncio.run(check())
+    heads = head_revisions()
+    typer.echo(f"current: {', '.join(sorted(current)) or 'empty'}; head: {', '.join(sorted(heads))}")
+    if current != heads:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------- admins
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = typer.prompt("Password", hide_input=True)
+    second = typer.prompt("Repeat password", hide_input=True)
+    if first != second:
+        raise _fail("The passwords differ.")
+    return str(first)
+
+
+@admin_app.command("create")
+def admin_create(
+    email: Annotated[str, typer.Option(help="Sign-in email address")],
+    role: Annotated[str, typer.Option(help="Role name, e.g. 'Global administrator'")] = "Global administrator",
+    display_name: Annotated[str, typer.Option(help="Display name")] = "",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+    one_time: Annotated[bool, typer.Option("--one-time-password",
+                                           help="Generate a one-time password to change at first sign-in")] = False,
+) -> None:
+    """Create a local administrator account with a role over everything."""
+    from corral.rbac.service import rbac_service
+    from corral.users.schemas import UserCreate
+    from corral.users.service import user_service
+
+    settings = _settings()
+    password = None if one_time else _read_password(password_stdin)
+    _handle, url = resolve_database_url(settings)
+
+    async def create(session: AsyncSession) -> Any:
+        role_row = await rbac_service.role_by_name(session, role)
+        data = UserCreate(email=email, display_name=display_name, password=password, role_id=role_row.id)
+        return await user_service.create_local(session, data)
+
+    try:
+        created = _run_in_session(url, create)
+    except ValidationError as exc:
+        raise _fail(f"invalid input: {exc.errors()[0]['msg']}") from exc
+    except CorralError as exc:
+        raise _fail(exc.detail) from exc
+    typer.echo(f"created {created.user.email} ({role})")
+    if created.one_time_password:
+        typer.echo(f"one-time password (shown once; must be changed at first sign-in): {created.one_time_password}")
+
+
+# ------------------------------------------------------------------------------------------- tokens
+@token_app.command("create")
+def token_create(
+    email: Annotated[str, typer.Option(help="The administrator the token acts as")],
+    name: Annotated[str, typer.Option(help="What the token is for")] = "automation",
+    days: Annotated[int, typer.Option(help="Days until it expires (1-730)")] = 90,
+    permission: Annotated[list[str] | None, typer.Option(help="Narrow to this permission (repeatable)")] = None,
+) -> None:
+    """Create an API token for an administrator; printed once."""
+    from corral.auth.service import auth_service
+    from corral.tokens.schemas import ApiTokenCreate
+    from corral.tokens.service import token_service
+    from corral.users import repository as users_repository
+
+    settings = _settings()
+    _handle, url = resolve_database_url(settings)
+
+    async def create(session: AsyncSession) -> str:
+        user = await users_repository.by_email(session, email)
+        if user is None:
+            raise CorralError(f"No account has the email address {email}.")
+        principal = await auth_service.principal_for(session, user)
+        if not principal.is_admin:
+            raise CorralError(f"{email} holds no role; a token would be able to do nothing.")
+        data = ApiTokenCreate(name=name, expires_in_days=days, permissions=permission or None)
+        _token, secret = await token_service.create(session, user, data, owner_permissions=principal.permissions)
+        return secret
+
+    try:
+        secret = _run_in_session(url, create)
+    except ValidationError as exc:
+        raise _fail(f"invalid input: {exc.errors()[0]['msg']}") from exc
+    except CorralError as exc:
+        raise _fail(exc.detail) from exc
+    typer.echo(secret)
+
+
+# ------------------------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (CORRAL_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (CORRAL_PORT)")] = None,
+    migrate: Annotated[bool, typer.Option("--migrate", help="Apply pending migrations first")] = False,
+    https: Annotated[bool | None, typer.Option("--https/--http",
+                                               help="Serve TLS directly (CORRAL_TLS); else plain HTTP")] = None,
+) -> None:
+    """Serve the admin center, the REST API and the device endpoints."""
+    import uvicorn
+
+    from corral.kit.migrations import is_current, upgrade
+    from corral.main import create_app
+    from corral.pki.service import pki_service
+    from corral.users.service import user_service
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    host = host or settings.host
+    port = port or settings.port
+    use_tls = settings.tls if https is None else https
+    handle, url = resolve_database_url(settings)
+    if migrate:
+        upgrade(url)
+
+    async def current() -> bool:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        try:
+            return await is_current(engine)
+        finally:
+            await engine.dispose()
+
+    if not asyncio.run(current()):
+        raise _fail("The database schema is not current: run 'corral db upgrade' first, or 'corral serve --migrate'.")
+
+    created = _run_in_session(url, lambda s: user_service.ensure_bootstrap_admin(s, settings.bootstrap_admin_email))
+
+    ssl: dict[str, Any] = {}
+    ca_fingerprint = None
+    if use_tls:
+        settings = settings.model_copy(update={"tls": True})
+        if settings.tls_cert_file and settings.tls_key_file:
+            ssl = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+        else:
+            hostnames = list(dict.fromkeys([urlsplit(settings.base_url).hostname or "localhost", "localhost",
+                                            "127.0.0.1"]))
+            cert, key, ca_fingerprint = _run_in_session(
+                url, lambda s: pki_service.write_server_certificate(s, settings, hostnames, settings.data_dir / "tls")
+            )
+            ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+
+    scheme = "https" if use_tls else "http"
+    listen = f"{scheme}://{host}:{port}"
+    if "base_url" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"base_url": listen, "tls": use_tls})
+    typer.echo(f"Corral is starting on {listen} (public URL: {settings.base_url})")
+    typer.echo(f"Admin center: {settings.base_url}/portal")
+    if ca_fingerprint:
+        typer.echo(f"TLS certificate from Corral's own CA ({settings.data_dir / 'tls' / 'ca.crt'}), "
+                   f"SHA-256 fingerprint {ca_fingerprint}")
+    if created is not None:
+        typer.echo("")
+        typer.echo("First start: a Global administrator was created. Sign in with")
+        typer.echo(f"  email:    {created.user.email}")
+        typer.echo(f"  password: {created.one_time_password}   (one-time: you choose a new one at first sign-in;")
+        typer.echo("            it is not shown again — `corral admin create` makes another administrator)")
+        typer.echo("")
+    application = create_app(settings, database_url=url)
+    application.state.database_handle = handle
+    uvicorn.run(
+        application, host=host, port=port, log_config=None, proxy_headers=False, server_header=False,
+        timeout_graceful_shutdown=15, **ssl,
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

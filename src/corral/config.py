@@ -1,0 +1,135 @@
+"""Settings: the only place that reads the environment.
+
+Every value comes from an environment variable prefixed ``CORRAL_`` or from the settings file named by
+``CORRAL_SETTINGS_FILE`` (a dotenv-style ``KEY=value`` file). In development a secret key is generated once and
+kept in the data directory; in production it must be given explicitly and must not be a placeholder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "secret", "password", "corral", "development", "dev", "test", "xxx"}
+)
+MIN_SECRET_LENGTH = 32
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CORRAL_",
+        env_file=os.environ.get("CORRAL_SETTINGS_FILE"),
+        extra="ignore",
+    )
+
+    env: Environment = Environment.development
+    data_dir: Path = Path.home() / ".local" / "share" / "corral"
+    database_url: str | None = None
+    secret_key: str | None = None
+    base_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # TLS served directly by ``corral serve`` (otherwise a TLS proxy in front).
+    tls: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto headers are believed.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Admin sessions
+    session_idle_minutes: int = 30
+    session_absolute_hours: int = 12
+
+    # Sign-in throttling: failures within the window before further attempts are refused.
+    signin_window_minutes: int = 15
+    signin_max_failures_per_account: int = 5
+    signin_max_failures_per_client: int = 20
+
+    bootstrap_admin_email: str = "admin@corral.local"
+
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _valid_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError("CORRAL_BASE_URL must be an absolute http(s) URL, e.g. https://corral.example.com")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Settings:
+        if self.env is Environment.production:
+            if not self.secret_key:
+                raise ValueError("CORRAL_SECRET_KEY is required when CORRAL_ENV=production")
+            if not self.base_url.startswith("https://"):
+                raise ValueError("CORRAL_BASE_URL must use https:// when CORRAL_ENV=production")
+        if self.secret_key is not None:
+            if self.secret_key.strip().lower() in PLACEHOLDER_SECRETS or len(self.secret_key) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"CORRAL_SECRET_KEY must be a random value of at least {MIN_SECRET_LENGTH} characters "
+                    "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                )
+        return self
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://") or self.tls
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies]
+
+    def resolved_secret_key(self) -> str:
+        """The secret key; in development, generated once and stored (0600) in the data directory."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+        return key
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,107 @@
+"""Render every error: Problem Details (RFC 9457) for machine clients, a page or a redirect for the portal.
+Nothing unexpected reaches a user as a bare 500: it is logged with its correlation id and answered politely."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corral.auth.dependencies import PasswordChangeRequired
+from corral.errors import CorralError, NotAuthenticated
+from corral.kit import context
+
+log = logging.getLogger("corral.errors")
+
+MACHINE_PREFIXES = ("/api/", "/device/", "/mam/", "/scim/", "/metrics", "/healthz", "/readyz")
+
+
+def wants_problem(request: Request) -> bool:
+    return request.url.path.startswith(MACHINE_PREFIXES) or "application/json" in request.headers.get("accept", "")
+
+
+def problem(status: int, title: str, detail: str, *, errors: list[dict[str, Any]] | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "correlation_id": context.current().correlation_id,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def portal_error(request: Request, status: int, title: str, detail: str,
+                 headers: dict[str, str] | None = None) -> Response:
+    from corral.portal.rendering import render_error
+
+    return render_error(request, status, title, detail, headers=headers)
+
+
+async def corral_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CorralError)
+    if wants_problem(request):
+        headers = dict(exc.headers)
+        if isinstance(exc, NotAuthenticated):
+            headers.setdefault("WWW-Authenticate", "Bearer")
+        return problem(exc.status_code, exc.title, exc.detail, errors=exc.errors, headers=headers)
+    if isinstance(exc, NotAuthenticated) and request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/portal/sign-in?next={quote(target, safe='')}", status_code=303)
+    if isinstance(exc, PasswordChangeRequired):
+        return RedirectResponse("/portal/account/password", status_code=303)
+    return portal_error(request, exc.status_code, exc.title, exc.detail, headers=exc.headers)
+
+
+def _location(error: Any) -> str:
+    return ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "request"
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"location": _location(e), "message": e.get("msg", "invalid"), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    summary = "; ".join(f"{e['location']}: {e['message']}" for e in errors[:5])
+    if wants_problem(request):
+        return problem(422, "Validation failed", summary or "The request is not valid.", errors=errors)
+    return portal_error(request, 400, "That request was not valid", summary)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed", 400: "Bad request", 413: "Payload too large"}
+    title = titles.get(exc.status_code, "Error")
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    if exc.status_code == 404:
+        detail = "There is nothing at this address."
+    if wants_problem(request):
+        return problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
+    return portal_error(request, exc.status_code, title, detail)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    detail = (
+        "Something went wrong on our side; nothing was changed. Quote the correlation id "
+        f"{context.current().correlation_id} when you report it."
+    )
+    if wants_problem(request):
+        return problem(500, "Internal error", detail)
+    return portal_error(request, 500, "Something went wrong", detail)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(CorralError, corral_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from corral.auth.dependencies import PUBLIC, Require
+from corral.kit.migrations import is_current
+from corral.rbac.permissions import P
+from corral.rbac.principal import Principal
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", dependencies=[PUBLIC])
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", dependencies=[PUBLIC], responses={503: {"description": "Not ready"}})
+async def readyz(request: Request) -> JSONResponse:
+    """The database is reachable and its schema is current."""
+    engine = request.app.state.engine
+    checks: dict[str, str] = {}
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if await is_current(engine) else "pending: run 'corral db upgrade'"
+    except Exception as exc:  # any failure means not ready
+        checks.setdefault("database", f"unreachable: {type(exc).__name__}")
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(_: Annotated[Principal, Depends(Require(P.system_metrics))]) -> Response:
+    """Prometheus metrics; scrape with an API token holding system:metrics."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Building blocks without domain logic: database, security helpers, pagination, CSV, time."""

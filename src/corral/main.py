@@ -1,0 +1,76 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from corral import error_handlers
+from corral.api import api_router
+from corral.config import Settings, get_settings
+from corral.health.endpoints import router as health_router
+from corral.kit.db import create_engine, create_sessionmaker
+from corral.kit.embedded import resolve_database_url
+from corral.kit.middleware import RequestContextMiddleware
+from corral.kit.migrations import is_current
+from corral.kit.paths import STATIC_DIR
+from corral.kit.routes import route_templates
+from corral.portal.router import portal_router
+
+log = logging.getLogger("corral")
+
+
+class NotMigrated(RuntimeError):
+    pass
+
+
+def create_app(settings: Settings | None = None, *, database_url: str | None = None,
+               check_migrations: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        handle: Any = None
+        url = database_url
+        if url is None:
+            handle, url = resolve_database_url(settings)
+        engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+        if check_migrations and not await is_current(engine):
+            await engine.dispose()
+            raise NotMigrated(
+                "The database schema is not current. Run 'corral db upgrade' (or start with 'corral serve "
+                "--migrate')."
+            )
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.database_handle = handle
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Corral",
+        version="0.1.0",
+        summary="Device and app management: admin REST API",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    error_handlers.install(app)
+    app.include_router(health_router)
+    app.include_router(api_router)
+    app.include_router(portal_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.state.route_templates = route_templates(app)
+    app.add_middleware(
+        RequestContextMiddleware, trusted_proxies=settings.trusted_proxy_networks, hsts=settings.secure_cookies
+    )
+    return app

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from sqlalchemy import CheckConstraint, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from corral.kit.db import Model, TimestampMixin
+
+
+class TenantSettings(TimestampMixin, Model):
+    """The organisation's own settings: one row."""
+
+    __tablename__ = "tenant_settings"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, default=1)
+    organization_name: Mapped[str] = mapped_column(String(128), default="Corral")
+    support_email: Mapped[str] = mapped_column(String(320), default="")
+    support_phone: Mapped[str] = mapped_column(String(64), default="")
+    support_url: Mapped[str] = mapped_column(String(512), default="")

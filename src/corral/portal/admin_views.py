@@ -1,0 +1,463 @@
+"""Admin center pages for tenant administration. Each calls the same service as its /api/v1 twin."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from corral.audit.endpoints import CSV_HEADER, csv_row
+from corral.audit.schemas import AuditFilter
+from corral.audit.service import audit_service
+from corral.auth.dependencies import Authenticated, Require
+from corral.errors import CorralError, Forbidden
+from corral.kit.csvexport import to_csv
+from corral.kit.db import SessionDep
+from corral.kit.time import utcnow
+from corral.models import ApiToken, AuditEvent, RoleDefinition, User, UserSession
+from corral.portal.rendering import redirect, render
+from corral.rbac.permissions import DESCRIPTIONS, P
+from corral.rbac.principal import Principal
+from corral.rbac.schemas import RoleAssignmentCreate, RoleCreate, RoleUpdate, ScopeTagCreate
+from corral.rbac.service import rbac_service, role_permissions
+from corral.tenant.schemas import TenantSettingsUpdate
+from corral.tenant.service import tenant_service
+from corral.tokens.schemas import ApiTokenCreate
+from corral.tokens.service import token_service
+from corral.users.schemas import UserCreate, UserUpdate
+from corral.users.service import user_service
+
+router = APIRouter(prefix="/portal", include_in_schema=False)
+
+
+def need(*permissions: P, any_of: bool = False) -> type[Principal]:
+    return Annotated[Principal, Depends(Require(*permissions, any_of=any_of))]  # type: ignore[return-value]
+
+
+SignedIn = Annotated[Principal, Depends(Authenticated())]
+AdminsRead = need(P.roles_read, P.users_read, any_of=True)
+UsersWrite = need(P.users_write)
+RolesRead = need(P.roles_read)
+RolesWrite = need(P.roles_write)
+RolesAssign = need(P.roles_assign)
+TagsRead = need(P.scope_tags_read)
+TagsWrite = need(P.scope_tags_write)
+AuditRead = need(P.audit_read)
+SettingsRead = need(P.settings_read)
+SettingsWrite = need(P.settings_write)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error.get("loc", ()))
+    return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid"))
+
+
+# ------------------------------------------------------------------------------------------- dashboard
+@router.get("")
+async def dashboard(request: Request, session: SessionDep, principal: SignedIn) -> Response:
+    since = utcnow() - timedelta(hours=24)
+    counts: dict[str, int] = {}
+    if principal.has_any(P.roles_read, P.users_read):
+        counts["users"] = int(await session.scalar(select(func.count()).select_from(User)) or 0)
+        counts["admins"] = len(await user_service.list_admins(session))
+        counts["active_sessions"] = int(
+            await session.scalar(select(func.count()).select_from(UserSession).where(
+                UserSession.pending_mfa.is_(False))) or 0
+        )
+    if principal.has(P.roles_read):
+        counts["roles"] = int(await session.scalar(select(func.count()).select_from(RoleDefinition)) or 0)
+    if principal.has(P.api_tokens_manage):
+        counts["api_tokens"] = int(
+            await session.scalar(select(func.count()).select_from(ApiToken).where(
+                ApiToken.revoked_at.is_(None), ApiToken.expires_at > utcnow())) or 0
+        )
+    recent: list[AuditEvent] = []
+    if principal.has(P.audit_read):
+        counts["changes_24h"] = int(
+            await session.scalar(select(func.count()).select_from(AuditEvent).where(
+                AuditEvent.occurred_at >= since, AuditEvent.category != "authentication")) or 0
+        )
+        counts["failed_signins_24h"] = int(
+            await session.scalar(select(func.count()).select_from(AuditEvent).where(
+                AuditEvent.occurred_at >= since, AuditEvent.activity == "signin",
+                AuditEvent.result == "failure")) or 0
+        )
+        recent = (await audit_service.list(session, AuditFilter(limit=8))).items
+    tenant = await tenant_service.get(session)
+    return render(request, "home/dashboard.html", {"counts": counts, "recent": recent, "tenant": tenant})
+
+
+# ------------------------------------------------------------------------------------------- administrators
+@router.get("/admins")
+async def admins(request: Request, session: SessionDep, principal: AdminsRead) -> Response:
+    rows = await user_service.list_admins_with_roles(session)
+    roles = await rbac_service.list_roles(session) if principal.has(P.roles_assign) else []
+    return render(request, "admins/admin_list.html", {"rows": rows, "roles": roles})
+
+
+@router.post("/admins")
+async def create_admin(
+    request: Request,
+    session: SessionDep,
+    principal: UsersWrite,
+    email: Annotated[str, Form(max_length=400)] = "",
+    display_name: Annotated[str, Form(max_length=400)] = "",
+    role_id: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    rows = await user_service.list_admins_with_roles(session)
+    roles = await rbac_service.list_roles(session) if principal.has(P.roles_assign) else []
+    form = {"email": email, "display_name": display_name, "role_id": role_id}
+    try:
+        data = UserCreate(email=email, display_name=display_name, role_id=uuid.UUID(role_id) if role_id else None)
+        if data.role_id is not None and not principal.has(P.roles_assign):
+            raise Forbidden("Giving a role needs the permission roles:assign.")
+        created = await user_service.create_local(session, data, principal=principal)
+    except ValueError as exc:
+        message = _first_error(exc) if isinstance(exc, ValidationError) else "Choose a role from the list."
+        return render(request, "admins/admin_list.html",
+                      {"rows": rows, "roles": roles, "form": form, "error": message}, status_code=422)
+    except CorralError as exc:
+        return render(request, "admins/admin_list.html",
+                      {"rows": rows, "roles": roles, "form": form, "error": exc.detail},
+                      status_code=exc.status_code)
+    return render(request, "admins/admin_created.html",
+                  {"user": created.user, "one_time_password": created.one_time_password}, status_code=201)
+
+
+@router.get("/admins/{user_id}")
+async def admin_detail(request: Request, user_id: uuid.UUID, session: SessionDep, principal: AdminsRead
+                       ) -> Response:
+    user = await user_service.get(session, user_id)
+    access = await rbac_service.effective_access(session, user) if principal.has(P.roles_read) else None
+    assignments = [
+        a for a in await rbac_service.list_assignments(session) if any(m.id == user.id for m in a.members)
+    ] if principal.has(P.roles_read) else []
+    return render(request, "admins/admin_detail.html", {"user": user, "access": access, "assignments": assignments})
+
+
+@router.post("/admins/{user_id}/enabled")
+async def set_admin_enabled(
+    request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite,
+    enabled: Annotated[str, Form(max_length=8)] = "",
+) -> Response:
+    want = enabled == "true"
+    try:
+        user = await user_service.update(session, user_id, UserUpdate(enabled=want), principal)
+    except CorralError as exc:
+        return redirect(request, f"/portal/admins/{user_id}", exc.detail, "error")
+    verb = "enabled" if want else "disabled; their sessions were ended"
+    return redirect(request, f"/portal/admins/{user_id}", f"{user.email} is {verb}.")
+
+
+@router.post("/admins/{user_id}/password-reset")
+async def reset_admin_password(request: Request, user_id: uuid.UUID, session: SessionDep,
+                               principal: UsersWrite) -> Response:
+    try:
+        one_time = await user_service.reset_password(session, principal, user_id)
+    except CorralError as exc:
+        return redirect(request, f"/portal/admins/{user_id}", exc.detail, "error")
+    user = await user_service.get(session, user_id)
+    return render(request, "admins/admin_created.html",
+                  {"user": user, "one_time_password": one_time, "reset": True})
+
+
+# ------------------------------------------------------------------------------------------- roles
+def _permission_groups() -> list[tuple[str, list[tuple[P, str]]]]:
+    groups: dict[str, list[tuple[P, str]]] = {}
+    for permission in P:
+        groups.setdefault(permission.value.split(":")[0], []).append((permission, DESCRIPTIONS[permission]))
+    return list(groups.items())
+
+
+@router.get("/roles")
+async def roles(request: Request, session: SessionDep, _: RolesRead) -> Response:
+    items = await rbac_service.list_roles(session)
+    return render(request, "roles/role_list.html",
+                  {"roles": [(r, len(role_permissions(r))) for r in items]})
+
+
+@router.get("/roles/new")
+async def new_role(request: Request, _: RolesWrite) -> Response:
+    return render(request, "roles/role_form.html", {"groups": _permission_groups(), "selected": set(), "form": {}})
+
+
+@router.post("/roles/new")
+async def create_role(request: Request, session: SessionDep, principal: RolesWrite) -> Response:
+    form = await request.form()
+    selected = [str(v) for v in form.getlist("permissions")]
+    name, description = str(form.get("name", "")), str(form.get("description", ""))
+    try:
+        role = await rbac_service.create_role(
+            session, principal, RoleCreate(name=name, description=description, permissions=selected)
+        )
+    except (ValidationError, CorralError) as exc:
+        error = _first_error(exc) if isinstance(exc, ValidationError) else exc.detail
+        status = 422 if isinstance(exc, ValidationError) else exc.status_code
+        return render(request, "roles/role_form.html",
+                      {"groups": _permission_groups(), "selected": set(selected),
+                       "form": {"name": name, "description": description}, "error": error}, status_code=status)
+    return redirect(request, f"/portal/roles/{role.id}", f"Role {role.name} created.")
+
+
+@router.get("/roles/{role_id}")
+async def role_detail(request: Request, role_id: uuid.UUID, session: SessionDep, _: RolesRead) -> Response:
+    role = await rbac_service.get_role(session, role_id)
+    assignments = await rbac_service.list_assignments(session, role.id)
+    held = role_permissions(role)
+    return render(request, "roles/role_detail.html",
+                  {"role": role, "groups": _permission_groups(), "held": held, "assignments": assignments})
+
+
+@router.get("/roles/{role_id}/edit")
+async def edit_role(request: Request, role_id: uuid.UUID, session: SessionDep, _: RolesWrite) -> Response:
+    role = await rbac_service.get_role(session, role_id)
+    if role.is_builtin:
+        return redirect(request, f"/portal/roles/{role.id}", "Built-in roles cannot be changed.", "error")
+    return render(request, "roles/role_form.html",
+                  {"groups": _permission_groups(), "selected": set(role.permissions), "role": role,
+                   "form": {"name": role.name, "description": role.description}})
+
+
+@router.post("/roles/{role_id}/edit")
+async def update_role(request: Request, role_id: uuid.UUID, session: SessionDep, principal: RolesWrite
+                      ) -> Response:
+    role = await rbac_service.get_role(session, role_id)
+    form = await request.form()
+    selected = [str(v) for v in form.getlist("permissions")]
+    name, description = str(form.get("name", "")), str(form.get("description", ""))
+    try:
+        await rbac_service.update_role(
+            session, principal, role_id, RoleUpdate(name=name, description=description, permissions=selected)
+        )
+    except (ValidationError, CorralError) as exc:
+        error = _first_error(exc) if isinstance(exc, ValidationError) else exc.detail
+        status = 422 if isinstance(exc, ValidationError) else exc.status_code
+        return render(request, "roles/role_form.html",
+                      {"groups": _permission_groups(), "selected": set(selected), "role": role,
+                       "form": {"name": name, "description": description}, "error": error}, status_code=status)
+    return redirect(request, f"/portal/roles/{role_id}", "Role saved.")
+
+
+@router.post("/roles/{role_id}/delete")
+async def delete_role(request: Request, role_id: uuid.UUID, session: SessionDep, _: RolesWrite) -> Response:
+    try:
+        await rbac_service.delete_role(session, role_id)
+    except CorralError as exc:
+        return redirect(request, f"/portal/roles/{role_id}", exc.detail, "error")
+    return redirect(request, "/portal/roles", "Role deleted.")
+
+
+# ------------------------------------------------------------------------------------------- role assignments
+async def _assignment_form_context(session: SessionDep) -> dict[str, object]:
+    return {
+        "roles": await rbac_service.list_roles(session),
+        "users": await user_service.list_all(session),
+        "tags": await rbac_service.list_scope_tags(session),
+    }
+
+
+@router.get("/role-assignments")
+async def role_assignments(request: Request, session: SessionDep, _: RolesRead) -> Response:
+    return render(request, "roles/assignment_list.html",
+                  {"assignments": await rbac_service.list_assignments(session)})
+
+
+@router.get("/role-assignments/new")
+async def new_assignment(request: Request, session: SessionDep, _: RolesAssign,
+                         role_id: uuid.UUID | None = None) -> Response:
+    ctx = await _assignment_form_context(session)
+    ctx["form"] = {"role_id": str(role_id) if role_id else "", "scope_all": True, "member_ids": set(),
+                   "scope_tag_ids": set()}
+    return render(request, "roles/assignment_form.html", ctx)
+
+
+@router.post("/role-assignments/new")
+async def create_assignment(request: Request, session: SessionDep, principal: RolesAssign) -> Response:
+    form = await request.form()
+    member_ids = [str(v) for v in form.getlist("member_ids")]
+    tag_ids = [str(v) for v in form.getlist("scope_tag_ids")]
+    values = {
+        "name": str(form.get("name", "")),
+        "description": str(form.get("description", "")),
+        "role_id": str(form.get("role_id", "")),
+        "scope_all": form.get("scope") != "tags",
+        "member_ids": set(member_ids),
+        "scope_tag_ids": set(tag_ids),
+    }
+    try:
+        data = RoleAssignmentCreate(
+            name=values["name"], description=values["description"], role_id=values["role_id"],
+            member_ids=member_ids, scope_all=values["scope_all"], scope_tag_ids=tag_ids,
+        )
+        assignment = await rbac_service.create_assignment(session, principal, data)
+    except (ValidationError, CorralError) as exc:
+        error = _first_error(exc) if isinstance(exc, ValidationError) else exc.detail
+        status = 422 if isinstance(exc, ValidationError) else exc.status_code
+        ctx = await _assignment_form_context(session)
+        ctx.update({"form": values, "error": error})
+        return render(request, "roles/assignment_form.html", ctx, status_code=status)
+    return redirect(request, "/portal/role-assignments", f"Role assignment {assignment.name} created.")
+
+
+@router.post("/role-assignments/{assignment_id}/delete")
+async def delete_assignment(request: Request, assignment_id: uuid.UUID, session: SessionDep,
+                            principal: RolesAssign) -> Response:
+    try:
+        await rbac_service.delete_assignment(session, principal, assignment_id)
+    except CorralError as exc:
+        return redirect(request, "/portal/role-assignments", exc.detail, "error")
+    return redirect(request, "/portal/role-assignments", "Role assignment removed.")
+
+
+# ------------------------------------------------------------------------------------------- scope tags
+@router.get("/scope-tags")
+async def scope_tags(request: Request, session: SessionDep, _: TagsRead) -> Response:
+    return render(request, "roles/scope_tag_list.html", {"tags": await rbac_service.list_scope_tags(session)})
+
+
+@router.post("/scope-tags")
+async def create_scope_tag(
+    request: Request, session: SessionDep, _: TagsWrite,
+    name: Annotated[str, Form(max_length=400)] = "",
+    description: Annotated[str, Form(max_length=4000)] = "",
+) -> Response:
+    try:
+        tag = await rbac_service.create_scope_tag(session, ScopeTagCreate(name=name, description=description))
+    except (ValidationError, CorralError) as exc:
+        error = _first_error(exc) if isinstance(exc, ValidationError) else exc.detail
+        status = 422 if isinstance(exc, ValidationError) else exc.status_code
+        return render(request, "roles/scope_tag_list.html",
+                      {"tags": await rbac_service.list_scope_tags(session), "error": error,
+                       "form": {"name": name, "description": description}}, status_code=status)
+    return redirect(request, "/portal/scope-tags", f"Scope tag {tag.name} created.")
+
+
+@router.post("/scope-tags/{tag_id}/delete")
+async def delete_scope_tag(request: Request, tag_id: uuid.UUID, session: SessionDep, _: TagsWrite) -> Response:
+    try:
+        await rbac_service.delete_scope_tag(session, tag_id)
+    except CorralError as exc:
+        return redirect(request, "/portal/scope-tags", exc.detail, "error")
+    return redirect(request, "/portal/scope-tags", "Scope tag deleted.")
+
+
+# ------------------------------------------------------------------------------------------- API tokens
+async def _token_context(session: SessionDep, principal: Principal) -> dict[str, object]:
+    return {
+        "own": await token_service.list_own(session, principal.user_id),
+        "others": await token_service.list_all(session) if principal.has(P.api_tokens_manage) else None,
+        "my_permissions": sorted(principal.permissions),
+        "now": utcnow(),
+    }
+
+
+@router.get("/api-tokens")
+async def api_tokens(request: Request, session: SessionDep, principal: SignedIn) -> Response:
+    return render(request, "tokens/token_list.html", await _token_context(session, principal))
+
+
+@router.post("/api-tokens")
+async def create_api_token(request: Request, session: SessionDep, principal: SignedIn) -> Response:
+    form = await request.form()
+    name = str(form.get("name", ""))
+    narrowed = form.get("narrow") == "yes"
+    selected = [str(v) for v in form.getlist("permissions")]
+    try:
+        if not principal.is_admin:
+            raise Forbidden("Only administrators (accounts holding a role) can create API tokens.")
+        data = ApiTokenCreate(name=name, expires_in_days=int(str(form.get("expires_in_days", "90")) or 90),
+                              permissions=selected if narrowed else None)
+        owner = await user_service.get(session, principal.user_id)
+        api_token, token = await token_service.create(session, owner, data, owner_permissions=principal.permissions)
+    except (ValidationError, CorralError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            error, status = _first_error(exc), 422
+        elif isinstance(exc, CorralError):
+            error, status = exc.detail, exc.status_code
+        else:
+            error, status = "Expiry must be a number of days.", 422
+        ctx = await _token_context(session, principal)
+        ctx.update({"error": error, "form": {"name": name}})
+        return render(request, "tokens/token_list.html", ctx, status_code=status)
+    ctx = await _token_context(session, principal)
+    ctx.update({"new_token": token, "new_token_name": api_token.name})
+    return render(request, "tokens/token_list.html", ctx, status_code=201)
+
+
+@router.post("/api-tokens/{token_id}/revoke")
+async def revoke_api_token(request: Request, token_id: uuid.UUID, session: SessionDep, principal: SignedIn
+                           ) -> Response:
+    try:
+        await token_service.revoke(session, principal, token_id,
+                                   may_manage_others=principal.has(P.api_tokens_manage))
+    except CorralError as exc:
+        return redirect(request, "/portal/api-tokens", exc.detail, "error")
+    return redirect(request, "/portal/api-tokens", "Token revoked.")
+
+
+# ------------------------------------------------------------------------------------------- audit log
+def _audit_filter(params: dict[str, str]) -> AuditFilter:
+    clean = {k: v for k, v in params.items() if v and k in AuditFilter.model_fields}
+    return AuditFilter.model_validate(clean)
+
+
+@router.get("/audit")
+async def audit(request: Request, session: SessionDep, _: AuditRead) -> Response:
+    params = dict(request.query_params)
+    try:
+        filters = _audit_filter(params)
+    except ValidationError as exc:
+        return render(request, "audit/audit_list.html",
+                      {"page": None, "params": params, "error": _first_error(exc), "activities": []},
+                      status_code=400)
+    page = await audit_service.list(session, filters)
+    next_params = {k: v for k, v in params.items() if k != "cursor" and v}
+    return render(request, "audit/audit_list.html",
+                  {"page": page, "params": params, "next_params": next_params,
+                   "activities": await audit_service.activities(session)})
+
+
+@router.get("/audit/export.csv")
+async def audit_csv(request: Request, session: SessionDep, _: AuditRead,
+                    cursor: Annotated[str | None, Query(max_length=200)] = None) -> Response:
+    try:
+        filters = _audit_filter({k: v for k, v in request.query_params.items() if k not in {"cursor", "limit"}})
+    except ValidationError as exc:
+        return render(request, "error.html", {"title": "Invalid filter", "detail": _first_error(exc),
+                                              "status": 400}, status_code=400)
+    events = await audit_service.export(session, filters)
+    return Response(to_csv(CSV_HEADER, (csv_row(e) for e in events)), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="corral-audit.csv"'})
+
+
+# ------------------------------------------------------------------------------------------- settings
+@router.get("/settings")
+async def settings_page(request: Request, session: SessionDep, _: SettingsRead) -> Response:
+    return render(request, "tenant/settings.html", {"tenant": await tenant_service.get(session)})
+
+
+@router.post("/settings")
+async def save_settings(
+    request: Request, session: SessionDep, _: SettingsWrite,
+    organization_name: Annotated[str, Form(max_length=400)] = "",
+    support_email: Annotated[str, Form(max_length=400)] = "",
+    support_phone: Annotated[str, Form(max_length=200)] = "",
+    support_url: Annotated[str, Form(max_length=1000)] = "",
+) -> Response:
+    try:
+        data = TenantSettingsUpdate(organization_name=organization_name, support_email=support_email,
+                                    support_phone=support_phone, support_url=support_url)
+        await tenant_service.update(session, data)
+    except ValidationError as exc:
+        tenant = await tenant_service.get(session)
+        form = {"organization_name": organization_name, "support_email": support_email,
+                "support_phone": support_phone, "support_url": support_url}
+        return render(request, "tenant/settings.html", {"tenant": tenant, "form": form,
+                                                        "error": _first_error(exc)}, status_code=422)
+    return redirect(request, "/portal/settings", "Settings saved.")

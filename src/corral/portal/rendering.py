@@ -1,0 +1,120 @@
+"""Server-rendered pages: one Jinja2 environment, navigation filtered by permission, flash messages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from corral.config import Settings
+from corral.kit.paths import TEMPLATES_DIR
+from corral.kit.security import constant_time_equals, hmac_sign
+from corral.rbac.permissions import P
+from corral.rbac.principal import Principal
+
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+FLASH_COOKIE = "corral_flash"
+
+
+def _datetime(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
+
+
+templates.env.filters["dt"] = _datetime
+
+
+@dataclass(frozen=True)
+class NavItem:
+    section: str
+    label: str
+    href: str
+    permissions: tuple[P, ...]  # any one of them shows the item
+
+
+NAVIGATION: tuple[NavItem, ...] = (
+    NavItem("Home", "Dashboard", "/portal", ()),
+    NavItem("Tenant administration", "Administrators", "/portal/admins", (P.roles_read, P.users_read)),
+    NavItem("Tenant administration", "Roles", "/portal/roles", (P.roles_read,)),
+    NavItem("Tenant administration", "Role assignments", "/portal/role-assignments", (P.roles_read,)),
+    NavItem("Tenant administration", "Scope tags", "/portal/scope-tags", (P.scope_tags_read,)),
+    NavItem("Tenant administration", "API tokens", "/portal/api-tokens", ()),
+    NavItem("Tenant administration", "Audit log", "/portal/audit", (P.audit_read,)),
+    NavItem("Tenant administration", "Settings", "/portal/settings", (P.settings_read,)),
+)
+
+
+def navigation(principal: Principal | None) -> list[tuple[str, list[NavItem]]]:
+    if principal is None:
+        return []
+    sections: dict[str, list[NavItem]] = {}
+    for item in NAVIGATION:
+        if not item.permissions or principal.has_any(*item.permissions):
+            if item.href == "/portal/api-tokens" and not principal.is_admin:
+                continue
+            sections.setdefault(item.section, []).append(item)
+    return list(sections.items())
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def set_flash(response: Response, request: Request, message: str, kind: str = "success") -> None:
+    payload = json.dumps({"m": message[:500], "k": kind}, separators=(",", ":"))
+    settings = _settings(request)
+    signature = hmac_sign(settings.resolved_secret_key(), "flash", payload)
+    response.set_cookie(FLASH_COOKIE, f"{signature}.{payload}", max_age=60, httponly=True,
+                        secure=settings.secure_cookies, samesite="lax", path="/")
+
+
+def pop_flash(request: Request) -> dict[str, str] | None:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw or "." not in raw:
+        return None
+    signature, _, payload = raw.partition(".")
+    expected = hmac_sign(_settings(request).resolved_secret_key(), "flash", payload)
+    if not constant_time_equals(signature, expected):
+        return None
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    request.state.flash_consumed = True
+    return {"message": str(data.get("m", "")), "kind": str(data.get("k", "success"))}
+
+
+def render(request: Request, template: str, context: dict[str, Any] | None = None, *, status_code: int = 200,
+           headers: dict[str, str] | None = None) -> HTMLResponse:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    ctx: dict[str, Any] = {
+        "principal": principal,
+        "nav": navigation(principal),
+        "csrf_token": principal.csrf_token if principal else None,
+        "flash": pop_flash(request),
+        "current_path": request.url.path,
+        "P": P,
+    }
+    ctx.update(context or {})
+    response = templates.TemplateResponse(request, template, ctx, status_code=status_code, headers=headers)
+    if getattr(request.state, "flash_consumed", False):
+        response.delete_cookie(FLASH_COOKIE, path="/")
+    return response
+
+
+def render_error(request: Request, status: int, title: str, detail: str,
+                 headers: dict[str, str] | None = None) -> HTMLResponse:
+    return render(request, "error.html", {"title": title, "detail": detail, "status": status},
+                  status_code=status, headers=headers)
+
+
+def redirect(request: Request, url: str, message: str | None = None, kind: str = "success") -> RedirectResponse:
+    response = RedirectResponse(url, status_code=303)
+    if message:
+        set_flash(response, request, message, kind)
+    return response

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from corral.rbac.permissions import parse_permissions
+
+Name = Field(min_length=1, max_length=128)
+
+
+class PermissionOut(BaseModel):
+    name: str
+    description: str
+
+
+class RoleOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    description: str
+    is_builtin: bool
+    permissions: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class RoleCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Name
+    description: str = Field(default="", max_length=2000)
+    permissions: list[str] = Field(min_length=1, max_length=200)
+
+    @field_validator("permissions")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        return [p.value for p in parse_permissions(value)]
+
+
+class RoleUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+    description: str | None = Field(default=None, max_length=2000)
+    permissions: list[str] | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("permissions")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [p.value for p in parse_permissions(value)]
+
+
+class ScopeTagOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    description: str
+
+
+class ScopeTagCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Name
+    description: str = Field(default="", max_length=2000)
+
+
+class MemberOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    display_name: str
+
+
+class RoleAssignmentOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    description: str
+    role_id: uuid.UUID
+    role_name: str
+    scope_all: bool
+    scope_tags: list[ScopeTagOut]
+    members: list[MemberOut]
+
+
+class RoleAssignmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Name
+    description: str = Field(default="", max_length=2000)
+    role_id: uuid.UUID
+    member_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+    scope_all: bool = True
+    scope_tag_ids: list[uuid.UUID] = Field(default_factory=list, max_length=200)
+
+
+class RoleAssignmentMembersUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    member_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+
+
+class EffectivePermission(BaseModel):
+    permission: str
+    description: str
+    scope_all: bool
+    scope_tags: list[str]
+    granted_by: list[str]
+
+
+class EffectiveAccess(BaseModel):
+    user_id: uuid.UUID
+    email: str
+    display_name: str
+    is_admin: bool
+    permissions: list[EffectivePermission]

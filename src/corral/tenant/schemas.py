@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TenantSettingsOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    organization_name: str
+    support_email: str
+    support_phone: str
+    support_url: str
+
+
+class TenantSettingsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    organization_name: str | None = Field(default=None, min_length=1, max_length=128)
+    support_email: str | None = Field(default=None, max_length=320, pattern=r"^$|^[^@\s]{1,64}@[^@\s]{1,255}$")
+    support_phone: str | None = Field(default=None, max_length=64)
+    support_url: str | None = Field(default=None, max_length=512, pattern=r"^$|^https?://\S+$")

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, status
+
+from corral.auth.dependencies import Authenticated, Require
+from corral.errors import Forbidden
+from corral.kit.db import SessionDep
+from corral.rbac.permissions import P
+from corral.rbac.principal import Principal
+from corral.tokens.schemas import ApiTokenCreate, ApiTokenCreated, ApiTokenOut, ApiTokenOwnedOut
+from corral.tokens.service import token_service
+from corral.users.service import user_service
+
+router = APIRouter(prefix="/api-tokens", tags=["api tokens"])
+
+SignedIn = Annotated[Principal, Depends(Authenticated())]
+ManageTokens = Annotated[Principal, Depends(Require(P.api_tokens_manage))]
+
+
+@router.get("", response_model=list[ApiTokenOut])
+async def list_own_tokens(session: SessionDep, principal: SignedIn) -> list[ApiTokenOut]:
+    """Your own API tokens (self-service: any signed-in administrator)."""
+    return [ApiTokenOut.model_validate(t) for t in await token_service.list_own(session, principal.user_id)]
+
+
+@router.get("/all", response_model=list[ApiTokenOwnedOut])
+async def list_all_tokens(session: SessionDep, _: ManageTokens) -> list[ApiTokenOwnedOut]:
+    return [
+        ApiTokenOwnedOut(**ApiTokenOut.model_validate(t).model_dump(), owner_email=email)
+        for t, email in await token_service.list_all(session)
+    ]
+
+
+@router.post("", response_model=ApiTokenCreated, status_code=status.HTTP_201_CREATED)
+async def create_token(data: ApiTokenCreate, session: SessionDep, principal: SignedIn) -> ApiTokenCreated:
+    if principal.token_id is not None:
+        raise Forbidden("An API token cannot create API tokens; sign in to the admin center instead.")
+    if not principal.is_admin:
+        raise Forbidden("Only administrators (accounts holding a role) can create API tokens.")
+    owner = await user_service.get(session, principal.user_id)
+    api_token, token = await token_service.create(session, owner, data, owner_permissions=principal.permissions)
+    return ApiTokenCreated(token=token, api_token=ApiTokenOut.model_validate(api_token))
+
+
+@router.delete("/{token_id}", response_model=ApiTokenOut, responses={404: {"description": "Not found"}})
+async def revoke_token(token_id: uuid.UUID, session: SessionDep, principal: SignedIn) -> ApiTokenOut:
+    """Revoke one of your tokens, or anyone's with api_tokens:manage."""
+    api_token = await token_service.revoke(
+        session, principal, token_id, may_manage_others=principal.has(P.api_tokens_manage)
+    )
+    return ApiTokenOut.model_validate(api_token)
