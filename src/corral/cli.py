@@ -57,9 +57,12 @@ def _run_in_session(url: str, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
         finally:
             await engine.dispose()
 
-    context.set_current(context.RequestContext(
-        correlation_id=uuid.uuid4().hex, actor=context.Actor(type="system", name=f"cli:{getpass.getuser()}")
-    ))
+    context.set_current(
+        context.RequestContext(
+            correlation_id=uuid.uuid4().hex,
+            actor=context.Actor(type="system", name=f"cli:{getpass.getuser()}"),
+        )
+    )
     try:
         return asyncio.run(runner())
     finally:
@@ -125,11 +128,17 @@ def _read_password(from_stdin: bool) -> str:
 @admin_app.command("create")
 def admin_create(
     email: Annotated[str, typer.Option(help="Sign-in email address")],
-    role: Annotated[str, typer.Option(help="Role name, e.g. 'Global administrator'")] = "Global administrator",
+    role: Annotated[
+        str, typer.Option(help="Role name, e.g. 'Global administrator'")
+    ] = "Global administrator",
     display_name: Annotated[str, typer.Option(help="Display name")] = "",
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
-    one_time: Annotated[bool, typer.Option("--one-time-password",
-                                           help="Generate a one-time password to change at first sign-in")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin")
+    ] = False,
+    one_time: Annotated[
+        bool,
+        typer.Option("--one-time-password", help="Generate a one-time password to change at first sign-in"),
+    ] = False,
 ) -> None:
     """Create a local administrator account with a role over everything."""
     from corral.rbac.service import rbac_service
@@ -153,7 +162,9 @@ def admin_create(
         raise _fail(exc.detail) from exc
     typer.echo(f"created {created.user.email} ({role})")
     if created.one_time_password:
-        typer.echo(f"one-time password (shown once; must be changed at first sign-in): {created.one_time_password}")
+        typer.echo(
+            f"one-time password (shown once; must be changed at first sign-in): {created.one_time_password}"
+        )
 
 
 # ------------------------------------------------------------------------------------------- tokens
@@ -162,7 +173,9 @@ def token_create(
     email: Annotated[str, typer.Option(help="The administrator the token acts as")],
     name: Annotated[str, typer.Option(help="What the token is for")] = "automation",
     days: Annotated[int, typer.Option(help="Days until it expires (1-730)")] = 90,
-    permission: Annotated[list[str] | None, typer.Option(help="Narrow to this permission (repeatable)")] = None,
+    permission: Annotated[
+        list[str] | None, typer.Option(help="Narrow to this permission (repeatable)")
+    ] = None,
 ) -> None:
     """Create an API token for an administrator; printed once."""
     from corral.auth.service import auth_service
@@ -181,7 +194,9 @@ def token_create(
         if not principal.is_admin:
             raise CorralError(f"{email} holds no role; a token would be able to do nothing.")
         data = ApiTokenCreate(name=name, expires_in_days=days, permissions=permission or None)
-        _token, secret = await token_service.create(session, user, data, owner_permissions=principal.permissions)
+        _token, secret = await token_service.create(
+            session, user, data, owner_permissions=principal.permissions
+        )
         return secret
 
     try:
@@ -199,8 +214,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (CORRAL_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (CORRAL_PORT)")] = None,
     migrate: Annotated[bool, typer.Option("--migrate", help="Apply pending migrations first")] = False,
-    https: Annotated[bool | None, typer.Option("--https/--http",
-                                               help="Serve TLS directly (CORRAL_TLS); else plain HTTP")] = None,
+    https: Annotated[
+        bool | None, typer.Option("--https/--http", help="Serve TLS directly (CORRAL_TLS); else plain HTTP")
+    ] = None,
 ) -> None:
     """Serve the admin center, the REST API and the device endpoints."""
     import uvicorn
@@ -227,9 +243,13 @@ def serve(
             await engine.dispose()
 
     if not asyncio.run(current()):
-        raise _fail("The database schema is not current: run 'corral db upgrade' first, or 'corral serve --migrate'.")
+        raise _fail(
+            "The database schema is not current: run 'corral db upgrade' first, or 'corral serve --migrate'."
+        )
 
-    created = _run_in_session(url, lambda s: user_service.ensure_bootstrap_admin(s, settings.bootstrap_admin_email))
+    created = _run_in_session(
+        url, lambda s: user_service.ensure_bootstrap_admin(s, settings.bootstrap_admin_email)
+    )
 
     ssl: dict[str, Any] = {}
     ca_fingerprint = None
@@ -238,11 +258,14 @@ def serve(
         if settings.tls_cert_file and settings.tls_key_file:
             ssl = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
         else:
-            hostnames = list(dict.fromkeys([urlsplit(settings.base_url).hostname or "localhost", "localhost",
-                                            "127.0.0.1"]))
-            cert, key, ca_fingerprint = _run_in_session(
-                url, lambda s: pki_service.write_server_certificate(s, settings, hostnames, settings.data_dir / "tls")
+            hostnames = list(
+                dict.fromkeys([urlsplit(settings.base_url).hostname or "localhost", "localhost", "127.0.0.1"])
             )
+            issued = _run_in_session(
+                url, lambda s: pki_service.issue_server_certificate(s, settings, hostnames)
+            )
+            cert, key = pki_service.write_server_certificate(issued, settings.data_dir / "tls")
+            ca_fingerprint = issued.ca_fingerprint
             ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
     scheme = "https" if use_tls else "http"
@@ -252,20 +275,30 @@ def serve(
     typer.echo(f"Corral is starting on {listen} (public URL: {settings.base_url})")
     typer.echo(f"Admin center: {settings.base_url}/portal")
     if ca_fingerprint:
-        typer.echo(f"TLS certificate from Corral's own CA ({settings.data_dir / 'tls' / 'ca.crt'}), "
-                   f"SHA-256 fingerprint {ca_fingerprint}")
+        typer.echo(
+            f"TLS certificate from Corral's own CA ({settings.data_dir / 'tls' / 'ca.crt'}), "
+            f"SHA-256 fingerprint {ca_fingerprint}"
+        )
     if created is not None:
         typer.echo("")
         typer.echo("First start: a Global administrator was created. Sign in with")
         typer.echo(f"  email:    {created.user.email}")
-        typer.echo(f"  password: {created.one_time_password}   (one-time: you choose a new one at first sign-in;")
+        typer.echo(
+            f"  password: {created.one_time_password}   (one-time: you choose a new one at first sign-in;"
+        )
         typer.echo("            it is not shown again — `corral admin create` makes another administrator)")
         typer.echo("")
     application = create_app(settings, database_url=url)
     application.state.database_handle = handle
     uvicorn.run(
-        application, host=host, port=port, log_config=None, proxy_headers=False, server_header=False,
-        timeout_graceful_shutdown=15, **ssl,
+        application,
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=15,
+        **ssl,
     )
 
 

@@ -1,7 +1,7 @@
 """Settings: the only place that reads the environment.
 
-Every value comes from an environment variable prefixed ``CORRAL_`` or from the settings file named by
-``CORRAL_SETTINGS_FILE`` (a dotenv-style ``KEY=value`` file). In development a secret key is generated once and
+Every value comes from an environment variable prefixed ``CORRAL_`` or from the settings file named
+by ``CORRAL_SETTINGS_FILE`` (a dotenv-style ``KEY=value`` file). In development a secret key is generated once and
 kept in the data directory; in production it must be given explicitly and must not be a placeholder.
 """
 
@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     def _valid_base_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ValueError("CORRAL_BASE_URL must be an absolute http(s) URL, e.g. https://corral.example.com")
+            raise ValueError(
+                "CORRAL_BASE_URL must be an absolute http(s) URL, e.g. https://corral.example.com"
+            )
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -99,12 +101,13 @@ class Settings(BaseSettings):
                 raise ValueError("CORRAL_SECRET_KEY is required when CORRAL_ENV=production")
             if not self.base_url.startswith("https://"):
                 raise ValueError("CORRAL_BASE_URL must use https:// when CORRAL_ENV=production")
-        if self.secret_key is not None:
-            if self.secret_key.strip().lower() in PLACEHOLDER_SECRETS or len(self.secret_key) < MIN_SECRET_LENGTH:
-                raise ValueError(
-                    f"CORRAL_SECRET_KEY must be a random value of at least {MIN_SECRET_LENGTH} characters "
-                    "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
-                )
+        if self.secret_key is not None and (
+            self.secret_key.strip().lower() in PLACEHOLDER_SECRETS or len(self.secret_key) < MIN_SECRET_LENGTH
+        ):
+            raise ValueError(
+                f"CORRAL_SECRET_KEY must be a random value of at least {MIN_SECRET_LENGTH} characters "
+                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
         return self
 
     @property

@@ -1,5 +1,6 @@
-"""Render every error: Problem Details (RFC 9457) for machine clients, a page or a redirect for the portal.
-Nothing unexpected reaches a user as a bare 500: it is logged with its correlation id and answered politely."""
+"""Render every error: Problem Details (RFC 9457) for machine clients, a page or a redirect for the
+portal. Nothing unexpected reaches a user as a bare 500: it is logged with its correlation id and
+answered politely."""
 
 from __future__ import annotations
 
@@ -22,11 +23,19 @@ MACHINE_PREFIXES = ("/api/", "/device/", "/mam/", "/scim/", "/metrics", "/health
 
 
 def wants_problem(request: Request) -> bool:
-    return request.url.path.startswith(MACHINE_PREFIXES) or "application/json" in request.headers.get("accept", "")
+    return request.url.path.startswith(MACHINE_PREFIXES) or "application/json" in request.headers.get(
+        "accept", ""
+    )
 
 
-def problem(status: int, title: str, detail: str, *, errors: list[dict[str, Any]] | None = None,
-            headers: dict[str, str] | None = None) -> JSONResponse:
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": title,
@@ -39,8 +48,9 @@ def problem(status: int, title: str, detail: str, *, errors: list[dict[str, Any]
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
-def portal_error(request: Request, status: int, title: str, detail: str,
-                 headers: dict[str, str] | None = None) -> Response:
+def portal_error(
+    request: Request, status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
     from corral.portal.rendering import render_error
 
     return render_error(request, status, title, detail, headers=headers)

@@ -29,8 +29,9 @@ class NotMigrated(RuntimeError):
     pass
 
 
-def create_app(settings: Settings | None = None, *, database_url: str | None = None,
-               check_migrations: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, database_url: str | None = None, check_migrations: bool = True
+) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.route_templates = route_templates(app)
     app.add_middleware(
-        RequestContextMiddleware, trusted_proxies=settings.trusted_proxy_networks, hsts=settings.secure_cookies
+        RequestContextMiddleware,
+        trusted_proxies=settings.trusted_proxy_networks,
+        hsts=settings.secure_cookies,
     )
     return app

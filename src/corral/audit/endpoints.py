@@ -18,28 +18,59 @@ router = APIRouter(prefix="/audit-events", tags=["audit"])
 
 AuditRead = Annotated[Principal, Depends(Require(P.audit_read))]
 
-CSV_HEADER = ["occurred_at", "category", "activity", "result", "actor_type", "actor", "target_type", "target_id",
-              "target", "changes", "detail", "correlation_id", "ip_address"]
+CSV_HEADER = [
+    "occurred_at",
+    "category",
+    "activity",
+    "result",
+    "actor_type",
+    "actor",
+    "target_type",
+    "target_id",
+    "target",
+    "changes",
+    "detail",
+    "correlation_id",
+    "ip_address",
+]
 
 
 def csv_row(event: AuditEvent) -> list[object]:
-    return [event.occurred_at.isoformat(), event.category, event.activity, event.result, event.actor_type,
-            event.actor_name, event.target_type, event.target_id, event.target_name,
-            json.dumps(event.modified_properties, ensure_ascii=False) if event.modified_properties else "",
-            event.detail, event.correlation_id, event.ip_address]
+    return [
+        event.occurred_at.isoformat(),
+        event.category,
+        event.activity,
+        event.result,
+        event.actor_type,
+        event.actor_name,
+        event.target_type,
+        event.target_id,
+        event.target_name,
+        json.dumps(event.modified_properties, ensure_ascii=False) if event.modified_properties else "",
+        event.detail,
+        event.correlation_id,
+        event.ip_address,
+    ]
 
 
 @router.get("", response_model=AuditPage)
-async def list_audit_events(session: SessionDep, _: AuditRead,
-                            filters: Annotated[AuditFilter, Query()]) -> AuditPage:
-    page = await audit_service.list(session, filters)
-    return AuditPage(items=[AuditEventOut.model_validate(e) for e in page.items], next_cursor=page.next_cursor)
+async def list_audit_events(
+    session: SessionDep, _: AuditRead, filters: Annotated[AuditFilter, Query()]
+) -> AuditPage:
+    page = await audit_service.search(session, filters)
+    return AuditPage(
+        items=[AuditEventOut.model_validate(e) for e in page.items], next_cursor=page.next_cursor
+    )
 
 
-@router.get("/export.csv", response_class=Response,
-            responses={200: {"content": {"text/csv": {}}, "description": "CSV of the filtered events"}})
-async def export_audit_events(session: SessionDep, _: AuditRead,
-                              filters: Annotated[AuditFilter, Query()]) -> Response:
+@router.get(
+    "/export.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}, "description": "CSV of the filtered events"}},
+)
+async def export_audit_events(
+    session: SessionDep, _: AuditRead, filters: Annotated[AuditFilter, Query()]
+) -> Response:
     events = await audit_service.export(session, filters)
     return Response(
         to_csv(CSV_HEADER, (csv_row(e) for e in events)),

@@ -8,7 +8,7 @@ from corral.kit.pagination import Page, decode_cursor, encode_cursor
 from corral.models import AuditEvent
 
 
-def _filtered(filters: AuditFilter) -> Select[tuple[AuditEvent]]:
+def _filtered(filters: AuditFilter) -> Select[AuditEvent]:
     stmt = select(AuditEvent)
     if filters.actor:
         stmt = stmt.where(AuditEvent.actor_name.icontains(filters.actor, autoescape=True))

@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class AuditFilter(BaseModel):
-    actor: str | None = Field(default=None, max_length=320, description="Actor name contains (case-insensitive)")
+    actor: str | None = Field(
+        default=None, max_length=320, description="Actor name contains (case-insensitive)"
+    )
     activity: str | None = Field(default=None, max_length=128)
     category: str | None = Field(default=None, max_length=64)
     result: str | None = Field(default=None, pattern="^(success|failure)$")

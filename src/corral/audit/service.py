@@ -100,10 +100,12 @@ class AuditService:
             session.add(build_event(**fields))
             await session.commit()
 
-    async def list(self, session: AsyncSession, filters: AuditFilter) -> Page[AuditEvent]:
+    async def search(self, session: AsyncSession, filters: AuditFilter) -> Page[AuditEvent]:
         return await repository.list_events(session, filters)
 
-    async def export(self, session: AsyncSession, filters: AuditFilter, limit: int = 100_000) -> list[AuditEvent]:
+    async def export(
+        self, session: AsyncSession, filters: AuditFilter, limit: int = 100_000
+    ) -> list[AuditEvent]:
         return await repository.export_events(session, filters, limit)
 
     async def activities(self, session: AsyncSession) -> list[str]:

@@ -48,7 +48,9 @@ async def resolve_principal(request: Request, session: SessionDep, settings: Set
         if principal is None:
             raise NotAuthenticated("The API token is invalid, expired or revoked.")
         context.set_actor(
-            context.Actor(type="token", id=principal.user_id, name=principal.email, token_id=principal.token_id)
+            context.Actor(
+                type="token", id=principal.user_id, name=principal.email, token_id=principal.token_id
+            )
         )
     else:
         cookie = request.cookies.get(session_cookie_name(settings.secure_cookies))
@@ -79,15 +81,23 @@ async def _check_csrf(request: Request, principal: Principal) -> None:
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
     if not sent or not principal.csrf_token or not constant_time_equals(sent, principal.csrf_token):
-        raise Forbidden("The form has expired or did not come from Corral (missing or wrong CSRF token). "
-                        "Reload the page and try again.")
+        raise Forbidden(
+            "The form has expired or did not come from Corral (missing or wrong CSRF token). "
+            "Reload the page and try again."
+        )
 
 
 async def _refuse(request: Request, sessionmaker: SessionMakerDep, principal: Principal, detail: str) -> None:
     if request.method in UNSAFE_METHODS:
         await audit_service.record_now(
-            sessionmaker, activity="access.denied", category="authorization", operation=request.method.lower(),
-            result="failure", target_type="route", target_name=request.url.path[:320], detail=detail,
+            sessionmaker,
+            activity="access.denied",
+            category="authorization",
+            operation=request.method.lower(),
+            result="failure",
+            target_type="route",
+            target_name=request.url.path[:320],
+            detail=detail,
         )
 
 
@@ -115,7 +125,9 @@ class Require:
         held = [principal.has(p) for p in self.permissions]
         if not (any(held) if self.any_of else all(held)):
             missing = [p.value for p, ok in zip(self.permissions, held, strict=True) if not ok]
-            detail = f"This needs the permission {' or '.join(missing) if self.any_of else ', '.join(missing)}."
+            detail = (
+                f"This needs the permission {' or '.join(missing) if self.any_of else ', '.join(missing)}."
+            )
             await _refuse(request, sessionmaker, principal, detail)
             raise Forbidden(detail)
         return principal

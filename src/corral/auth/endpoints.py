@@ -32,6 +32,7 @@ async def me(principal: SignedIn) -> MeOut:
         display_name=principal.display_name,
         via_token=principal.token_id is not None,
         permissions={
-            p.value: ScopeOut(all=s.all, scope_tag_ids=sorted(s.tag_ids)) for p, s in sorted(principal.scopes().items())
+            p.value: ScopeOut(all=s.all, scope_tag_ids=sorted(s.tag_ids))
+            for p, s in sorted(principal.scopes().items())
         },
     )

@@ -18,9 +18,9 @@ async def user_by_email(session: AsyncSession, email: str) -> User | None:
 async def session_with_user(session: AsyncSession, token_hash: bytes) -> tuple[UserSession, User] | None:
     row = (
         await session.execute(
-            select(UserSession, User).join(User, User.id == UserSession.user_id).where(
-                UserSession.token_hash == token_hash
-            )
+            select(UserSession, User)
+            .join(User, User.id == UserSession.user_id)
+            .where(UserSession.token_hash == token_hash)
         )
     ).first()
     return (row[0], row[1]) if row else None
@@ -29,7 +29,9 @@ async def session_with_user(session: AsyncSession, token_hash: bytes) -> tuple[U
 async def token_with_user(session: AsyncSession, token_hash: bytes) -> tuple[ApiToken, User] | None:
     row = (
         await session.execute(
-            select(ApiToken, User).join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == token_hash)
+            select(ApiToken, User)
+            .join(User, User.id == ApiToken.user_id)
+            .where(ApiToken.token_hash == token_hash)
         )
     ).first()
     return (row[0], row[1]) if row else None

@@ -25,12 +25,12 @@ from corral.kit.security import (
 )
 from corral.kit.time import utcnow
 from corral.models import User, UserSession
+from corral.rbac.permissions import P
 from corral.rbac.principal import EVERYWHERE, Grant, Principal, Scope
 from corral.rbac.roles import BUILTIN_BY_ID
-from corral.rbac.permissions import P
 
-SESSION_TOKEN_PREFIX = "cs"
-API_TOKEN_PREFIX = "corral_pat"
+SESSION_TOKEN_PREFIX = "cs"  # noqa: S105 - a prefix, not a secret
+API_TOKEN_PREFIX = "corral_pat"  # noqa: S105 - a prefix, not a secret
 TOUCH_EVERY = timedelta(seconds=60)
 TOTP_ISSUER = "Corral"
 
@@ -67,8 +67,9 @@ class AuthService:
                     headers={"Retry-After": str(retry)},
                 )
 
-    async def _count_failure(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
-                             keys: list[str]) -> None:
+    async def _count_failure(
+        self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, keys: list[str]
+    ) -> None:
         now = utcnow()
         window = timedelta(minutes=settings.signin_window_minutes)
         async with sessionmaker() as session:
@@ -103,8 +104,14 @@ class AuthService:
             await self._check_throttle(session, keys)
         except TooManyRequests:
             await audit_service.record_now(
-                sessionmaker, activity="signin", category="authentication", operation="signin",
-                result="failure", target_type="user", target_name=attempted, detail="throttled",
+                sessionmaker,
+                activity="signin",
+                category="authentication",
+                operation="signin",
+                result="failure",
+                target_type="user",
+                target_name=attempted,
+                detail="throttled",
                 actor=context.Actor(type="anonymous", name=attempted),
             )
             raise
@@ -114,9 +121,16 @@ class AuthService:
             reason = "unknown account" if user is None else ("account disabled" if ok else "wrong password")
             await self._count_failure(sessionmaker, settings, keys)
             await audit_service.record_now(
-                sessionmaker, activity="signin", category="authentication", operation="signin",
-                result="failure", target_type="user", target_id=user.id if user else None,
-                target_name=attempted, detail=reason, actor=context.Actor(type="anonymous", name=attempted),
+                sessionmaker,
+                activity="signin",
+                category="authentication",
+                operation="signin",
+                result="failure",
+                target_type="user",
+                target_id=user.id if user else None,
+                target_name=attempted,
+                detail=reason,
+                actor=context.Actor(type="anonymous", name=attempted),
             )
             raise NotAuthenticated(INVALID_CREDENTIALS)
         await repository.clear_throttle(session, keys[0])
@@ -141,8 +155,14 @@ class AuthService:
         if not user.totp_enabled:
             user.last_sign_in_at = now
             await audit_service.record(
-                session, activity="signin", category="authentication", operation="signin",
-                target_type="user", target_id=user.id, target_name=user.email, actor=_actor_for(user),
+                session,
+                activity="signin",
+                category="authentication",
+                operation="signin",
+                target_type="user",
+                target_id=user.id,
+                target_name=user.email,
+                actor=_actor_for(user),
             )
         await session.flush()
         return SignInResult(user, user_session, token, user.totp_enabled)
@@ -163,9 +183,16 @@ class AuthService:
         if step is None:
             await self._count_failure(sessionmaker, settings, keys)
             await audit_service.record_now(
-                sessionmaker, activity="signin", category="authentication", operation="signin",
-                result="failure", target_type="user", target_id=user.id, target_name=user.email,
-                detail="wrong second factor", actor=_actor_for(user),
+                sessionmaker,
+                activity="signin",
+                category="authentication",
+                operation="signin",
+                result="failure",
+                target_type="user",
+                target_id=user.id,
+                target_name=user.email,
+                detail="wrong second factor",
+                actor=_actor_for(user),
             )
             raise NotAuthenticated("The verification code is incorrect or was already used.")
         user.totp_last_used_step = step
@@ -173,17 +200,30 @@ class AuthService:
         await repository.delete_session(session, user_session.id)
         now = utcnow()
         rotated = UserSession(
-            id=uuid.uuid4(), token_hash=b"", user_id=user.id, csrf_token=secrets.token_urlsafe(32),
-            created_at=now, last_seen_at=now, expires_at=user_session.expires_at, pending_mfa=False,
-            ip_address=user_session.ip_address, user_agent=user_session.user_agent,
+            id=uuid.uuid4(),
+            token_hash=b"",
+            user_id=user.id,
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            last_seen_at=now,
+            expires_at=user_session.expires_at,
+            pending_mfa=False,
+            ip_address=user_session.ip_address,
+            user_agent=user_session.user_agent,
         )
         token = self.issue_session_token(rotated)
         session.add(rotated)
         user.last_sign_in_at = now
         await repository.clear_throttle(session, keys[0])
         await audit_service.record(
-            session, activity="signin", category="authentication", operation="signin",
-            target_type="user", target_id=user.id, target_name=user.email, detail="with second factor",
+            session,
+            activity="signin",
+            category="authentication",
+            operation="signin",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.email,
+            detail="with second factor",
             actor=_actor_for(user),
         )
         return rotated, token
@@ -196,8 +236,13 @@ class AuthService:
     async def sign_out(self, session: AsyncSession, user_session: UserSession, user: User) -> None:
         await repository.delete_session(session, user_session.id)
         await audit_service.record(
-            session, activity="signout", category="authentication", operation="signout",
-            target_type="user", target_id=user.id, target_name=user.email,
+            session,
+            activity="signout",
+            category="authentication",
+            operation="signout",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.email,
         )
 
     async def end_all_sessions(self, session: AsyncSession, user: User) -> int:
@@ -258,7 +303,9 @@ class AuthService:
             return None
         if api_token.last_used_at is None or now - api_token.last_used_at >= TOUCH_EVERY:
             await repository.touch_token(session, api_token.id, now)
-        narrowed = frozenset(P(p) for p in api_token.permissions) if api_token.permissions is not None else None
+        narrowed = (
+            frozenset(P(p) for p in api_token.permissions) if api_token.permissions is not None else None
+        )
         return await self.principal_for(session, user, token_id=api_token.id, narrowed_to=narrowed)
 
     async def grants_of(self, session: AsyncSession, user_id: uuid.UUID) -> tuple[Grant, ...]:
@@ -310,7 +357,9 @@ class AuthService:
 
 
 def session_expiry(settings: Settings, user_session: UserSession) -> datetime:
-    return min(user_session.expires_at, user_session.last_seen_at + timedelta(minutes=settings.session_idle_minutes))
+    return min(
+        user_session.expires_at, user_session.last_seen_at + timedelta(minutes=settings.session_idle_minutes)
+    )
 
 
 auth_service = AuthService()

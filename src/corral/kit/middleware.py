@@ -20,7 +20,9 @@ log = logging.getLogger("corral.access")
 
 REQUESTS = Counter("corral_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
-    "corral_http_request_duration_seconds", "HTTP request duration", ["method", "route"],
+    "corral_http_request_duration_seconds",
+    "HTTP request duration",
+    ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
@@ -77,7 +79,9 @@ class RequestContextMiddleware:
         correlation_id = sent_id if _REQUEST_ID.match(sent_id) else uuid.uuid4().hex
         context.set_current(
             context.RequestContext(
-                correlation_id=correlation_id, client_ip=client_ip, user_agent=headers.get("user-agent"),
+                correlation_id=correlation_id,
+                client_ip=client_ip,
+                user_agent=headers.get("user-agent"),
                 actor=context.Actor(type="anonymous"),
             )
         )
@@ -114,7 +118,15 @@ class RequestContextMiddleware:
             REQUESTS.labels(scope["method"], template, str(status_code)).inc()
             LATENCY.labels(scope["method"], template).observe(elapsed)
             log.info(
-                "%s %s %s", scope["method"], path, status_code,
-                extra={"method": scope["method"], "path": path, "status": status_code,
-                       "duration_ms": round(elapsed * 1000, 1), "client_ip": client_ip},
+                "%s %s %s",
+                scope["method"],
+                path,
+                status_code,
+                extra={
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status_code,
+                    "duration_ms": round(elapsed * 1000, 1),
+                    "client_ip": client_ip,
+                },
             )

@@ -64,9 +64,9 @@ def constant_time_equals(a: str, b: str) -> bool:
 
 
 def derive_key(secret_key: str, purpose: str, length: int = 32) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=f"corral:{purpose}".encode()).derive(
-        secret_key.encode()
-    )
+    return HKDF(
+        algorithm=hashes.SHA256(), length=length, salt=None, info=f"corral:{purpose}".encode()
+    ).derive(secret_key.encode())
 
 
 def hmac_sign(secret_key: str, purpose: str, message: str) -> str:
@@ -75,7 +75,7 @@ def hmac_sign(secret_key: str, purpose: str, message: str) -> str:
 
 
 class SecretBox:
-    """Authenticated encryption of small secrets at rest (TOTP seeds, CA keys) with a key from the secret key."""
+    """Authenticated encryption of small secrets at rest (TOTP seeds, CA keys), keyed by the secret key."""
 
     def __init__(self, secret_key: str, purpose: str = "at-rest") -> None:
         self._fernet = Fernet(base64.urlsafe_b64encode(derive_key(secret_key, purpose)))

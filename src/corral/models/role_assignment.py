@@ -32,7 +32,9 @@ class RoleAssignment(IdMixin, TimestampMixin, Model):
 
     name: Mapped[str] = mapped_column(String(128))
     description: Mapped[str] = mapped_column(Text, default="")
-    role_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("role_definitions.id", ondelete="RESTRICT"), index=True)
+    role_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("role_definitions.id", ondelete="RESTRICT"), index=True
+    )
     # True: all objects. False: only objects carrying one of ``scope_tags``.
     scope_all: Mapped[bool] = mapped_column(default=True)
 

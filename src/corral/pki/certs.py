@@ -16,8 +16,9 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
@@ -35,10 +36,16 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def build_ca(common_name: str, now: datetime, years: int = 10) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def build_ca(
+    common_name: str, now: datetime, years: int = 10
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Corral"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Corral"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -49,9 +56,20 @@ def build_ca(common_name: str, now: datetime, years: int = 10) -> tuple[x509.Cer
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=365 * years))
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -59,7 +77,10 @@ def build_ca(common_name: str, now: datetime, years: int = 10) -> tuple[x509.Cer
 
 
 def issue_server_certificate(
-    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, hostnames: list[str], now: datetime,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    hostnames: list[str],
+    now: datetime,
     days: int = 397,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = new_key()
@@ -80,7 +101,9 @@ def issue_server_certificate(
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return cert, key

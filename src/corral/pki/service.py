@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -19,49 +20,78 @@ from corral.pki import certs
 ROOT = "root"
 
 
+@dataclass(frozen=True)
+class ServerCertificate:
+    chain_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+    ca_fingerprint: str
+
+
 class PkiService:
     def _box(self, settings: Settings) -> SecretBox:
         return SecretBox(settings.resolved_secret_key(), "ca-key")
 
-    async def get_or_create_ca(self, session: AsyncSession, settings: Settings, purpose: str = ROOT
-                               ) -> CertificateAuthority:
+    async def get_or_create_ca(
+        self, session: AsyncSession, settings: Settings, purpose: str = ROOT
+    ) -> CertificateAuthority:
         ca = await session.scalar(
-            select(CertificateAuthority).where(CertificateAuthority.purpose == purpose,
-                                               CertificateAuthority.active.is_(True))
-            .order_by(CertificateAuthority.created_at.desc()).limit(1)
+            select(CertificateAuthority)
+            .where(CertificateAuthority.purpose == purpose, CertificateAuthority.active.is_(True))
+            .order_by(CertificateAuthority.created_at.desc())
+            .limit(1)
         )
         if ca is not None:
             return ca
         now = utcnow()
         cert, key = certs.build_ca(f"Corral {purpose} CA", now)
         ca = CertificateAuthority(
-            id=uuid.uuid4(), purpose=purpose, certificate_pem=certs.cert_pem(cert).decode(),
+            id=uuid.uuid4(),
+            purpose=purpose,
+            certificate_pem=certs.cert_pem(cert).decode(),
             private_key_encrypted=self._box(settings).encrypt(certs.key_pem(key)),
-            fingerprint_sha256=certs.fingerprint(cert), not_after=cert.not_valid_after_utc, created_at=now,
+            fingerprint_sha256=certs.fingerprint(cert),
+            not_after=cert.not_valid_after_utc,
+            created_at=now,
         )
         session.add(ca)
         await session.flush()
         await audit_service.record(
-            session, activity="ca.create", category="pki", operation="create", target_type="certificate_authority",
-            target_id=ca.id, target_name=f"Corral {purpose} CA",
+            session,
+            activity="ca.create",
+            category="pki",
+            operation="create",
+            target_type="certificate_authority",
+            target_id=ca.id,
+            target_name=f"Corral {purpose} CA",
             changes=[("fingerprint_sha256", None, ca.fingerprint_sha256)],
         )
         return ca
 
-    async def write_server_certificate(self, session: AsyncSession, settings: Settings, hostnames: list[str],
-                                       directory: Path) -> tuple[Path, Path, str]:
-        """Issue a TLS server certificate from the root CA into ``directory``; returns (cert, key, CA fp)."""
+    async def issue_server_certificate(
+        self, session: AsyncSession, settings: Settings, hostnames: list[str]
+    ) -> ServerCertificate:
+        """A TLS server certificate (chain included) from the root CA, for ``serve --https``."""
         ca = await self.get_or_create_ca(session, settings)
         ca_cert = x509.load_pem_x509_certificate(ca.certificate_pem.encode())
         ca_key = certs.load_key(self._box(settings).decrypt(ca.private_key_encrypted))
         cert, key = certs.issue_server_certificate(ca_cert, ca_key, hostnames, utcnow())
+        return ServerCertificate(
+            chain_pem=certs.cert_pem(cert) + ca.certificate_pem.encode(),
+            key_pem=certs.key_pem(key),
+            ca_pem=ca.certificate_pem.encode(),
+            ca_fingerprint=ca.fingerprint_sha256,
+        )
+
+    def write_server_certificate(self, certificate: ServerCertificate, directory: Path) -> tuple[Path, Path]:
         directory.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = directory / "server.crt", directory / "server.key"
-        cert_path.write_bytes(certs.cert_pem(cert) + ca.certificate_pem.encode())
+        cert_path.write_bytes(certificate.chain_pem)
         key_path.touch(mode=0o600)
-        key_path.write_bytes(certs.key_pem(key))
-        (directory / "ca.crt").write_text(ca.certificate_pem)
-        return cert_path, key_path, ca.fingerprint_sha256
+        key_path.chmod(0o600)
+        key_path.write_bytes(certificate.key_pem)
+        (directory / "ca.crt").write_bytes(certificate.ca_pem)
+        return cert_path, key_path
 
 
 pki_service = PkiService()

@@ -35,21 +35,17 @@ from corral.users.service import user_service
 router = APIRouter(prefix="/portal", include_in_schema=False)
 
 
-def need(*permissions: P, any_of: bool = False) -> type[Principal]:
-    return Annotated[Principal, Depends(Require(*permissions, any_of=any_of))]  # type: ignore[return-value]
-
-
 SignedIn = Annotated[Principal, Depends(Authenticated())]
-AdminsRead = need(P.roles_read, P.users_read, any_of=True)
-UsersWrite = need(P.users_write)
-RolesRead = need(P.roles_read)
-RolesWrite = need(P.roles_write)
-RolesAssign = need(P.roles_assign)
-TagsRead = need(P.scope_tags_read)
-TagsWrite = need(P.scope_tags_write)
-AuditRead = need(P.audit_read)
-SettingsRead = need(P.settings_read)
-SettingsWrite = need(P.settings_write)
+AdminsRead = Annotated[Principal, Depends(Require(P.roles_read, P.users_read, any_of=True))]
+UsersWrite = Annotated[Principal, Depends(Require(P.users_write))]
+RolesRead = Annotated[Principal, Depends(Require(P.roles_read))]
+RolesWrite = Annotated[Principal, Depends(Require(P.roles_write))]
+RolesAssign = Annotated[Principal, Depends(Require(P.roles_assign))]
+TagsRead = Annotated[Principal, Depends(Require(P.scope_tags_read))]
+TagsWrite = Annotated[Principal, Depends(Require(P.scope_tags_write))]
+AuditRead = Annotated[Principal, Depends(Require(P.audit_read))]
+SettingsRead = Annotated[Principal, Depends(Require(P.settings_read))]
+SettingsWrite = Annotated[Principal, Depends(Require(P.settings_write))]
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -67,28 +63,45 @@ async def dashboard(request: Request, session: SessionDep, principal: SignedIn) 
         counts["users"] = int(await session.scalar(select(func.count()).select_from(User)) or 0)
         counts["admins"] = len(await user_service.list_admins(session))
         counts["active_sessions"] = int(
-            await session.scalar(select(func.count()).select_from(UserSession).where(
-                UserSession.pending_mfa.is_(False))) or 0
+            await session.scalar(
+                select(func.count()).select_from(UserSession).where(UserSession.pending_mfa.is_(False))
+            )
+            or 0
         )
     if principal.has(P.roles_read):
         counts["roles"] = int(await session.scalar(select(func.count()).select_from(RoleDefinition)) or 0)
     if principal.has(P.api_tokens_manage):
         counts["api_tokens"] = int(
-            await session.scalar(select(func.count()).select_from(ApiToken).where(
-                ApiToken.revoked_at.is_(None), ApiToken.expires_at > utcnow())) or 0
+            await session.scalar(
+                select(func.count())
+                .select_from(ApiToken)
+                .where(ApiToken.revoked_at.is_(None), ApiToken.expires_at > utcnow())
+            )
+            or 0
         )
     recent: list[AuditEvent] = []
     if principal.has(P.audit_read):
         counts["changes_24h"] = int(
-            await session.scalar(select(func.count()).select_from(AuditEvent).where(
-                AuditEvent.occurred_at >= since, AuditEvent.category != "authentication")) or 0
+            await session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.occurred_at >= since, AuditEvent.category != "authentication")
+            )
+            or 0
         )
         counts["failed_signins_24h"] = int(
-            await session.scalar(select(func.count()).select_from(AuditEvent).where(
-                AuditEvent.occurred_at >= since, AuditEvent.activity == "signin",
-                AuditEvent.result == "failure")) or 0
+            await session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(
+                    AuditEvent.occurred_at >= since,
+                    AuditEvent.activity == "signin",
+                    AuditEvent.result == "failure",
+                )
+            )
+            or 0
         )
-        recent = (await audit_service.list(session, AuditFilter(limit=8))).items
+        recent = (await audit_service.search(session, AuditFilter(limit=8))).items
     tenant = await tenant_service.get(session)
     return render(request, "home/dashboard.html", {"counts": counts, "recent": recent, "tenant": tenant})
 
@@ -114,36 +127,57 @@ async def create_admin(
     roles = await rbac_service.list_roles(session) if principal.has(P.roles_assign) else []
     form = {"email": email, "display_name": display_name, "role_id": role_id}
     try:
-        data = UserCreate(email=email, display_name=display_name, role_id=uuid.UUID(role_id) if role_id else None)
+        data = UserCreate(
+            email=email, display_name=display_name, role_id=uuid.UUID(role_id) if role_id else None
+        )
         if data.role_id is not None and not principal.has(P.roles_assign):
             raise Forbidden("Giving a role needs the permission roles:assign.")
         created = await user_service.create_local(session, data, principal=principal)
     except ValueError as exc:
         message = _first_error(exc) if isinstance(exc, ValidationError) else "Choose a role from the list."
-        return render(request, "admins/admin_list.html",
-                      {"rows": rows, "roles": roles, "form": form, "error": message}, status_code=422)
+        return render(
+            request,
+            "admins/admin_list.html",
+            {"rows": rows, "roles": roles, "form": form, "error": message},
+            status_code=422,
+        )
     except CorralError as exc:
-        return render(request, "admins/admin_list.html",
-                      {"rows": rows, "roles": roles, "form": form, "error": exc.detail},
-                      status_code=exc.status_code)
-    return render(request, "admins/admin_created.html",
-                  {"user": created.user, "one_time_password": created.one_time_password}, status_code=201)
+        return render(
+            request,
+            "admins/admin_list.html",
+            {"rows": rows, "roles": roles, "form": form, "error": exc.detail},
+            status_code=exc.status_code,
+        )
+    return render(
+        request,
+        "admins/admin_created.html",
+        {"user": created.user, "one_time_password": created.one_time_password},
+        status_code=201,
+    )
 
 
 @router.get("/admins/{user_id}")
-async def admin_detail(request: Request, user_id: uuid.UUID, session: SessionDep, principal: AdminsRead
-                       ) -> Response:
+async def admin_detail(
+    request: Request, user_id: uuid.UUID, session: SessionDep, principal: AdminsRead
+) -> Response:
     user = await user_service.get(session, user_id)
     access = await rbac_service.effective_access(session, user) if principal.has(P.roles_read) else None
-    assignments = [
-        a for a in await rbac_service.list_assignments(session) if any(m.id == user.id for m in a.members)
-    ] if principal.has(P.roles_read) else []
-    return render(request, "admins/admin_detail.html", {"user": user, "access": access, "assignments": assignments})
+    assignments = (
+        [a for a in await rbac_service.list_assignments(session) if any(m.id == user.id for m in a.members)]
+        if principal.has(P.roles_read)
+        else []
+    )
+    return render(
+        request, "admins/admin_detail.html", {"user": user, "access": access, "assignments": assignments}
+    )
 
 
 @router.post("/admins/{user_id}/enabled")
 async def set_admin_enabled(
-    request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite,
+    request: Request,
+    user_id: uuid.UUID,
+    session: SessionDep,
+    principal: UsersWrite,
     enabled: Annotated[str, Form(max_length=8)] = "",
 ) -> Response:
     want = enabled == "true"
@@ -156,15 +190,17 @@ async def set_admin_enabled(
 
 
 @router.post("/admins/{user_id}/password-reset")
-async def reset_admin_password(request: Request, user_id: uuid.UUID, session: SessionDep,
-                               principal: UsersWrite) -> Response:
+async def reset_admin_password(
+    request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
+) -> Response:
     try:
         one_time = await user_service.reset_password(session, principal, user_id)
     except CorralError as exc:
         return redirect(request, f"/portal/admins/{user_id}", exc.detail, "error")
     user = await user_service.get(session, user_id)
-    return render(request, "admins/admin_created.html",
-                  {"user": user, "one_time_password": one_time, "reset": True})
+    return render(
+        request, "admins/admin_created.html", {"user": user, "one_time_password": one_time, "reset": True}
+    )
 
 
 # ------------------------------------------------------------------------------------------- roles
@@ -178,13 +214,14 @@ def _permission_groups() -> list[tuple[str, list[tuple[P, str]]]]:
 @router.get("/roles")
 async def roles(request: Request, session: SessionDep, _: RolesRead) -> Response:
     items = await rbac_service.list_roles(session)
-    return render(request, "roles/role_list.html",
-                  {"roles": [(r, len(role_permissions(r))) for r in items]})
+    return render(request, "roles/role_list.html", {"roles": [(r, len(role_permissions(r))) for r in items]})
 
 
 @router.get("/roles/new")
 async def new_role(request: Request, _: RolesWrite) -> Response:
-    return render(request, "roles/role_form.html", {"groups": _permission_groups(), "selected": set(), "form": {}})
+    return render(
+        request, "roles/role_form.html", {"groups": _permission_groups(), "selected": set(), "form": {}}
+    )
 
 
 @router.post("/roles/new")
@@ -199,9 +236,17 @@ async def create_role(request: Request, session: SessionDep, principal: RolesWri
     except (ValidationError, CorralError) as exc:
         error = _first_error(exc) if isinstance(exc, ValidationError) else exc.detail
         status = 422 if isinstance(exc, ValidationError) else exc.status_code
-        return render(request, "roles/role_form.html",
-                      {"groups": _permission_groups(), "selected": set(selected),
-                       "form": {"name": name, "description": description}, "error": error}, status_code=status)
+        return render(
+            request,
+            "roles/role_form.html",
+            {
+                "groups": _permission_groups(),
+                "selected": set(selected),
+                "form": {"name": name, "description": description},
+                "error": error,
+            },
+            status_code=status,
+        )
     return redirect(request, f"/portal/roles/{role.id}", f"Role {role.name} created.")
 
 
@@ -210,8 +255,11 @@ async def role_detail(request: Request, role_id: uuid.UUID, session: SessionDep,
     role = await rbac_service.get_role(session, role_id)
     assignments = await rbac_service.list_assignments(session, role.id)
     held = role_permissions(role)
-    return render(request, "roles/role_detail.html",
-                  {"role": role, "groups": _permission_groups(), "held": held, "assignments": assignments})
+    return render(
+        request,
+        "roles/role_detail.html",
+        {"role": role, "groups": _permission_groups(), "held": held, "assignments": assignments},
+    )
 
 
 @router.get("/roles/{role_id}/edit")
@@ -219,14 +267,22 @@ async def edit_role(request: Request, role_id: uuid.UUID, session: SessionDep, _
     role = await rbac_service.get_role(session, role_id)
     if role.is_builtin:
         return redirect(request, f"/portal/roles/{role.id}", "Built-in roles cannot be changed.", "error")
-    return render(request, "roles/role_form.html",
-                  {"groups": _permission_groups(), "selected": set(role.permissions), "role": role,
-                   "form": {"name": role.name, "description": role.description}})
+    return render(
+        request,
+        "roles/role_form.html",
+        {
+            "groups": _permission_groups(),
+            "selected": set(role.permissions),
+            "role": role,
+            "form": {"name": role.name, "description": role.description},
+        },
+    )
 
 
 @router.post("/roles/{role_id}/edit")
-async def update_role(request: Request, role_id: uuid.UUID, session: SessionDep, principal: RolesWrite
-                      ) -> Response:
+async def update_role(
+    request: Request, role_id: uuid.UUID, session: SessionDep, principal: RolesWrite
+) -> Response:
     role = await rbac_service.get_role(session, role_id)
     form = await request.form()
     selected = [str(v) for v in form.getlist("permissions")]
@@ -238,9 +294,18 @@ async def update_role(request: Request, role_id: uuid.UUID, session: SessionDep,
     except (ValidationError, CorralError) as exc:
         error = _first_error(exc) if isinstance(exc, ValidationError) else exc.detail
         status = 422 if isinstance(exc, ValidationError) else exc.status_code
-        return render(request, "roles/role_form.html",
-                      {"groups": _permission_groups(), "selected": set(selected), "role": role,
-                       "form": {"name": name, "description": description}, "error": error}, status_code=status)
+        return render(
+            request,
+            "roles/role_form.html",
+            {
+                "groups": _permission_groups(),
+                "selected": set(selected),
+                "role": role,
+                "form": {"name": name, "description": description},
+                "error": error,
+            },
+            status_code=status,
+        )
     return redirect(request, f"/portal/roles/{role_id}", "Role saved.")
 
 
@@ -264,16 +329,22 @@ async def _assignment_form_context(session: SessionDep) -> dict[str, object]:
 
 @router.get("/role-assignments")
 async def role_assignments(request: Request, session: SessionDep, _: RolesRead) -> Response:
-    return render(request, "roles/assignment_list.html",
-                  {"assignments": await rbac_service.list_assignments(session)})
+    return render(
+        request, "roles/assignment_list.html", {"assignments": await rbac_service.list_assignments(session)}
+    )
 
 
 @router.get("/role-assignments/new")
-async def new_assignment(request: Request, session: SessionDep, _: RolesAssign,
-                         role_id: uuid.UUID | None = None) -> Response:
+async def new_assignment(
+    request: Request, session: SessionDep, _: RolesAssign, role_id: uuid.UUID | None = None
+) -> Response:
     ctx = await _assignment_form_context(session)
-    ctx["form"] = {"role_id": str(role_id) if role_id else "", "scope_all": True, "member_ids": set(),
-                   "scope_tag_ids": set()}
+    ctx["form"] = {
+        "role_id": str(role_id) if role_id else "",
+        "scope_all": True,
+        "member_ids": set(),
+        "scope_tag_ids": set(),
+    }
     return render(request, "roles/assignment_form.html", ctx)
 
 
@@ -292,8 +363,12 @@ async def create_assignment(request: Request, session: SessionDep, principal: Ro
     }
     try:
         data = RoleAssignmentCreate(
-            name=values["name"], description=values["description"], role_id=values["role_id"],
-            member_ids=member_ids, scope_all=values["scope_all"], scope_tag_ids=tag_ids,
+            name=values["name"],
+            description=values["description"],
+            role_id=values["role_id"],
+            member_ids=member_ids,
+            scope_all=values["scope_all"],
+            scope_tag_ids=tag_ids,
         )
         assignment = await rbac_service.create_assignment(session, principal, data)
     except (ValidationError, CorralError) as exc:
@@ -306,8 +381,9 @@ async def create_assignment(request: Request, session: SessionDep, principal: Ro
 
 
 @router.post("/role-assignments/{assignment_id}/delete")
-async def delete_assignment(request: Request, assignment_id: uuid.UUID, session: SessionDep,
-                            principal: RolesAssign) -> Response:
+async def delete_assignment(
+    request: Request, assignment_id: uuid.UUID, session: SessionDep, principal: RolesAssign
+) -> Response:
     try:
         await rbac_service.delete_assignment(session, principal, assignment_id)
     except CorralError as exc:
@@ -323,7 +399,9 @@ async def scope_tags(request: Request, session: SessionDep, _: TagsRead) -> Resp
 
 @router.post("/scope-tags")
 async def create_scope_tag(
-    request: Request, session: SessionDep, _: TagsWrite,
+    request: Request,
+    session: SessionDep,
+    _: TagsWrite,
     name: Annotated[str, Form(max_length=400)] = "",
     description: Annotated[str, Form(max_length=4000)] = "",
 ) -> Response:
@@ -332,14 +410,23 @@ async def create_scope_tag(
     except (ValidationError, CorralError) as exc:
         error = _first_error(exc) if isinstance(exc, ValidationError) else exc.detail
         status = 422 if isinstance(exc, ValidationError) else exc.status_code
-        return render(request, "roles/scope_tag_list.html",
-                      {"tags": await rbac_service.list_scope_tags(session), "error": error,
-                       "form": {"name": name, "description": description}}, status_code=status)
+        return render(
+            request,
+            "roles/scope_tag_list.html",
+            {
+                "tags": await rbac_service.list_scope_tags(session),
+                "error": error,
+                "form": {"name": name, "description": description},
+            },
+            status_code=status,
+        )
     return redirect(request, "/portal/scope-tags", f"Scope tag {tag.name} created.")
 
 
 @router.post("/scope-tags/{tag_id}/delete")
-async def delete_scope_tag(request: Request, tag_id: uuid.UUID, session: SessionDep, _: TagsWrite) -> Response:
+async def delete_scope_tag(
+    request: Request, tag_id: uuid.UUID, session: SessionDep, _: TagsWrite
+) -> Response:
     try:
         await rbac_service.delete_scope_tag(session, tag_id)
     except CorralError as exc:
@@ -371,10 +458,15 @@ async def create_api_token(request: Request, session: SessionDep, principal: Sig
     try:
         if not principal.is_admin:
             raise Forbidden("Only administrators (accounts holding a role) can create API tokens.")
-        data = ApiTokenCreate(name=name, expires_in_days=int(str(form.get("expires_in_days", "90")) or 90),
-                              permissions=selected if narrowed else None)
+        data = ApiTokenCreate(
+            name=name,
+            expires_in_days=int(str(form.get("expires_in_days", "90")) or 90),
+            permissions=selected if narrowed else None,
+        )
         owner = await user_service.get(session, principal.user_id)
-        api_token, token = await token_service.create(session, owner, data, owner_permissions=principal.permissions)
+        api_token, token = await token_service.create(
+            session, owner, data, owner_permissions=principal.permissions
+        )
     except (ValidationError, CorralError, ValueError) as exc:
         if isinstance(exc, ValidationError):
             error, status = _first_error(exc), 422
@@ -391,11 +483,13 @@ async def create_api_token(request: Request, session: SessionDep, principal: Sig
 
 
 @router.post("/api-tokens/{token_id}/revoke")
-async def revoke_api_token(request: Request, token_id: uuid.UUID, session: SessionDep, principal: SignedIn
-                           ) -> Response:
+async def revoke_api_token(
+    request: Request, token_id: uuid.UUID, session: SessionDep, principal: SignedIn
+) -> Response:
     try:
-        await token_service.revoke(session, principal, token_id,
-                                   may_manage_others=principal.has(P.api_tokens_manage))
+        await token_service.revoke(
+            session, principal, token_id, may_manage_others=principal.has(P.api_tokens_manage)
+        )
     except CorralError as exc:
         return redirect(request, "/portal/api-tokens", exc.detail, "error")
     return redirect(request, "/portal/api-tokens", "Token revoked.")
@@ -413,27 +507,50 @@ async def audit(request: Request, session: SessionDep, _: AuditRead) -> Response
     try:
         filters = _audit_filter(params)
     except ValidationError as exc:
-        return render(request, "audit/audit_list.html",
-                      {"page": None, "params": params, "error": _first_error(exc), "activities": []},
-                      status_code=400)
-    page = await audit_service.list(session, filters)
+        return render(
+            request,
+            "audit/audit_list.html",
+            {"page": None, "params": params, "error": _first_error(exc), "activities": []},
+            status_code=400,
+        )
+    page = await audit_service.search(session, filters)
     next_params = {k: v for k, v in params.items() if k != "cursor" and v}
-    return render(request, "audit/audit_list.html",
-                  {"page": page, "params": params, "next_params": next_params,
-                   "activities": await audit_service.activities(session)})
+    return render(
+        request,
+        "audit/audit_list.html",
+        {
+            "page": page,
+            "params": params,
+            "next_params": next_params,
+            "activities": await audit_service.activities(session),
+        },
+    )
 
 
 @router.get("/audit/export.csv")
-async def audit_csv(request: Request, session: SessionDep, _: AuditRead,
-                    cursor: Annotated[str | None, Query(max_length=200)] = None) -> Response:
+async def audit_csv(
+    request: Request,
+    session: SessionDep,
+    _: AuditRead,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
     try:
-        filters = _audit_filter({k: v for k, v in request.query_params.items() if k not in {"cursor", "limit"}})
+        filters = _audit_filter(
+            {k: v for k, v in request.query_params.items() if k not in {"cursor", "limit"}}
+        )
     except ValidationError as exc:
-        return render(request, "error.html", {"title": "Invalid filter", "detail": _first_error(exc),
-                                              "status": 400}, status_code=400)
+        return render(
+            request,
+            "error.html",
+            {"title": "Invalid filter", "detail": _first_error(exc), "status": 400},
+            status_code=400,
+        )
     events = await audit_service.export(session, filters)
-    return Response(to_csv(CSV_HEADER, (csv_row(e) for e in events)), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": 'attachment; filename="corral-audit.csv"'})
+    return Response(
+        to_csv(CSV_HEADER, (csv_row(e) for e in events)),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="corral-audit.csv"'},
+    )
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -444,20 +561,34 @@ async def settings_page(request: Request, session: SessionDep, _: SettingsRead) 
 
 @router.post("/settings")
 async def save_settings(
-    request: Request, session: SessionDep, _: SettingsWrite,
+    request: Request,
+    session: SessionDep,
+    _: SettingsWrite,
     organization_name: Annotated[str, Form(max_length=400)] = "",
     support_email: Annotated[str, Form(max_length=400)] = "",
     support_phone: Annotated[str, Form(max_length=200)] = "",
     support_url: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
     try:
-        data = TenantSettingsUpdate(organization_name=organization_name, support_email=support_email,
-                                    support_phone=support_phone, support_url=support_url)
+        data = TenantSettingsUpdate(
+            organization_name=organization_name,
+            support_email=support_email,
+            support_phone=support_phone,
+            support_url=support_url,
+        )
         await tenant_service.update(session, data)
     except ValidationError as exc:
         tenant = await tenant_service.get(session)
-        form = {"organization_name": organization_name, "support_email": support_email,
-                "support_phone": support_phone, "support_url": support_url}
-        return render(request, "tenant/settings.html", {"tenant": tenant, "form": form,
-                                                        "error": _first_error(exc)}, status_code=422)
+        form = {
+            "organization_name": organization_name,
+            "support_email": support_email,
+            "support_phone": support_phone,
+            "support_url": support_url,
+        }
+        return render(
+            request,
+            "tenant/settings.html",
+            {"tenant": tenant, "form": form, "error": _first_error(exc)},
+            status_code=422,
+        )
     return redirect(request, "/portal/settings", "Settings saved.")

@@ -35,7 +35,13 @@ def _safe_next(target: str | None) -> str:
     if not target:
         return "/portal"
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+    ):
         return "/portal"
     return target
 
@@ -58,33 +64,56 @@ def _check_presession(request: Request, settings: Settings, sent: str) -> bool:
 
 def _with_presession(response: Response, settings: Settings, new_cookie: str | None) -> Response:
     if new_cookie:
-        response.set_cookie(PRESESSION_COOKIE, new_cookie, httponly=True, secure=settings.secure_cookies,
-                            samesite="lax", path="/")
+        response.set_cookie(
+            PRESESSION_COOKIE,
+            new_cookie,
+            httponly=True,
+            secure=settings.secure_cookies,
+            samesite="lax",
+            path="/",
+        )
     return response
 
 
-def _set_session_cookie(response: Response, settings: Settings, token: str, user_session: UserSession) -> None:
+def _set_session_cookie(
+    response: Response, settings: Settings, token: str, user_session: UserSession
+) -> None:
     response.set_cookie(
-        session_cookie_name(settings.secure_cookies), token, httponly=True, secure=settings.secure_cookies,
-        samesite="lax", path="/", expires=session_expiry(settings, user_session),
+        session_cookie_name(settings.secure_cookies),
+        token,
+        httponly=True,
+        secure=settings.secure_cookies,
+        samesite="lax",
+        path="/",
+        expires=session_expiry(settings, user_session),
     )
 
 
-def _sign_in_page(request: Request, settings: Settings, *, error: str | None = None, email: str = "",
-                  next_url: str = "/portal", status_code: int = 200,
-                  headers: dict[str, str] | None = None) -> Response:
+def _sign_in_page(
+    request: Request,
+    settings: Settings,
+    *,
+    error: str | None = None,
+    email: str = "",
+    next_url: str = "/portal",
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
     token, new_cookie = _presession_token(request, settings)
     response = render(
-        request, "auth/sign_in.html",
+        request,
+        "auth/sign_in.html",
         {"error": error, "email": email, "next": next_url, "form_token": token},
-        status_code=status_code, headers=headers,
+        status_code=status_code,
+        headers=headers,
     )
     return _with_presession(response, settings, new_cookie)
 
 
 @router.get("/sign-in", dependencies=[PUBLIC])
-async def sign_in_form(request: Request, settings: SettingsDep, session: SessionDep,
-                       next: str | None = None) -> Response:  # noqa: A002 - the query parameter's name
+async def sign_in_form(
+    request: Request, settings: SettingsDep, session: SessionDep, next: str | None = None
+) -> Response:
     principal = await resolve_principal(request, session, settings)
     if principal is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
@@ -100,22 +129,43 @@ async def sign_in(
     email: Annotated[str, Form(max_length=320)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
     form_token: Annotated[str, Form(max_length=200)] = "",
-    next: Annotated[str, Form(max_length=2000)] = "/portal",  # noqa: A002
+    next: Annotated[str, Form(max_length=2000)] = "/portal",
 ) -> Response:
     next_url = _safe_next(next)
     if not _check_presession(request, settings, form_token):
-        return _sign_in_page(request, settings, email=email, next_url=next_url, status_code=403,
-                             error="The sign-in form expired. Please try again.")
+        return _sign_in_page(
+            request,
+            settings,
+            email=email,
+            next_url=next_url,
+            status_code=403,
+            error="The sign-in form expired. Please try again.",
+        )
     if not email.strip() or not password:
-        return _sign_in_page(request, settings, email=email, next_url=next_url, status_code=400,
-                             error="Enter your email address and password.")
+        return _sign_in_page(
+            request,
+            settings,
+            email=email,
+            next_url=next_url,
+            status_code=400,
+            error="Enter your email address and password.",
+        )
     try:
         result = await auth_service.sign_in(session, sessionmaker, settings, email=email, password=password)
     except TooManyRequests as exc:
-        return _sign_in_page(request, settings, email=email, next_url=next_url, status_code=429,
-                             error=exc.detail, headers=exc.headers)
+        return _sign_in_page(
+            request,
+            settings,
+            email=email,
+            next_url=next_url,
+            status_code=429,
+            error=exc.detail,
+            headers=exc.headers,
+        )
     except NotAuthenticated as exc:
-        return _sign_in_page(request, settings, email=email, next_url=next_url, status_code=401, error=exc.detail)
+        return _sign_in_page(
+            request, settings, email=email, next_url=next_url, status_code=401, error=exc.detail
+        )
     if result.needs_second_factor:
         target = f"/portal/sign-in/verify?next={next_url}"
     elif result.user.must_change_password:
@@ -129,13 +179,17 @@ async def sign_in(
 
 
 @router.get("/sign-in/verify", dependencies=[PUBLIC])
-async def second_factor_form(request: Request, session: SessionDep, settings: SettingsDep,
-                             next: str | None = None) -> Response:  # noqa: A002
+async def second_factor_form(
+    request: Request, session: SessionDep, settings: SettingsDep, next: str | None = None
+) -> Response:
     await resolve_principal(request, session, settings)
     if request.state.pending_session is None:
         return RedirectResponse("/portal/sign-in", status_code=303)
-    return render(request, "auth/verify.html", {"next": _safe_next(next),
-                                                 "pending_csrf": request.state.pending_session.csrf_token})
+    return render(
+        request,
+        "auth/verify.html",
+        {"next": _safe_next(next), "pending_csrf": request.state.pending_session.csrf_token},
+    )
 
 
 @router.post("/sign-in/verify", dependencies=[PUBLIC])
@@ -146,7 +200,7 @@ async def second_factor(
     settings: SettingsDep,
     code: Annotated[str, Form(max_length=16)] = "",
     csrf_token: Annotated[str, Form(max_length=200)] = "",
-    next: Annotated[str, Form(max_length=2000)] = "/portal",  # noqa: A002
+    next: Annotated[str, Form(max_length=2000)] = "/portal",
 ) -> Response:
     await resolve_principal(request, session, settings)
     pending: UserSession | None = request.state.pending_session
@@ -158,9 +212,13 @@ async def second_factor(
             session, sessionmaker, settings, user_session=pending, user=user, code=code
         )
     except CorralError as exc:
-        return render(request, "auth/verify.html",
-                      {"next": _safe_next(next), "pending_csrf": pending.csrf_token, "error": exc.detail},
-                      status_code=exc.status_code, headers=exc.headers)
+        return render(
+            request,
+            "auth/verify.html",
+            {"next": _safe_next(next), "pending_csrf": pending.csrf_token, "error": exc.detail},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
     target = "/portal/account/password" if user.must_change_password else _safe_next(next)
     response = RedirectResponse(target, status_code=303)
     _set_session_cookie(response, settings, token, rotated)
@@ -168,12 +226,14 @@ async def second_factor(
 
 
 @router.post("/sign-out")
-async def sign_out(request: Request, session: SessionDep, settings: SettingsDep,
-                   _: SignedInMayChangePassword) -> Response:
+async def sign_out(
+    request: Request, session: SessionDep, settings: SettingsDep, _: SignedInMayChangePassword
+) -> Response:
     await auth_service.sign_out(session, request.state.user_session, request.state.user)
     response = RedirectResponse("/portal/sign-in?signed_out=1", status_code=303)
-    response.delete_cookie(session_cookie_name(settings.secure_cookies), path="/",
-                           secure=settings.secure_cookies, httponly=True)
+    response.delete_cookie(
+        session_cookie_name(settings.secure_cookies), path="/", secure=settings.secure_cookies, httponly=True
+    )
     return response
 
 
@@ -200,14 +260,23 @@ async def change_password(
     user = request.state.user
     forced = user.must_change_password
     if new_password != confirm_password:
-        return render(request, "auth/password.html",
-                      {"forced": forced, "error": "The two new passwords differ."}, status_code=400)
+        return render(
+            request,
+            "auth/password.html",
+            {"forced": forced, "error": "The two new passwords differ."},
+            status_code=400,
+        )
     try:
-        await user_service.change_own_password(session, user, current_password, new_password,
-                                               keep_session_id=principal.session_id)
+        await user_service.change_own_password(
+            session, user, current_password, new_password, keep_session_id=principal.session_id
+        )
     except CorralError as exc:
-        return render(request, "auth/password.html", {"forced": forced, "error": exc.detail},
-                      status_code=exc.status_code)
+        return render(
+            request,
+            "auth/password.html",
+            {"forced": forced, "error": exc.detail},
+            status_code=exc.status_code,
+        )
     return redirect(request, "/portal" if forced else "/portal/account", "Your password was changed.")
 
 
@@ -224,8 +293,11 @@ async def totp_setup(request: Request, session: SessionDep, settings: SettingsDe
         return redirect(request, "/portal/account")
     tenant = await tenant_service.get(session)
     secret = auth_service.new_totp_secret()
-    return render(request, "auth/two_step.html",
-                  _totp_setup_context(request, settings, secret, tenant.organization_name))
+    return render(
+        request,
+        "auth/two_step.html",
+        _totp_setup_context(request, settings, secret, tenant.organization_name),
+    )
 
 
 @router.post("/account/two-step")
@@ -241,7 +313,9 @@ async def totp_enable(
     try:
         secret = SecretBox(settings.resolved_secret_key(), "totp-setup").decrypt(sealed).decode()
     except ValueError:
-        return redirect(request, "/portal/account/two-step", "The set-up expired; scan the new code.", "error")
+        return redirect(
+            request, "/portal/account/two-step", "The set-up expired; scan the new code.", "error"
+        )
     try:
         await user_service.enable_totp(session, settings, user, secret, code)
     except CorralError as exc:

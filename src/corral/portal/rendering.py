@@ -69,8 +69,15 @@ def set_flash(response: Response, request: Request, message: str, kind: str = "s
     payload = json.dumps({"m": message[:500], "k": kind}, separators=(",", ":"))
     settings = _settings(request)
     signature = hmac_sign(settings.resolved_secret_key(), "flash", payload)
-    response.set_cookie(FLASH_COOKIE, f"{signature}.{payload}", max_age=60, httponly=True,
-                        secure=settings.secure_cookies, samesite="lax", path="/")
+    response.set_cookie(
+        FLASH_COOKIE,
+        f"{signature}.{payload}",
+        max_age=60,
+        httponly=True,
+        secure=settings.secure_cookies,
+        samesite="lax",
+        path="/",
+    )
 
 
 def pop_flash(request: Request) -> dict[str, str] | None:
@@ -89,8 +96,14 @@ def pop_flash(request: Request) -> dict[str, str] | None:
     return {"message": str(data.get("m", "")), "kind": str(data.get("k", "success"))}
 
 
-def render(request: Request, template: str, context: dict[str, Any] | None = None, *, status_code: int = 200,
-           headers: dict[str, str] | None = None) -> HTMLResponse:
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
     principal: Principal | None = getattr(request.state, "principal", None)
     ctx: dict[str, Any] = {
         "principal": principal,
@@ -107,13 +120,21 @@ def render(request: Request, template: str, context: dict[str, Any] | None = Non
     return response
 
 
-def render_error(request: Request, status: int, title: str, detail: str,
-                 headers: dict[str, str] | None = None) -> HTMLResponse:
-    return render(request, "error.html", {"title": title, "detail": detail, "status": status},
-                  status_code=status, headers=headers)
+def render_error(
+    request: Request, status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    return render(
+        request,
+        "error.html",
+        {"title": title, "detail": detail, "status": status},
+        status_code=status,
+        headers=headers,
+    )
 
 
-def redirect(request: Request, url: str, message: str | None = None, kind: str = "success") -> RedirectResponse:
+def redirect(
+    request: Request, url: str, message: str | None = None, kind: str = "success"
+) -> RedirectResponse:
     response = RedirectResponse(url, status_code=303)
     if message:
         set_flash(response, request, message, kind)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response, status
 
@@ -30,7 +30,7 @@ RolesAssign = Annotated[Principal, Depends(Require(P.roles_assign))]
 TagsRead = Annotated[Principal, Depends(Require(P.scope_tags_read))]
 TagsWrite = Annotated[Principal, Depends(Require(P.scope_tags_write))]
 
-NOT_FOUND = {404: {"description": "Not found"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
 
 
 @router.get("/permissions", response_model=list[PermissionOut])
@@ -43,8 +43,12 @@ async def list_roles(session: SessionDep, _: RolesRead) -> list[RoleOut]:
     return [role_out(r) for r in await rbac_service.list_roles(session)]
 
 
-@router.post("/roles", response_model=RoleOut, status_code=status.HTTP_201_CREATED,
-             responses={409: {"description": "Name taken"}})
+@router.post(
+    "/roles",
+    response_model=RoleOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "Name taken"}},
+)
 async def create_role(data: RoleCreate, session: SessionDep, principal: RolesWrite) -> RoleOut:
     return role_out(await rbac_service.create_role(session, principal, data))
 
@@ -55,7 +59,9 @@ async def get_role(role_id: uuid.UUID, session: SessionDep, _: RolesRead) -> Rol
 
 
 @router.patch("/roles/{role_id}", response_model=RoleOut, responses=NOT_FOUND)
-async def update_role(role_id: uuid.UUID, data: RoleUpdate, session: SessionDep, principal: RolesWrite) -> RoleOut:
+async def update_role(
+    role_id: uuid.UUID, data: RoleUpdate, session: SessionDep, principal: RolesWrite
+) -> RoleOut:
     return role_out(await rbac_service.update_role(session, principal, role_id, data))
 
 
@@ -66,14 +72,16 @@ async def delete_role(role_id: uuid.UUID, session: SessionDep, _: RolesWrite) ->
 
 
 @router.get("/role-assignments", response_model=list[RoleAssignmentOut])
-async def list_assignments(session: SessionDep, _: RolesRead, role_id: uuid.UUID | None = None
-                           ) -> list[RoleAssignmentOut]:
+async def list_assignments(
+    session: SessionDep, _: RolesRead, role_id: uuid.UUID | None = None
+) -> list[RoleAssignmentOut]:
     return [assignment_out(a) for a in await rbac_service.list_assignments(session, role_id)]
 
 
 @router.post("/role-assignments", response_model=RoleAssignmentOut, status_code=status.HTTP_201_CREATED)
-async def create_assignment(data: RoleAssignmentCreate, session: SessionDep, principal: RolesAssign
-                            ) -> RoleAssignmentOut:
+async def create_assignment(
+    data: RoleAssignmentCreate, session: SessionDep, principal: RolesAssign
+) -> RoleAssignmentOut:
     return assignment_out(await rbac_service.create_assignment(session, principal, data))
 
 
@@ -82,14 +90,21 @@ async def get_assignment(assignment_id: uuid.UUID, session: SessionDep, _: Roles
     return assignment_out(await rbac_service.get_assignment(session, assignment_id))
 
 
-@router.put("/role-assignments/{assignment_id}/members", response_model=RoleAssignmentOut, responses=NOT_FOUND)
-async def set_members(assignment_id: uuid.UUID, data: RoleAssignmentMembersUpdate, session: SessionDep,
-                      principal: RolesAssign) -> RoleAssignmentOut:
+@router.put(
+    "/role-assignments/{assignment_id}/members", response_model=RoleAssignmentOut, responses=NOT_FOUND
+)
+async def set_members(
+    assignment_id: uuid.UUID, data: RoleAssignmentMembersUpdate, session: SessionDep, principal: RolesAssign
+) -> RoleAssignmentOut:
     return assignment_out(await rbac_service.set_members(session, principal, assignment_id, data.member_ids))
 
 
-@router.delete("/role-assignments/{assignment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-async def delete_assignment(assignment_id: uuid.UUID, session: SessionDep, principal: RolesAssign) -> Response:
+@router.delete(
+    "/role-assignments/{assignment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND
+)
+async def delete_assignment(
+    assignment_id: uuid.UUID, session: SessionDep, principal: RolesAssign
+) -> Response:
     await rbac_service.delete_assignment(session, principal, assignment_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -1,4 +1,4 @@
-"""The permission vocabulary: ``resource:operation``. Every route states one of these (or is listed public)."""
+"""The permission vocabulary: ``resource:operation``. Every route states one (or is listed public)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -28,7 +28,7 @@ async def assignment_count_for_role(session: AsyncSession, role_id: uuid.UUID) -
     return int(count or 0)
 
 
-def _assignment_query():  # type: ignore[no-untyped-def]
+def _assignment_query() -> Select[RoleAssignment]:
     return select(RoleAssignment).options(
         selectinload(RoleAssignment.role),
         selectinload(RoleAssignment.members),

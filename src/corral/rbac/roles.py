@@ -33,21 +33,46 @@ SERVICE_ADMINISTRATOR = BuiltinRole(
     "Service administrator",
     "Devices, enrollment, policies, profiles, apps, app protection, users, groups and roles; "
     "no licences, billing or tenant settings.",
-    ALL_PERMISSIONS - {P.licences_read, P.licences_write, P.settings_read, P.settings_write, P.system_metrics},
+    ALL_PERMISSIONS
+    - {P.licences_read, P.licences_write, P.settings_read, P.settings_write, P.system_metrics},
 )
 DEVICE_COMPLIANCE_ADMINISTRATOR = BuiltinRole(
     "Device compliance administrator",
     "Builds, assigns and monitors compliance policies; reads devices.",
-    frozenset({P.compliance_read, P.compliance_write, P.compliance_assign, P.devices_read, P.groups_read,
-               P.users_read, P.reports_read, P.audit_read}),
+    frozenset(
+        {
+            P.compliance_read,
+            P.compliance_write,
+            P.compliance_assign,
+            P.devices_read,
+            P.groups_read,
+            P.users_read,
+            P.reports_read,
+            P.audit_read,
+        }
+    ),
 )
 HELP_DESK_OPERATOR = BuiltinRole(
     "Help desk operator",
     "Finds users and devices, sees their state and runs remote tasks (lock, wipe, retire, sync, passcode "
     "reset…); assigns apps. No policy editing, no licences.",
-    frozenset({P.devices_read, P.devices_update, P.apps_read, P.apps_assign, P.mam_read, P.mam_wipe,
-               P.compliance_read, P.profiles_read, P.users_read, P.groups_read, P.audit_read, P.reports_read,
-               P.enrollment_read})
+    frozenset(
+        {
+            P.devices_read,
+            P.devices_update,
+            P.apps_read,
+            P.apps_assign,
+            P.mam_read,
+            P.mam_wipe,
+            P.compliance_read,
+            P.profiles_read,
+            P.users_read,
+            P.groups_read,
+            P.audit_read,
+            P.reports_read,
+            P.enrollment_read,
+        }
+    )
     | _REMOTE,
 )
 READ_ONLY_OPERATOR = BuiltinRole(
@@ -58,15 +83,41 @@ READ_ONLY_OPERATOR = BuiltinRole(
 APPLICATION_MANAGER = BuiltinRole(
     "Application manager",
     "Manages apps and app protection policies; reads devices, users and groups.",
-    frozenset({P.apps_read, P.apps_write, P.apps_assign, P.mam_read, P.mam_write, P.mam_assign, P.mam_wipe,
-               P.devices_read, P.users_read, P.groups_read, P.reports_read}),
+    frozenset(
+        {
+            P.apps_read,
+            P.apps_write,
+            P.apps_assign,
+            P.mam_read,
+            P.mam_write,
+            P.mam_assign,
+            P.mam_wipe,
+            P.devices_read,
+            P.users_read,
+            P.groups_read,
+            P.reports_read,
+        }
+    ),
 )
 POLICY_AND_PROFILE_MANAGER = BuiltinRole(
     "Policy and profile manager",
     "Manages compliance policies, configuration profiles and enrollment; reads devices, users and groups.",
-    frozenset({P.compliance_read, P.compliance_write, P.compliance_assign, P.profiles_read, P.profiles_write,
-               P.profiles_assign, P.enrollment_read, P.enrollment_manage, P.devices_read, P.users_read,
-               P.groups_read, P.reports_read}),
+    frozenset(
+        {
+            P.compliance_read,
+            P.compliance_write,
+            P.compliance_assign,
+            P.profiles_read,
+            P.profiles_write,
+            P.profiles_assign,
+            P.enrollment_read,
+            P.enrollment_manage,
+            P.devices_read,
+            P.users_read,
+            P.groups_read,
+            P.reports_read,
+        }
+    ),
 )
 
 BUILTIN_ROLES: tuple[BuiltinRole, ...] = (

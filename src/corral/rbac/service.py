@@ -57,7 +57,9 @@ def assignment_out(assignment: RoleAssignment) -> RoleAssignmentOut:
         role_id=assignment.role_id,
         role_name=assignment.role.name,
         scope_all=assignment.scope_all,
-        scope_tags=[ScopeTagOut.model_validate(tag) for tag in sorted(assignment.scope_tags, key=lambda t: t.name)],
+        scope_tags=[
+            ScopeTagOut.model_validate(tag) for tag in sorted(assignment.scope_tags, key=lambda t: t.name)
+        ],
         members=[
             MemberOut(id=m.id, email=m.email, display_name=m.display_name)
             for m in sorted(assignment.members, key=lambda m: m.email)
@@ -82,30 +84,45 @@ class RbacService:
             raise NotFound(f"No role is named {name!r}.")
         return role
 
-    def check_can_grant(self, principal: Principal, permissions: frozenset[P], scope: Scope = EVERYWHERE) -> None:
+    def check_can_grant(
+        self, principal: Principal, permissions: frozenset[P], scope: Scope = EVERYWHERE
+    ) -> None:
         if not principal.can_grant(permissions, scope):
             missing = sorted(p.value for p in permissions if not principal.scope_for(p).contains(scope))
             raise Forbidden(
                 "You cannot grant permissions you do not hold yourself over that scope: " + ", ".join(missing)
             )
 
-    async def create_role(self, session: AsyncSession, principal: Principal, data: RoleCreate) -> RoleDefinition:
+    async def create_role(
+        self, session: AsyncSession, principal: Principal, data: RoleCreate
+    ) -> RoleDefinition:
         permissions = frozenset(P(p) for p in data.permissions)
         self.check_can_grant(principal, permissions)
         if await repository.role_by_name(session, data.name):
             raise Conflict(f"A role named {data.name!r} already exists.")
         role = RoleDefinition(
-            id=uuid.uuid4(), name=data.name, description=data.description, is_builtin=False,
+            id=uuid.uuid4(),
+            name=data.name,
+            description=data.description,
+            is_builtin=False,
             permissions=sorted(data.permissions),
         )
         session.add(role)
         await session.flush()
         await session.refresh(role)
         await audit_service.record(
-            session, activity="role.create", category="role", operation="create", target_type="role",
-            target_id=role.id, target_name=role.name,
-            changes=[("name", None, role.name), ("description", None, role.description),
-                     ("permissions", None, role.permissions)],
+            session,
+            activity="role.create",
+            category="role",
+            operation="create",
+            target_type="role",
+            target_id=role.id,
+            target_name=role.name,
+            changes=[
+                ("name", None, role.name),
+                ("description", None, role.description),
+                ("permissions", None, role.permissions),
+            ],
         )
         return role
 
@@ -134,8 +151,14 @@ class RbacService:
             await session.flush()
             await session.refresh(role)
             await audit_service.record(
-                session, activity="role.update", category="role", operation="update", target_type="role",
-                target_id=role.id, target_name=role.name, changes=changes,
+                session,
+                activity="role.update",
+                category="role",
+                operation="update",
+                target_type="role",
+                target_id=role.id,
+                target_name=role.name,
+                changes=changes,
             )
         return role
 
@@ -147,8 +170,14 @@ class RbacService:
             raise Conflict("This role is still assigned; remove its role assignments first.")
         await session.delete(role)
         await audit_service.record(
-            session, activity="role.delete", category="role", operation="delete", target_type="role",
-            target_id=role.id, target_name=role.name, changes=[("permissions", list(role.permissions), None)],
+            session,
+            activity="role.delete",
+            category="role",
+            operation="delete",
+            target_type="role",
+            target_id=role.id,
+            target_name=role.name,
+            changes=[("permissions", list(role.permissions), None)],
         )
 
     # ---------------------------------------------------------------- scope tags
@@ -162,8 +191,14 @@ class RbacService:
         session.add(tag)
         await session.flush()
         await audit_service.record(
-            session, activity="scope_tag.create", category="role", operation="create", target_type="scope_tag",
-            target_id=tag.id, target_name=tag.name, changes=[("name", None, tag.name)],
+            session,
+            activity="scope_tag.create",
+            category="role",
+            operation="create",
+            target_type="scope_tag",
+            target_id=tag.id,
+            target_name=tag.name,
+            changes=[("name", None, tag.name)],
         )
         return tag
 
@@ -178,8 +213,13 @@ class RbacService:
         except IntegrityError as exc:
             raise Conflict("This scope tag is still in use.") from exc
         await audit_service.record(
-            session, activity="scope_tag.delete", category="role", operation="delete", target_type="scope_tag",
-            target_id=tag.id, target_name=tag.name,
+            session,
+            activity="scope_tag.delete",
+            category="role",
+            operation="delete",
+            target_type="scope_tag",
+            target_id=tag.id,
+            target_name=tag.name,
         )
 
     # ---------------------------------------------------------------- assignments
@@ -204,22 +244,34 @@ class RbacService:
         tags: list[ScopeTag] = []
         if not data.scope_all:
             if not data.scope_tag_ids:
-                raise ValidationFailed("Choose at least one scope tag, or scope the assignment to everything.")
+                raise ValidationFailed(
+                    "Choose at least one scope tag, or scope the assignment to everything."
+                )
             tags = await repository.tags_by_ids(session, data.scope_tag_ids)
             if len(tags) != len(set(data.scope_tag_ids)):
                 raise ValidationFailed("One or more scope tags do not exist.")
         scope = EVERYWHERE if data.scope_all else Scope(tag_ids=frozenset(t.id for t in tags))
         self.check_can_grant(principal, role_permissions(role), scope)
         assignment = RoleAssignment(
-            id=uuid.uuid4(), name=data.name, description=data.description, role_id=role.id,
-            scope_all=data.scope_all, members=members, scope_tags=tags,
+            id=uuid.uuid4(),
+            name=data.name,
+            description=data.description,
+            role_id=role.id,
+            scope_all=data.scope_all,
+            members=members,
+            scope_tags=tags,
         )
         session.add(assignment)
         await session.flush()
         created = await self.get_assignment(session, assignment.id)
         await audit_service.record(
-            session, activity="role_assignment.create", category="role", operation="create",
-            target_type="role_assignment", target_id=created.id, target_name=created.name,
+            session,
+            activity="role_assignment.create",
+            category="role",
+            operation="create",
+            target_type="role_assignment",
+            target_id=created.id,
+            target_name=created.name,
             changes=[
                 ("role", None, role.name),
                 ("members", None, sorted(m.email for m in members)),
@@ -234,14 +286,22 @@ class RbacService:
         """Refuse a change that would leave no enabled, unscoped Global administrator."""
         holders = set(await repository.enabled_members_of_role(session, GLOBAL_ADMINISTRATOR.id))
         if holders and not holders - removing:
-            raise Conflict("This would remove the last Global administrator; assign the role to someone else first.")
+            raise Conflict(
+                "This would remove the last Global administrator; assign the role to someone else first."
+            )
 
     async def set_members(
-        self, session: AsyncSession, principal: Principal, assignment_id: uuid.UUID, member_ids: list[uuid.UUID]
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        assignment_id: uuid.UUID,
+        member_ids: list[uuid.UUID],
     ) -> RoleAssignment:
         assignment = await self.get_assignment(session, assignment_id)
         scope = (
-            EVERYWHERE if assignment.scope_all else Scope(tag_ids=frozenset(t.id for t in assignment.scope_tags))
+            EVERYWHERE
+            if assignment.scope_all
+            else Scope(tag_ids=frozenset(t.id for t in assignment.scope_tags))
         )
         self.check_can_grant(principal, role_permissions(assignment.role), scope)
         members = await repository.users_by_ids(session, member_ids)
@@ -250,12 +310,19 @@ class RbacService:
         before = sorted(m.email for m in assignment.members)
         removed = {m.id for m in assignment.members} - {m.id for m in members}
         if assignment.role_id == GLOBAL_ADMINISTRATOR.id and assignment.scope_all and removed:
-            await self._guard_last_global_admin(session, await self._holders_losing_role(session, assignment, removed))
+            await self._guard_last_global_admin(
+                session, await self._holders_losing_role(session, assignment, removed)
+            )
         assignment.members = members
         await session.flush()
         await audit_service.record(
-            session, activity="role_assignment.update", category="role", operation="update",
-            target_type="role_assignment", target_id=assignment.id, target_name=assignment.name,
+            session,
+            activity="role_assignment.update",
+            category="role",
+            operation="update",
+            target_type="role_assignment",
+            target_id=assignment.id,
+            target_name=assignment.name,
             changes=[("members", before, sorted(m.email for m in members))],
         )
         return assignment
@@ -267,28 +334,42 @@ class RbacService:
         losing = set()
         for user_id in removed:
             others = [
-                a for a in await repository.assignments_of_user(session, user_id)
+                a
+                for a in await repository.assignments_of_user(session, user_id)
                 if a.id != assignment.id and a.role_id == assignment.role_id and a.scope_all
             ]
             if not others:
                 losing.add(user_id)
         return losing
 
-    async def delete_assignment(self, session: AsyncSession, principal: Principal, assignment_id: uuid.UUID) -> None:
+    async def delete_assignment(
+        self, session: AsyncSession, principal: Principal, assignment_id: uuid.UUID
+    ) -> None:
         assignment = await self.get_assignment(session, assignment_id)
         scope = (
-            EVERYWHERE if assignment.scope_all else Scope(tag_ids=frozenset(t.id for t in assignment.scope_tags))
+            EVERYWHERE
+            if assignment.scope_all
+            else Scope(tag_ids=frozenset(t.id for t in assignment.scope_tags))
         )
         self.check_can_grant(principal, role_permissions(assignment.role), scope)
         if assignment.role_id == GLOBAL_ADMINISTRATOR.id and assignment.scope_all:
             removed = {m.id for m in assignment.members}
-            await self._guard_last_global_admin(session, await self._holders_losing_role(session, assignment, removed))
+            await self._guard_last_global_admin(
+                session, await self._holders_losing_role(session, assignment, removed)
+            )
         await session.delete(assignment)
         await audit_service.record(
-            session, activity="role_assignment.delete", category="role", operation="delete",
-            target_type="role_assignment", target_id=assignment.id, target_name=assignment.name,
-            changes=[("role", assignment.role.name, None),
-                     ("members", sorted(m.email for m in assignment.members), None)],
+            session,
+            activity="role_assignment.delete",
+            category="role",
+            operation="delete",
+            target_type="role_assignment",
+            target_id=assignment.id,
+            target_name=assignment.name,
+            changes=[
+                ("role", assignment.role.name, None),
+                ("members", sorted(m.email for m in assignment.members), None),
+            ],
         )
 
     async def guard_disable(self, session: AsyncSession, user: User) -> None:
@@ -306,7 +387,9 @@ class RbacService:
     # ---------------------------------------------------------------- what can this admin do, and where?
     async def effective_access(self, session: AsyncSession, user: User) -> EffectiveAccess:
         grants = await auth_service.grants_of(session, user.id)
-        principal = Principal(user_id=user.id, email=user.email, display_name=user.display_name, grants=grants)
+        principal = Principal(
+            user_id=user.id, email=user.email, display_name=user.display_name, grants=grants
+        )
         tag_names = {t.id: t.name for t in await repository.list_scope_tags(session)}
         rows = []
         for permission in sorted(principal.permissions):
@@ -317,12 +400,20 @@ class RbacService:
                     description=DESCRIPTIONS[permission],
                     scope_all=scope.all,
                     scope_tags=sorted(tag_names.get(t, str(t)) for t in scope.tag_ids),
-                    granted_by=sorted({f"{g.role_name} ({g.assignment_name})" for g in grants
-                                       if permission in g.permissions}),
+                    granted_by=sorted(
+                        {
+                            f"{g.role_name} ({g.assignment_name})"
+                            for g in grants
+                            if permission in g.permissions
+                        }
+                    ),
                 )
             )
         return EffectiveAccess(
-            user_id=user.id, email=user.email, display_name=user.display_name, is_admin=principal.is_admin,
+            user_id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            is_admin=principal.is_admin,
             permissions=rows,
         )
 

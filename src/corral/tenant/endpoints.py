@@ -23,6 +23,8 @@ async def get_settings(
 
 @router.patch("", response_model=TenantSettingsOut)
 async def update_settings(
-    data: TenantSettingsUpdate, session: SessionDep, _: Annotated[Principal, Depends(Require(P.settings_write))]
+    data: TenantSettingsUpdate,
+    session: SessionDep,
+    _: Annotated[Principal, Depends(Require(P.settings_write))],
 ) -> TenantSettingsOut:
     return TenantSettingsOut.model_validate(await tenant_service.update(session, data))

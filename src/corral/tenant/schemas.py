@@ -16,6 +16,8 @@ class TenantSettingsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     organization_name: str | None = Field(default=None, min_length=1, max_length=128)
-    support_email: str | None = Field(default=None, max_length=320, pattern=r"^$|^[^@\s]{1,64}@[^@\s]{1,255}$")
+    support_email: str | None = Field(
+        default=None, max_length=320, pattern=r"^$|^[^@\s]{1,64}@[^@\s]{1,255}$"
+    )
     support_phone: str | None = Field(default=None, max_length=64)
     support_url: str | None = Field(default=None, max_length=512, pattern=r"^$|^https?://\S+$")

@@ -31,8 +31,14 @@ class TenantService:
             await session.flush()
             await session.refresh(row)
             await audit_service.record(
-                session, activity="settings.update", category="settings", operation="update",
-                target_type="tenant_settings", target_id=1, target_name="Tenant settings", changes=changes,
+                session,
+                activity="settings.update",
+                category="settings",
+                operation="update",
+                target_type="tenant_settings",
+                target_id=1,
+                target_name="Tenant settings",
+                changes=changes,
             )
         return row
 

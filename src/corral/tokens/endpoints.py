@@ -41,7 +41,9 @@ async def create_token(data: ApiTokenCreate, session: SessionDep, principal: Sig
     if not principal.is_admin:
         raise Forbidden("Only administrators (accounts holding a role) can create API tokens.")
     owner = await user_service.get(session, principal.user_id)
-    api_token, token = await token_service.create(session, owner, data, owner_permissions=principal.permissions)
+    api_token, token = await token_service.create(
+        session, owner, data, owner_permissions=principal.permissions
+    )
     return ApiTokenCreated(token=token, api_token=ApiTokenOut.model_validate(api_token))
 
 

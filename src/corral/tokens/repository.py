@@ -14,7 +14,11 @@ async def list_for_user(session: AsyncSession, user_id: uuid.UUID) -> list[ApiTo
 
 
 async def list_all(session: AsyncSession) -> list[tuple[ApiToken, str]]:
-    stmt = select(ApiToken, User.email).join(User, User.id == ApiToken.user_id).order_by(ApiToken.created_at.desc())
+    stmt = (
+        select(ApiToken, User.email)
+        .join(User, User.id == ApiToken.user_id)
+        .order_by(ApiToken.created_at.desc())
+    )
     return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
 
 

@@ -1,4 +1,4 @@
-"""API tokens: shown once, stored as digests, expiring, revocable, acting as their owner (optionally narrowed)."""
+"""API tokens: shown once, stored as digests, expiring, revocable, acting as their owner (or less)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ class TokenService:
         if data.permissions is not None:
             beyond = sorted(set(data.permissions) - {p.value for p in owner_permissions})
             if beyond:
-                raise ValidationFailed(f"The token cannot hold permissions its owner lacks: {', '.join(beyond)}")
+                raise ValidationFailed(
+                    f"The token cannot hold permissions its owner lacks: {', '.join(beyond)}"
+                )
         token = new_token(API_TOKEN_PREFIX)
         now = utcnow()
         api_token = ApiToken(
@@ -42,10 +44,18 @@ class TokenService:
         session.add(api_token)
         await session.flush()
         await audit_service.record(
-            session, activity="api_token.create", category="api_token", operation="create",
-            target_type="api_token", target_id=api_token.id, target_name=f"{owner.email}: {api_token.name}",
-            changes=[("name", None, api_token.name), ("permissions", None, api_token.permissions or "all"),
-                     ("expires_at", None, api_token.expires_at.isoformat())],
+            session,
+            activity="api_token.create",
+            category="api_token",
+            operation="create",
+            target_type="api_token",
+            target_id=api_token.id,
+            target_name=f"{owner.email}: {api_token.name}",
+            changes=[
+                ("name", None, api_token.name),
+                ("permissions", None, api_token.permissions or "all"),
+                ("expires_at", None, api_token.expires_at.isoformat()),
+            ],
         )
         return api_token, token
 
@@ -55,8 +65,9 @@ class TokenService:
     async def list_all(self, session: AsyncSession) -> list[tuple[ApiToken, str]]:
         return await repository.list_all(session)
 
-    async def revoke(self, session: AsyncSession, principal: Principal, token_id: uuid.UUID,
-                     *, may_manage_others: bool) -> ApiToken:
+    async def revoke(
+        self, session: AsyncSession, principal: Principal, token_id: uuid.UUID, *, may_manage_others: bool
+    ) -> ApiToken:
         api_token = await repository.get(session, token_id)
         if api_token is None or (api_token.user_id != principal.user_id and not may_manage_others):
             raise NotFound("No such API token.")
@@ -65,8 +76,13 @@ class TokenService:
         api_token.revoked_at = utcnow()
         await session.flush()
         await audit_service.record(
-            session, activity="api_token.revoke", category="api_token", operation="update",
-            target_type="api_token", target_id=api_token.id, target_name=api_token.name,
+            session,
+            activity="api_token.revoke",
+            category="api_token",
+            operation="update",
+            target_type="api_token",
+            target_id=api_token.id,
+            target_name=api_token.name,
             changes=[("revoked_at", None, api_token.revoked_at.isoformat())],
         )
         return api_token

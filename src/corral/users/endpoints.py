@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
 
@@ -21,7 +21,7 @@ router = APIRouter(tags=["users"])
 UsersRead = Annotated[Principal, Depends(Require(P.users_read))]
 UsersWrite = Annotated[Principal, Depends(Require(P.users_write))]
 RolesRead = Annotated[Principal, Depends(Require(P.roles_read))]
-NOT_FOUND = {404: {"description": "Not found"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
 
 
 def user_out(user: User) -> UserOut:
@@ -29,16 +29,23 @@ def user_out(user: User) -> UserOut:
 
 
 @router.get("/users", response_model=list[UserOut])
-async def list_users(session: SessionDep, _: UsersRead,
-                     search: Annotated[str | None, Query(max_length=200)] = None) -> list[UserOut]:
+async def list_users(
+    session: SessionDep, _: UsersRead, search: Annotated[str | None, Query(max_length=200)] = None
+) -> list[UserOut]:
     return [user_out(u) for u in await user_service.list_all(session, search)]
 
 
-@router.post("/users", response_model=UserCreated, status_code=status.HTTP_201_CREATED,
-             responses={409: {"description": "Email taken"}})
+@router.post(
+    "/users",
+    response_model=UserCreated,
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "Email taken"}},
+)
 async def create_user(data: UserCreate, session: SessionDep, principal: UsersWrite) -> UserCreated:
     if data.role_id is not None and not principal.has(P.roles_assign):
-        raise Forbidden("Giving a role on creation is a role assignment: it needs the permission roles:assign.")
+        raise Forbidden(
+            "Giving a role on creation is a role assignment: it needs the permission roles:assign."
+        )
     created = await user_service.create_local(session, data, principal=principal)
     return UserCreated(user=user_out(created.user), one_time_password=created.one_time_password)
 
@@ -49,7 +56,9 @@ async def get_user(user_id: uuid.UUID, session: SessionDep, _: UsersRead) -> Use
 
 
 @router.patch("/users/{user_id}", response_model=UserOut, responses=NOT_FOUND)
-async def update_user(user_id: uuid.UUID, data: UserUpdate, session: SessionDep, principal: UsersWrite) -> UserOut:
+async def update_user(
+    user_id: uuid.UUID, data: UserUpdate, session: SessionDep, principal: UsersWrite
+) -> UserOut:
     return user_out(await user_service.update(session, user_id, data, principal))
 
 

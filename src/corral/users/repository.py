@@ -25,7 +25,8 @@ async def list_all(session: AsyncSession, search: str | None = None, limit: int 
     stmt = select(User).order_by(User.email).limit(limit)
     if search:
         stmt = stmt.where(
-            User.email.icontains(search, autoescape=True) | User.display_name.icontains(search, autoescape=True)
+            User.email.icontains(search, autoescape=True)
+            | User.display_name.icontains(search, autoescape=True)
         )
     return list((await session.scalars(stmt)).all())
 

@@ -36,10 +36,13 @@ class UserCreate(BaseModel):
     email: str = Field(max_length=320, pattern=EMAIL_PATTERN)
     display_name: str = Field(default="", max_length=256)
     password: str | None = Field(
-        default=None, max_length=1024,
+        default=None,
+        max_length=1024,
         description="Leave out to generate a one-time password that must be changed at first sign-in.",
     )
-    role_id: uuid.UUID | None = Field(default=None, description="Give the new account this role over everything.")
+    role_id: uuid.UUID | None = Field(
+        default=None, description="Give the new account this role over everything."
+    )
 
     @field_validator("email")
     @classmethod

@@ -84,28 +84,47 @@ class UserService:
         session.add(user)
         await session.flush()
         await audit_service.record(
-            session, activity="user.create", category="user", operation="create", target_type="user",
-            target_id=user.id, target_name=user.email,
-            changes=[("email", None, user.email), ("display_name", None, user.display_name),
-                     ("password", None, "set")],
+            session,
+            activity="user.create",
+            category="user",
+            operation="create",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.email,
+            changes=[
+                ("email", None, user.email),
+                ("display_name", None, user.display_name),
+                ("password", None, "set"),
+            ],
         )
         if role is not None:
             assignment = RoleAssignment(
-                id=uuid.uuid4(), name=f"{role.name}: {user.email}", description="", role_id=role.id,
-                scope_all=True, members=[user], scope_tags=[],
+                id=uuid.uuid4(),
+                name=f"{role.name}: {user.email}",
+                description="",
+                role_id=role.id,
+                scope_all=True,
+                members=[user],
+                scope_tags=[],
             )
             session.add(assignment)
             await session.flush()
             await audit_service.record(
-                session, activity="role_assignment.create", category="role", operation="create",
-                target_type="role_assignment", target_id=assignment.id, target_name=assignment.name,
+                session,
+                activity="role_assignment.create",
+                category="role",
+                operation="create",
+                target_type="role_assignment",
+                target_id=assignment.id,
+                target_name=assignment.name,
                 changes=[("role", None, role.name), ("members", None, [user.email]), ("scope", None, "all")],
             )
         await session.refresh(user)
         return CreatedUser(user, one_time)
 
-    async def update(self, session: AsyncSession, user_id: uuid.UUID, data: UserUpdate,
-                     principal: Principal) -> User:
+    async def update(
+        self, session: AsyncSession, user_id: uuid.UUID, data: UserUpdate, principal: Principal
+    ) -> User:
         user = await self.get(session, user_id)
         before = _snapshot(user)
         if data.enabled is False and user.enabled:
@@ -127,8 +146,15 @@ class UserService:
             await session.flush()
             await session.refresh(user)
             await audit_service.record(
-                session, activity="user.update", category="user", operation="update", target_type="user",
-                target_id=user.id, target_name=user.email, changes=changes, detail=detail,
+                session,
+                activity="user.update",
+                category="user",
+                operation="update",
+                target_type="user",
+                target_id=user.id,
+                target_name=user.email,
+                changes=changes,
+                detail=detail,
             )
         return user
 
@@ -142,14 +168,24 @@ class UserService:
         user.must_change_password = True
         ended = await auth_service.end_all_sessions(session, user)
         await audit_service.record(
-            session, activity="user.password_reset", category="user", operation="update", target_type="user",
-            target_id=user.id, target_name=user.email, changes=[("password", "set", "reset")],
+            session,
+            activity="user.password_reset",
+            category="user",
+            operation="update",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.email,
+            changes=[("password", "set", "reset")],
             detail=f"{ended} session(s) ended",
         )
         return one_time
 
     async def change_own_password(
-        self, session: AsyncSession, user: User, current_password: str, new_password: str,
+        self,
+        session: AsyncSession,
+        user: User,
+        current_password: str,
+        new_password: str,
         keep_session_id: uuid.UUID | None,
     ) -> None:
         if not verify_password(user.password_hash, current_password):
@@ -166,13 +202,20 @@ class UserService:
             if other.id != keep_session_id:
                 await session.delete(other)
         await audit_service.record(
-            session, activity="user.password_change", category="user", operation="update", target_type="user",
-            target_id=user.id, target_name=user.email, changes=[("password", "set", "changed")],
+            session,
+            activity="user.password_change",
+            category="user",
+            operation="update",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.email,
+            changes=[("password", "set", "changed")],
         )
 
     # ---------------------------------------------------------------- second factor (TOTP)
-    async def enable_totp(self, session: AsyncSession, settings: Settings, user: User, secret: str,
-                          code: str) -> None:
+    async def enable_totp(
+        self, session: AsyncSession, settings: Settings, user: User, secret: str, code: str
+    ) -> None:
         if user.totp_enabled:
             raise Conflict("Two-step verification is already on.")
         box = SecretBox(settings.resolved_secret_key(), "totp")
@@ -184,8 +227,14 @@ class UserService:
         user.totp_last_used_step = step
         user.totp_enabled_at = utcnow()
         await audit_service.record(
-            session, activity="user.totp_enable", category="user", operation="update", target_type="user",
-            target_id=user.id, target_name=user.email, changes=[("totp", None, "enabled")],
+            session,
+            activity="user.totp_enable",
+            category="user",
+            operation="update",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.email,
+            changes=[("totp", None, "enabled")],
         )
 
     async def disable_totp(self, session: AsyncSession, user: User, password: str) -> None:
@@ -195,8 +244,14 @@ class UserService:
         user.totp_enabled_at = None
         user.totp_last_used_step = None
         await audit_service.record(
-            session, activity="user.totp_disable", category="user", operation="update", target_type="user",
-            target_id=user.id, target_name=user.email, changes=[("totp", "enabled", None)],
+            session,
+            activity="user.totp_disable",
+            category="user",
+            operation="update",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.email,
+            changes=[("totp", "enabled", None)],
         )
 
     # ---------------------------------------------------------------- bootstrap
