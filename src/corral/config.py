@@ -1,8 +1,9 @@
 """Settings: the only place that reads the environment.
 
 Every value comes from an environment variable prefixed ``CORRAL_`` or from the settings file named
-by ``CORRAL_SETTINGS_FILE`` (a dotenv-style ``KEY=value`` file). In development a secret key is generated once and
-kept in the data directory; in production it must be given explicitly and must not be a placeholder.
+by ``CORRAL_SETTINGS_FILE`` (a dotenv-style ``KEY=value`` file). In development a secret key is
+generated once and kept in the data directory; in production it must be given explicitly and must not
+be a placeholder.
 """
 
 from __future__ import annotations
