@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.audit.service import audit_service
 from corral.auth.service import auth_service
@@ -70,7 +71,9 @@ async def resolve_principal(request: Request, session: SessionDep, settings: Set
     return principal
 
 
-async def _check_csrf(request: Request, principal: Principal) -> None:
+async def _check_csrf(
+    request: Request, principal: Principal, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     if request.method not in UNSAFE_METHODS or not request.state.via_cookie:
         return  # bearer tokens are not ambient credentials
     sent = request.headers.get(CSRF_HEADER)
@@ -81,13 +84,14 @@ async def _check_csrf(request: Request, principal: Principal) -> None:
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
     if not sent or not principal.csrf_token or not constant_time_equals(sent, principal.csrf_token):
+        await _refuse(request, sessionmaker, "missing or wrong CSRF token")
         raise Forbidden(
             "The form has expired or did not come from Corral (missing or wrong CSRF token). "
             "Reload the page and try again."
         )
 
 
-async def _refuse(request: Request, sessionmaker: SessionMakerDep, principal: Principal, detail: str) -> None:
+async def _refuse(request: Request, sessionmaker: async_sessionmaker[AsyncSession], detail: str) -> None:
     if request.method in UNSAFE_METHODS:
         await audit_service.record_now(
             sessionmaker,
@@ -119,7 +123,7 @@ class Require:
         principal = await resolve_principal(request, session, settings)
         if principal is None:
             raise NotAuthenticated("Sign in first.")
-        await _check_csrf(request, principal)
+        await _check_csrf(request, principal, sessionmaker)
         if principal.must_change_password:
             raise PasswordChangeRequired("Choose a new password before doing anything else.")
         held = [principal.has(p) for p in self.permissions]
@@ -128,7 +132,7 @@ class Require:
             detail = (
                 f"This needs the permission {' or '.join(missing) if self.any_of else ', '.join(missing)}."
             )
-            await _refuse(request, sessionmaker, principal, detail)
+            await _refuse(request, sessionmaker, detail)
             raise Forbidden(detail)
         return principal
 
@@ -142,11 +146,13 @@ class Authenticated:
     def __repr__(self) -> str:
         return "Authenticated()"
 
-    async def __call__(self, request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
+    async def __call__(
+        self, request: Request, session: SessionDep, settings: SettingsDep, sessionmaker: SessionMakerDep
+    ) -> Principal:
         principal = await resolve_principal(request, session, settings)
         if principal is None:
             raise NotAuthenticated("Sign in first.")
-        await _check_csrf(request, principal)
+        await _check_csrf(request, principal, sessionmaker)
         if principal.must_change_password and not self.allow_password_change:
             raise PasswordChangeRequired("Choose a new password before doing anything else.")
         return principal
