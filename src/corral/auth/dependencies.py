@@ -56,7 +56,9 @@ async def resolve_principal(request: Request, session: SessionDep, settings: Set
     else:
         cookie = request.cookies.get(session_cookie_name(settings.secure_cookies))
         if cookie:
-            found = await auth_service.session_from_token(session, settings, cookie)
+            found = await auth_service.session_from_token(
+                session, request.app.state.sessionmaker, settings, cookie
+            )
             if found is not None:
                 user_session, user = found
                 request.state.user = user

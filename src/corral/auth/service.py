@@ -278,7 +278,11 @@ class AuthService:
 
     # ---------------------------------------------------------------- resolving a request
     async def session_from_token(
-        self, session: AsyncSession, settings: Settings, token: str
+        self,
+        session: AsyncSession,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        token: str,
     ) -> tuple[UserSession, User] | None:
         found = await repository.session_with_user(session, token_digest(token))
         if found is None:
@@ -287,7 +291,10 @@ class AuthService:
         now = utcnow()
         idle = timedelta(minutes=settings.session_idle_minutes)
         if user_session.expires_at <= now or user_session.last_seen_at + idle <= now or not user.enabled:
-            await repository.delete_session(session, user_session.id)
+            # Deleted in a transaction of its own: the request that found it will fail and roll back.
+            async with sessionmaker() as cleanup:
+                await repository.delete_session(cleanup, user_session.id)
+                await cleanup.commit()
             return None
         if now - user_session.last_seen_at >= TOUCH_EVERY:
             await repository.touch_session(session, user_session.id, now)
