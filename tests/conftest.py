@@ -11,6 +11,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,22 @@ def with_database(url: str, database: str) -> str:
 class Cluster:
     admin_url: str
     external: bool
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing() -> Iterator[None]:
+    """Argon2id with the library's cheapest parameters while testing: the same code paths and hash format,
+    without ~0.1-0.5 s of deliberate slowness per password. (tests/test_config.py checks the real one.)"""
+    from argon2 import PasswordHasher
+    from argon2.profiles import CHEAPEST
+
+    from corral.kit import security
+
+    real = (security._hasher, security._DUMMY_HASH)
+    security._hasher = PasswordHasher.from_parameters(CHEAPEST)
+    security._DUMMY_HASH = security._hasher.hash(uuid.uuid4().hex)
+    yield
+    security._hasher, security._DUMMY_HASH = real
 
 
 @pytest.fixture(scope="session")
@@ -214,3 +231,109 @@ def csrf_of(html: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert match, "page has no CSRF token"
     return match.group(1)
+
+
+# ------------------------------------------------------------------------------------------- shared helpers
+# (API and security suites; see tests/test_*.py)
+
+
+async def owner_permissions(
+    sessionmaker: async_sessionmaker[AsyncSession], user_id: uuid.UUID
+) -> frozenset[Any]:
+    """Every permission a user holds right now, through any of their role assignments."""
+    from corral.auth.service import auth_service
+
+    async with sessionmaker() as session:
+        grants = await auth_service.grants_of(session, user_id)
+    return frozenset(p for grant in grants for p in grant.permissions)
+
+
+async def issue_token(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    user_id: uuid.UUID,
+    *,
+    permissions: list[str] | None = None,
+    name: str = "tests",
+) -> str:
+    """An API token for an existing user, through the token service (optionally narrowed)."""
+    from corral.models import User
+
+    context.set_current(context.RequestContext(correlation_id="test-arrange", actor=context.SYSTEM))
+    held = await owner_permissions(sessionmaker, user_id)
+    async with sessionmaker() as session:
+        owner = await session.get(User, user_id)
+        assert owner is not None
+        _t, secret = await token_service.create(
+            session, owner, ApiTokenCreate(name=name, permissions=permissions), owner_permissions=held
+        )
+        await session.commit()
+    return secret
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def portal_csrf(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> str:
+    """Sign ``client`` in through the portal form; return the session's CSRF token (for X-CSRF-Token)."""
+    response = await sign_in(client, email, password)
+    assert response.status_code == 303, response.text
+    page = await client.get("/portal/account")
+    assert page.status_code == 200, page.text
+    return csrf_of(page.text)
+
+
+async def audit_rows(sessionmaker: async_sessionmaker[AsyncSession], **where: Any) -> list[Any]:
+    """Audit events straight from the table (oldest first), filtered by column equality."""
+    from sqlalchemy import select
+
+    from corral.models import AuditEvent
+
+    stmt = select(AuditEvent).order_by(AuditEvent.seq)
+    for column, value in where.items():
+        stmt = stmt.where(getattr(AuditEvent, column) == value)
+    async with sessionmaker() as session:
+        return list((await session.scalars(stmt)).all())
+
+
+async def count_rows(sessionmaker: async_sessionmaker[AsyncSession], table: str) -> int:
+    from sqlalchemy import text
+
+    assert re.fullmatch(r"[a-z_]+", table)
+    async with sessionmaker() as session:
+        return int(await session.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+@asynccontextmanager
+async def running_app(settings: Settings, db_url: str, **kwargs: Any) -> AsyncIterator[FastAPI]:
+    """An application with its own settings, started (lifespan) for the duration of the block."""
+    application = create_app(settings, database_url=db_url, **kwargs)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@asynccontextmanager
+async def scratch_database(cluster: Cluster, *, template: str | None = TEMPLATE_DB) -> AsyncIterator[str]:
+    """A database of its own for the block: a clone of the migrated template, or empty (template=None)."""
+    name = f"s_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    clause = f" TEMPLATE {template} STRATEGY FILE_COPY" if template else ""
+    conn = await asyncpg.connect(_asyncpg_url(cluster.admin_url))
+    try:
+        await conn.execute(f"CREATE DATABASE {name}{clause}")
+    finally:
+        await conn.close()
+    try:
+        yield with_database(cluster.admin_url, name)
+    finally:
+        conn = await asyncpg.connect(_asyncpg_url(cluster.admin_url))
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def module_db_url(cluster: Cluster, template_url: str) -> AsyncIterator[str]:
+    """One migrated database shared by a module's tests: only for tests that change nothing they depend on."""
+    async with scratch_database(cluster) as url:
+        yield url

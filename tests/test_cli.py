@@ -39,7 +39,7 @@ def env_for(db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
 def corral(
     args: list[str], env: dict[str, str], stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(CORRAL + args, env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    return subprocess.run([*CORRAL, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def free_port() -> int:
@@ -131,7 +131,7 @@ async def test_serve_over_https_with_its_own_ca_and_bootstrap_admin(db_url: str,
     port = free_port()
     env = env_for(db_url, tmp_path)
     proc = subprocess.Popen(
-        CORRAL + ["serve", "--https", "--port", str(port)],
+        [*CORRAL, "serve", "--https", "--port", str(port)],
         env=env,
         text=True,
         stdout=subprocess.PIPE,

@@ -32,7 +32,7 @@ async def test_sign_in_sets_a_hardened_session_cookie_and_rotates_it(
     client.cookies.set(COOKIE, "cs_planted-by-an-attacker", domain="testserver")
     response = await sign_in(client, admin.email)
     assert response.status_code == 303 and response.headers["location"] == "/portal"
-    set_cookie = [h for h in response.headers.get_list("set-cookie") if h.startswith(COOKIE)][0]
+    set_cookie = next(h for h in response.headers.get_list("set-cookie") if h.startswith(COOKIE))
     assert "Secure" in set_cookie and "HttpOnly" in set_cookie and "SameSite=lax" in set_cookie
     assert "Path=/" in set_cookie and "Domain" not in set_cookie
     issued = set_cookie.split(";")[0].split("=", 1)[1]
