@@ -99,3 +99,17 @@ class Principal:
     def can_grant(self, permissions: Iterable[P], scope: Scope) -> bool:
         """Nobody hands out more than they hold: every permission, over a scope within their own."""
         return all(self.scope_for(p).contains(scope) for p in permissions)
+
+
+def authorize_object(
+    principal: Principal, permission: P, object_tag_ids: Iterable[uuid.UUID], *, read_permission: P
+) -> None:
+    """The guard for one scoped object, fetched first: outside the caller's read scope it does not exist for
+    them (404, so scope does not leak existence); visible but not actionable is 403."""
+    from corral.errors import Forbidden, NotFound
+
+    tags = frozenset(object_tag_ids)
+    if not principal.scope_for(read_permission).covers(tags):
+        raise NotFound("No such object.")
+    if not principal.scope_for(permission).covers(tags):
+        raise Forbidden(f"This needs the permission {permission.value} over this object's scope.")
