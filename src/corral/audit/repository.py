@@ -4,6 +4,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit.schemas import AuditFilter
+from corral.errors import BadRequest
 from corral.kit.pagination import Page, decode_cursor, encode_cursor
 from corral.models import AuditEvent
 
@@ -34,11 +35,12 @@ def _filtered(filters: AuditFilter) -> Select[AuditEvent]:
 async def list_events(session: AsyncSession, filters: AuditFilter) -> Page[AuditEvent]:
     stmt = _filtered(filters)
     cursor = decode_cursor(filters.cursor)
-    if cursor:
-        try:
-            last_seq = int(cursor[0])
-        except (TypeError, ValueError):
-            last_seq = 0
+    if cursor is not None:
+        # Exactly one sequence number that fits the BIGINT column; anything else is a forged cursor (a value
+        # out of range used to reach the database and fail there as a 500).
+        last_seq = cursor[0] if len(cursor) == 1 else None
+        if not isinstance(last_seq, int) or isinstance(last_seq, bool) or not 0 < last_seq < 2**63:
+            raise BadRequest("The pagination cursor is malformed; start again from the first page.")
         stmt = stmt.where(AuditEvent.seq < last_seq)
     rows = list((await session.scalars(stmt.limit(filters.limit + 1))).all())
     more = len(rows) > filters.limit

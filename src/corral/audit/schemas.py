@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class AuditFilter(BaseModel):
@@ -21,6 +21,12 @@ class AuditFilter(BaseModel):
     until: datetime | None = None
     cursor: str | None = Field(default=None, max_length=200)
     limit: int = Field(default=50, ge=1, le=500)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _utc_when_naive(cls, value: datetime | None) -> datetime | None:
+        """A time without a zone (e.g. from a datetime-local field) is UTC, whatever the database's zone."""
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class ModifiedProperty(BaseModel):

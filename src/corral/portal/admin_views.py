@@ -18,9 +18,10 @@ from corral.auth.dependencies import Authenticated, Require
 from corral.errors import CorralError, Forbidden
 from corral.kit.csvexport import to_csv
 from corral.kit.db import SessionDep
+from corral.kit.deps import SettingsDep
 from corral.kit.time import utcnow
 from corral.models import ApiToken, AuditEvent, RoleDefinition, User, UserSession
-from corral.portal.rendering import redirect, render
+from corral.portal.rendering import clear_reveal, read_reveal, redirect, render, set_reveal
 from corral.rbac.permissions import DESCRIPTIONS, P
 from corral.rbac.principal import Principal
 from corral.rbac.schemas import RoleAssignmentCreate, RoleCreate, RoleUpdate, ScopeTagCreate
@@ -56,7 +57,9 @@ def _first_error(exc: ValidationError) -> str:
 
 # ------------------------------------------------------------------------------------------- dashboard
 @router.get("")
-async def dashboard(request: Request, session: SessionDep, principal: SignedIn) -> Response:
+async def dashboard(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: SignedIn
+) -> Response:
     since = utcnow() - timedelta(hours=24)
     counts: dict[str, int] = {}
     if principal.has_any(P.roles_read, P.users_read):
@@ -64,7 +67,13 @@ async def dashboard(request: Request, session: SessionDep, principal: SignedIn) 
         counts["admins"] = len(await user_service.list_admins(session))
         counts["active_sessions"] = int(
             await session.scalar(
-                select(func.count()).select_from(UserSession).where(UserSession.pending_mfa.is_(False))
+                select(func.count())
+                .select_from(UserSession)
+                .where(
+                    UserSession.pending_mfa.is_(False),
+                    UserSession.expires_at > utcnow(),
+                    UserSession.last_seen_at > utcnow() - timedelta(minutes=settings.session_idle_minutes),
+                )
             )
             or 0
         )
@@ -148,12 +157,31 @@ async def create_admin(
             {"rows": rows, "roles": roles, "form": form, "error": exc.detail},
             status_code=exc.status_code,
         )
-    return render(
+    response = redirect(request, f"/portal/admins/{created.user.id}/credentials")
+    secret = {"user_id": str(created.user.id), "password": created.one_time_password or "", "reset": ""}
+    set_reveal(response, request, "password", secret)
+    return response
+
+
+@router.get("/admins/{user_id}/credentials")
+async def admin_credentials(
+    request: Request, user_id: uuid.UUID, session: SessionDep, _: UsersWrite
+) -> Response:
+    """Shows a new account's (or a reset's) one-time password once, right after the POST that made it."""
+    user = await user_service.get(session, user_id)
+    revealed = read_reveal(request, "password")
+    if revealed is not None and revealed.get("user_id") != str(user.id):
+        revealed = None
+    response = render(
         request,
         "admins/admin_created.html",
-        {"user": created.user, "one_time_password": created.one_time_password},
-        status_code=201,
+        {
+            "user": user,
+            "one_time_password": revealed["password"] if revealed else None,
+            "reset": bool(revealed and revealed.get("reset")),
+        },
     )
+    return clear_reveal(response)
 
 
 @router.get("/admins/{user_id}")
@@ -197,10 +225,9 @@ async def reset_admin_password(
         one_time = await user_service.reset_password(session, principal, user_id)
     except CorralError as exc:
         return redirect(request, f"/portal/admins/{user_id}", exc.detail, "error")
-    user = await user_service.get(session, user_id)
-    return render(
-        request, "admins/admin_created.html", {"user": user, "one_time_password": one_time, "reset": True}
-    )
+    response = redirect(request, f"/portal/admins/{user_id}/credentials")
+    set_reveal(response, request, "password", {"user_id": str(user_id), "password": one_time, "reset": "1"})
+    return response
 
 
 # ------------------------------------------------------------------------------------------- roles
@@ -439,14 +466,19 @@ async def _token_context(session: SessionDep, principal: Principal) -> dict[str,
     return {
         "own": await token_service.list_own(session, principal.user_id),
         "others": await token_service.list_all(session) if principal.has(P.api_tokens_manage) else None,
-        "my_permissions": sorted(principal.permissions),
+        "my_permissions": [(p, DESCRIPTIONS[p]) for p in sorted(principal.permissions)],
         "now": utcnow(),
     }
 
 
 @router.get("/api-tokens")
 async def api_tokens(request: Request, session: SessionDep, principal: SignedIn) -> Response:
-    return render(request, "tokens/token_list.html", await _token_context(session, principal))
+    ctx = await _token_context(session, principal)
+    revealed = read_reveal(request, "token")
+    if revealed:
+        ctx.update({"new_token": revealed["token"], "new_token_name": revealed["name"]})
+    response = render(request, "tokens/token_list.html", ctx)
+    return clear_reveal(response)
 
 
 @router.post("/api-tokens")
@@ -475,11 +507,21 @@ async def create_api_token(request: Request, session: SessionDep, principal: Sig
         else:
             error, status = "Expiry must be a number of days.", 422
         ctx = await _token_context(session, principal)
-        ctx.update({"error": error, "form": {"name": name}})
+        ctx.update(
+            {
+                "error": error,
+                "form": {
+                    "name": name,
+                    "expires_in_days": form.get("expires_in_days"),
+                    "narrow": narrowed,
+                    "permissions": selected,
+                },
+            }
+        )
         return render(request, "tokens/token_list.html", ctx, status_code=status)
-    ctx = await _token_context(session, principal)
-    ctx.update({"new_token": token, "new_token_name": api_token.name})
-    return render(request, "tokens/token_list.html", ctx, status_code=201)
+    response = redirect(request, "/portal/api-tokens")
+    set_reveal(response, request, "token", {"token": token, "name": api_token.name})
+    return response
 
 
 @router.post("/api-tokens/{token_id}/revoke")
@@ -510,7 +552,12 @@ async def audit(request: Request, session: SessionDep, _: AuditRead) -> Response
         return render(
             request,
             "audit/audit_list.html",
-            {"page": None, "params": params, "error": _first_error(exc), "activities": []},
+            {
+                "page": None,
+                "params": params,
+                "error": _first_error(exc),
+                "activities": await audit_service.activities(session),
+            },
             status_code=400,
         )
     page = await audit_service.search(session, filters)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import segno
 from fastapi import APIRouter, Depends, Form, Request
@@ -167,7 +167,7 @@ async def sign_in(
             request, settings, email=email, next_url=next_url, status_code=401, error=exc.detail
         )
     if result.needs_second_factor:
-        target = f"/portal/sign-in/verify?next={next_url}"
+        target = f"/portal/sign-in/verify?next={quote(next_url, safe='')}"
     elif result.user.must_change_password:
         target = "/portal/account/password"
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from corral.config import Settings
 from corral.kit.paths import TEMPLATES_DIR
-from corral.kit.security import constant_time_equals, hmac_sign
+from corral.kit.security import SecretBox, constant_time_equals, hmac_sign
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 
@@ -94,6 +95,46 @@ def pop_flash(request: Request) -> dict[str, str] | None:
         return None
     request.state.flash_consumed = True
     return {"message": str(data.get("m", "")), "kind": str(data.get("k", "success"))}
+
+
+REVEAL_COOKIE = "corral_reveal"
+REVEAL_SECONDS = 120
+
+
+def set_reveal(response: Response, request: Request, kind: str, payload: dict[str, str]) -> None:
+    """Hand a secret shown once (a new token, a one-time password) to the next page in an encrypted,
+    short-lived cookie, so the page that shows it is a GET: reloading it does not repeat the POST."""
+    settings = _settings(request)
+    body = json.dumps({"k": kind, "p": payload, "exp": int(time.time()) + REVEAL_SECONDS})
+    response.set_cookie(
+        REVEAL_COOKIE,
+        SecretBox(settings.resolved_secret_key(), "reveal").encrypt(body.encode()),
+        max_age=REVEAL_SECONDS,
+        httponly=True,
+        secure=settings.secure_cookies,
+        samesite="strict",
+        path="/portal",
+    )
+
+
+def read_reveal(request: Request, kind: str) -> dict[str, str] | None:
+    """The secret handed over by ``set_reveal``; the page showing it must ``clear_reveal`` its response."""
+    raw = request.cookies.get(REVEAL_COOKIE)
+    if not raw:
+        return None
+    try:
+        data = json.loads(SecretBox(_settings(request).resolved_secret_key(), "reveal").decrypt(raw))
+    except ValueError:
+        return None
+    if data.get("k") != kind or int(data.get("exp", 0)) < time.time():
+        return None
+    payload: dict[str, str] = data.get("p", {})
+    return payload
+
+
+def clear_reveal(response: Response) -> Response:
+    response.delete_cookie(REVEAL_COOKIE, path="/portal")
+    return response
 
 
 def render(
