@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -288,6 +289,9 @@ def serve(
         )
         typer.echo("            it is not shown again — `corral admin create` makes another administrator)")
         typer.echo("")
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; exiting normally instead lets the embedded
+    # PostgreSQL (stopped at exit) shut down too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     application = create_app(settings, database_url=url)
     application.state.database_handle = handle
     uvicorn.run(

@@ -11,6 +11,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.auth.dependencies import PasswordChangeRequired
@@ -99,6 +100,20 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return portal_error(request, exc.status_code, title, detail)
 
 
+# Text PostgreSQL cannot store (a NUL character, an invalid byte sequence) is a payload problem, not a crash.
+UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DBAPIError)
+    if getattr(exc.orig, "sqlstate", None) not in UNSTORABLE_TEXT_SQLSTATES:
+        return await unexpected_error(request, exc)
+    detail = "Text cannot contain NUL (\\u0000) or other unstorable characters; nothing was changed."
+    if wants_problem(request):
+        return problem(422, "Validation failed", detail)
+    return portal_error(request, 400, "That request was not valid", detail)
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     detail = (
@@ -114,4 +129,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(CorralError, corral_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(Exception, unexpected_error)

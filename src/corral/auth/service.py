@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import pyotp
@@ -313,7 +313,9 @@ class AuthService:
         narrowed = (
             frozenset(P(p) for p in api_token.permissions) if api_token.permissions is not None else None
         )
-        return await self.principal_for(session, user, token_id=api_token.id, narrowed_to=narrowed)
+        principal = await self.principal_for(session, user, token_id=api_token.id, narrowed_to=narrowed)
+        # The first-sign-in password change concerns interactive sign-in, not tokens made for automation.
+        return replace(principal, must_change_password=False)
 
     async def grants_of(self, session: AsyncSession, user_id: uuid.UUID) -> tuple[Grant, ...]:
         grants = []
