@@ -41,5 +41,6 @@ def test_api_md_lists_every_api_route_with_its_permission() -> None:
                 continue
             if isinstance(guard, Require):
                 for permission in guard.permissions:
-                    assert f"`{permission.value}`" in row, f"{method} {info.path}: docs name the wrong permission"
+                    wrong = f"{method} {info.path}: docs name the wrong permission"
+                    assert f"`{permission.value}`" in row, wrong
     assert not missing, f"docs/api.md does not list: {missing}"

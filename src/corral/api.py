@@ -4,11 +4,22 @@ from fastapi import APIRouter
 
 from corral.audit.endpoints import router as audit_router
 from corral.auth.endpoints import router as me_router
+from corral.devices.endpoints import router as devices_router
+from corral.enrollment.endpoints import router as enrollment_router
 from corral.rbac.endpoints import router as rbac_router
 from corral.tenant.endpoints import router as tenant_router
 from corral.tokens.endpoints import router as tokens_router
 from corral.users.endpoints import router as users_router
 
 api_router = APIRouter(prefix="/api/v1")
-for router in (me_router, users_router, rbac_router, tokens_router, audit_router, tenant_router):
+for router in (
+    me_router,
+    users_router,
+    rbac_router,
+    tokens_router,
+    audit_router,
+    tenant_router,
+    devices_router,
+    enrollment_router,
+):
     api_router.include_router(router)

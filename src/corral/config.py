@@ -65,6 +65,13 @@ class Settings(BaseSettings):
 
     bootstrap_admin_email: str = "admin@corral.local"
 
+    # Devices
+    stale_device_days: int = 30
+    # Check-in interval right after enrollment (seconds), for how long, and then.
+    checkin_interval_new_seconds: int = 180
+    checkin_new_period_minutes: int = 60
+    checkin_interval_seconds: int = 8 * 3600
+
     db_pool_size: int = 10
     db_max_overflow: int = 10
 

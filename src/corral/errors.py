@@ -54,6 +54,11 @@ class Conflict(CorralError):
     title = "Conflict"
 
 
+class PayloadTooLarge(CorralError):
+    status_code = 413
+    title = "Payload too large"
+
+
 class TooManyRequests(CorralError):
     status_code = 429
     title = "Too many requests"

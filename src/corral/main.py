@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from corral import error_handlers
 from corral.api import api_router
+from corral.checkin.endpoints import router as device_router
 from corral.config import Settings, get_settings
 from corral.health.endpoints import router as health_router
 from corral.kit.db import create_engine, create_sessionmaker
@@ -68,6 +69,7 @@ def create_app(
     error_handlers.install(app)
     app.include_router(health_router)
     app.include_router(api_router)
+    app.include_router(device_router)
     app.include_router(portal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.route_templates = route_templates(app)

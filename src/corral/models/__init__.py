@@ -3,6 +3,20 @@
 from corral.models.api_token import ApiToken
 from corral.models.audit_event import AuditEvent
 from corral.models.certificate_authority import CertificateAuthority
+from corral.models.device import (
+    ComplianceState,
+    Device,
+    ManagementState,
+    Ownership,
+    Platform,
+    device_scope_tags,
+)
+from corral.models.device_app import DeviceApp
+from corral.models.device_certificate import DeviceCertificate
+from corral.models.device_command import CommandStatus, DeviceCommand
+from corral.models.device_inventory_change import DeviceInventoryChange
+from corral.models.device_nonce import DeviceNonce
+from corral.models.enrollment_token import EnrollmentToken, EnrollmentTokenUse, enrollment_token_scope_tags
 from corral.models.role_assignment import RoleAssignment, role_assignment_members, role_assignment_scope_tags
 from corral.models.role_definition import RoleDefinition
 from corral.models.scope_tag import ScopeTag
@@ -15,6 +29,19 @@ __all__ = [
     "ApiToken",
     "AuditEvent",
     "CertificateAuthority",
+    "CommandStatus",
+    "ComplianceState",
+    "Device",
+    "DeviceApp",
+    "DeviceCertificate",
+    "DeviceCommand",
+    "DeviceInventoryChange",
+    "DeviceNonce",
+    "EnrollmentToken",
+    "EnrollmentTokenUse",
+    "ManagementState",
+    "Ownership",
+    "Platform",
     "RoleAssignment",
     "RoleDefinition",
     "ScopeTag",
@@ -23,6 +50,8 @@ __all__ = [
     "User",
     "UserSession",
     "UserSource",
+    "device_scope_tags",
+    "enrollment_token_scope_tags",
     "role_assignment_members",
     "role_assignment_scope_tags",
 ]

@@ -6,7 +6,7 @@ from enum import StrEnum
 from sqlalchemy import Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.kit.db import IdMixin, Model, TimestampMixin
+from corral.kit.db import IdMixin, Model, TimestampMixin, str_enum
 
 
 class UserSource(StrEnum):
@@ -22,7 +22,7 @@ class User(IdMixin, TimestampMixin, Model):
 
     email: Mapped[str] = mapped_column(String(320))
     display_name: Mapped[str] = mapped_column(String(256))
-    source: Mapped[UserSource] = mapped_column(String(16), default=UserSource.local)
+    source: Mapped[UserSource] = mapped_column(str_enum(UserSource), default=UserSource.local)
     enabled: Mapped[bool] = mapped_column(default=True)
     password_hash: Mapped[str | None] = mapped_column(String(256), default=None)
     must_change_password: Mapped[bool] = mapped_column(default=False)

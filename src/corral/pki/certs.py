@@ -107,3 +107,82 @@ def issue_server_certificate(
         .sign(ca_key, hashes.SHA256())
     )
     return cert, key
+
+
+class CsrRefused(ValueError):
+    """A certificate request that cannot be signed, with the reason."""
+
+
+ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
+DEVICE_CERT_DAYS = 365
+
+
+def load_csr(pem: str) -> x509.CertificateSigningRequest:
+    """Parse and check a device CSR: PEM PKCS#10, valid self-signature, an ECDSA P-256 or P-384 key."""
+    try:
+        csr = x509.load_pem_x509_csr(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise CsrRefused("the CSR is not a PEM-encoded PKCS#10 certificate request") from exc
+    try:
+        public_key = csr.public_key()
+    except (ValueError, TypeError) as exc:
+        raise CsrRefused("the CSR carries a key this server cannot read") from exc
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise CsrRefused("the CSR key must be ECDSA P-256 or P-384 (RSA and other key types are refused)")
+    if not isinstance(public_key.curve, ALLOWED_CURVES):
+        raise CsrRefused(f"the CSR key uses the curve {public_key.curve.name}; use P-256 or P-384")
+    if not csr.is_signature_valid:
+        raise CsrRefused("the CSR signature does not verify: it was not signed with the key it carries")
+    return csr
+
+
+def issue_device_certificate(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    csr: x509.CertificateSigningRequest,
+    device_id: str,
+    now: datetime,
+    days: int = DEVICE_CERT_DAYS,
+) -> x509.Certificate:
+    public_key = csr.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Corral device"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, device_id),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(min(now + timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"urn:corral:device:{device_id}")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )

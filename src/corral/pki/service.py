@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +19,7 @@ from corral.models import CertificateAuthority
 from corral.pki import certs
 
 ROOT = "root"
+DEVICE = "device"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,33 @@ class PkiService:
         key_path.write_bytes(certificate.key_pem)
         (directory / "ca.crt").write_bytes(certificate.ca_pem)
         return cert_path, key_path
+
+    async def ca_key(self, settings: Settings, ca: CertificateAuthority) -> ec.EllipticCurvePrivateKey:
+        return certs.load_key(self._box(settings).decrypt(ca.private_key_encrypted))
+
+    async def issue_device_certificate(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        device_id: uuid.UUID,
+        csr: x509.CertificateSigningRequest,
+    ) -> tuple[x509.Certificate, CertificateAuthority]:
+        ca = await self.get_or_create_ca(session, settings, DEVICE)
+        ca_cert = x509.load_pem_x509_certificate(ca.certificate_pem.encode())
+        cert = certs.issue_device_certificate(
+            ca_cert, await self.ca_key(settings, ca), csr, str(device_id), utcnow()
+        )
+        return cert, ca
+
+    async def tls_ca_fingerprint(self, session: AsyncSession) -> str | None:
+        """The fingerprint of the CA behind Corral's own TLS certificate, if one was ever issued."""
+        ca = await session.scalar(
+            select(CertificateAuthority)
+            .where(CertificateAuthority.purpose == ROOT, CertificateAuthority.active.is_(True))
+            .order_by(CertificateAuthority.created_at.desc())
+            .limit(1)
+        )
+        return ca.fingerprint_sha256 if ca else None
 
 
 pki_service = PkiService()

@@ -137,7 +137,9 @@ class UserService:
             detail = f"{ended} session(s) ended"
         else:
             detail = None
-            if data.enabled is True:
+            if data.enabled is True and not user.enabled:
+                # Re-enabling revives the account and its API tokens: it needs every right the account holds.
+                await rbac_service.guard_manage_user(session, principal, user)
                 user.enabled = True
         if data.display_name is not None:
             user.display_name = data.display_name

@@ -1,0 +1,98 @@
+"""The device protocol, /device/v1 (docs/device-protocol.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from corral.auth.dependencies import PUBLIC
+from corral.checkin.auth import MAX_BODY, CurrentDevice
+from corral.checkin.schemas import (
+    CheckinRequest,
+    CheckinResponse,
+    EnrollRequest,
+    EnrollResponse,
+    RenewRequest,
+    RenewResponse,
+)
+from corral.checkin.service import checkin_service
+from corral.enrollment.service import DeviceFacts, enrollment_service
+from corral.errors import PayloadTooLarge, ValidationFailed
+from corral.kit.db import SessionDep
+from corral.kit.deps import SessionMakerDep, SettingsDep
+from corral.kit.time import utcnow
+
+router = APIRouter(prefix="/device/v1", include_in_schema=False)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], body: bytes) -> M:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [
+            {
+                "location": ".".join(str(p) for p in e.get("loc", ())) or "body",
+                "message": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
+            for e in exc.errors()[:50]
+        ]
+        summary = "; ".join(f"{e['location']}: {e['message']}" for e in errors[:5])
+        raise ValidationFailed(summary or "The request body is not valid.", errors=errors) from exc
+
+
+@router.post("/enroll", status_code=201, dependencies=[PUBLIC])
+async def enroll(
+    request: Request, session: SessionDep, sessionmaker: SessionMakerDep, settings: SettingsDep
+) -> JSONResponse:
+    """Public: the enrollment token in the body is the credential (checked, counted and audited)."""
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > MAX_BODY:
+        raise PayloadTooLarge("Enrollment requests carry at most 2 MiB.")
+    data = parse(EnrollRequest, await request.body())
+    enrolled = await enrollment_service.enroll(
+        session,
+        sessionmaker,
+        settings,
+        secret=data.token,
+        csr_pem=data.csr,
+        facts=DeviceFacts(
+            serial_number=data.device.serial_number,
+            name=data.device.name,
+            platform=data.device.platform,
+            os_version=data.device.os_version,
+            model=data.device.model,
+            manufacturer=data.device.manufacturer,
+        ),
+    )
+    body = EnrollResponse(
+        device_id=enrolled.device.id,
+        certificate=enrolled.certificate_pem,
+        ca_certificates=enrolled.ca_pem,
+        certificate_fingerprint=enrolled.fingerprint,
+        checkin_url=f"{settings.base_url}/device/v1/checkin",
+        events_url=f"{settings.base_url}/device/v1/events",
+        checkin_interval_seconds=settings.checkin_interval_new_seconds,
+        server_time=utcnow(),
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=201)
+
+
+@router.post("/checkin")
+async def checkin(session: SessionDep, settings: SettingsDep, device: CurrentDevice) -> CheckinResponse:
+    data = parse(CheckinRequest, device.body)
+    raw = json.loads(device.body).get("inventory") if data.inventory is not None else None
+    return await checkin_service.checkin(session, settings, device, data, raw)
+
+
+@router.post("/renew")
+async def renew(session: SessionDep, settings: SettingsDep, device: CurrentDevice) -> RenewResponse:
+    data = parse(RenewRequest, device.body)
+    certificate, ca, fingerprint = await checkin_service.renew(session, settings, device, data.csr)
+    return RenewResponse(certificate=certificate, ca_certificates=ca, certificate_fingerprint=fingerprint)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.devices.schemas import Inventory
+from corral.models import Platform
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceFacts(_Strict):
+    serial_number: str = Field(min_length=1, max_length=128)
+    name: str = Field(default="", max_length=256)
+    platform: Platform
+    os_version: str | None = Field(default=None, max_length=64)
+    model: str | None = Field(default=None, max_length=256)
+    manufacturer: str | None = Field(default=None, max_length=256)
+
+
+class EnrollRequest(_Strict):
+    token: str = Field(min_length=1, max_length=200)
+    csr: str = Field(min_length=1, max_length=16_384)
+    device: DeviceFacts
+
+
+class EnrollResponse(BaseModel):
+    device_id: uuid.UUID
+    certificate: str
+    ca_certificates: str
+    certificate_fingerprint: str
+    checkin_url: str
+    events_url: str
+    checkin_interval_seconds: int
+    server_time: datetime
+
+
+class CommandResult(_Strict):
+    command_id: uuid.UUID
+    status: Literal["acknowledged", "succeeded", "failed", "not_now"]
+    result: dict[str, Any] | None = None
+    error: str | None = Field(default=None, max_length=1024)
+
+
+class CheckinRequest(_Strict):
+    agent_version: str | None = Field(default=None, max_length=64)
+    inventory_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    inventory: Inventory | None = None
+    command_results: list[CommandResult] = Field(default_factory=list, max_length=500)
+
+
+class PendingCommand(BaseModel):
+    id: uuid.UUID
+    type: str
+    params: dict[str, Any]
+    expires_at: datetime
+
+
+class CheckinResponse(BaseModel):
+    server_time: datetime
+    checkin_interval_seconds: int
+    inventory: Literal["accepted", "unchanged", "needed"]
+    commands: list[PendingCommand]
+    renew_certificate: bool
+
+
+class RenewRequest(_Strict):
+    csr: str = Field(min_length=1, max_length=16_384)
+
+
+class RenewResponse(BaseModel):
+    certificate: str
+    ca_certificates: str
+    certificate_fingerprint: str

@@ -1,0 +1,343 @@
+"""The device side of management: check-in (inventory, command results, pending commands) and renewal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.audit.service import audit_service
+from corral.checkin.auth import AuthenticatedDevice
+from corral.checkin.schemas import CheckinRequest, CheckinResponse, CommandResult, PendingCommand
+from corral.config import Settings
+from corral.devices import repository as devices_repository
+from corral.devices.commands import REGISTRY
+from corral.devices.schemas import Inventory
+from corral.devices.service import device_service
+from corral.errors import ValidationFailed
+from corral.kit import context
+from corral.kit.time import utcnow
+from corral.models import (
+    CommandStatus,
+    Device,
+    DeviceCertificate,
+    DeviceCommand,
+    DeviceInventoryChange,
+    ManagementState,
+)
+from corral.models.device_command import OPEN_STATUSES
+from corral.pki import certs
+from corral.pki.service import pki_service
+
+# Fields copied from the inventory onto device columns (filterable in SQL), by inventory path.
+COLUMNS: dict[str, str] = {
+    "hardware.manufacturer": "manufacturer",
+    "hardware.model": "model",
+    "hardware.cpu_architecture": "cpu_architecture",
+    "hardware.memory_bytes": "memory_bytes",
+    "hardware.storage_total_bytes": "storage_total_bytes",
+    "hardware.storage_free_bytes": "storage_free_bytes",
+    "os.version": "os_version",
+    "os.build": "os_build",
+    "security.disk_encrypted": "disk_encrypted",
+    "security.firewall_enabled": "firewall_enabled",
+    "security.screen_lock_enabled": "screen_lock_enabled",
+    "security.jailbroken": "jailbroken",
+    "security.secure_boot": "secure_boot",
+    "network.hostname": "hostname",
+    "primary_user": "primary_user",
+}
+# Readings that change all the time are kept current but not written to the change history.
+VOLATILE = frozenset({"hardware.storage_free_bytes"})
+MAX_HISTORY_APPS = 50
+SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def canonical_hash(inventory: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inventory, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def flatten(inventory: dict[str, Any]) -> dict[str, Any]:
+    """Scalar fields by dotted path; apps and network interfaces are compared separately."""
+    flat: dict[str, Any] = {}
+    for key, value in inventory.items():
+        if key == "apps":
+            continue
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                if sub != "interfaces":
+                    flat[f"{key}.{sub}"] = sub_value
+            if "interfaces" in value:
+                flat[f"{key}.interfaces"] = value["interfaces"]
+        else:
+            flat[key] = value
+    return flat
+
+
+def _app_key(app: dict[str, Any]) -> str:
+    return str(app.get("identifier") or app["name"])
+
+
+class CheckinService:
+    def interval(self, settings: Settings, device: Device, now: datetime) -> int:
+        if now - device.enrolled_at < timedelta(minutes=settings.checkin_new_period_minutes):
+            return settings.checkin_interval_new_seconds
+        return settings.checkin_interval_seconds
+
+    # ---------------------------------------------------------------- inventory
+    async def ingest_inventory(
+        self, session: AsyncSession, device: Device, inventory: Inventory, raw: dict[str, Any], now: datetime
+    ) -> str:
+        """``raw`` is the inventory as sent: its canonical hash is the one the device computes."""
+        data = inventory.model_dump(mode="json")
+        new_hash = canonical_hash(raw)
+        if new_hash == device.inventory_hash:
+            return "unchanged"
+        old_flat, new_flat = flatten(device.inventory or {}), flatten(data)
+        history: list[DeviceInventoryChange] = []
+        for path in sorted(set(old_flat) | set(new_flat)):
+            old, new = old_flat.get(path), new_flat.get(path)
+            if old != new and path not in VOLATILE and device.inventory_hash is not None:
+                history.append(
+                    DeviceInventoryChange(
+                        device_id=device.id, changed_at=now, field=path, old_value=old, new_value=new
+                    )
+                )
+        old_apps = {_app_key(a): a for a in (device.inventory or {}).get("apps", [])}
+        new_apps = {_app_key(a): a for a in data["apps"]}
+        added = sorted(set(new_apps) - set(old_apps))
+        removed = sorted(set(old_apps) - set(new_apps))
+        changed = sorted(k for k in set(new_apps) & set(old_apps) if new_apps[k] != old_apps[k])
+        if device.inventory_hash is not None:
+            for field, keys, source in (
+                ("apps.added", added, new_apps),
+                ("apps.removed", removed, old_apps),
+                ("apps.updated", changed, new_apps),
+            ):
+                if keys:
+                    shown = [
+                        f"{source[k]['name']} {source[k].get('version') or ''}".strip()
+                        for k in keys[:MAX_HISTORY_APPS]
+                    ]
+                    more = len(keys) - len(shown)
+                    history.append(
+                        DeviceInventoryChange(
+                            device_id=device.id,
+                            changed_at=now,
+                            field=field,
+                            old_value=None,
+                            new_value=shown + ([f"… and {more} more"] if more > 0 else []),
+                        )
+                    )
+        session.add_all(history)
+        await devices_repository.replace_apps(
+            session,
+            device.id,
+            {k: (new_apps[k]["name"], new_apps[k].get("version")) for k in [*added, *changed]},
+            set(removed),
+        )
+        for path, column in COLUMNS.items():
+            if path in new_flat and new_flat[path] is not None:
+                setattr(device, column, new_flat[path])
+        device.inventory = data
+        device.inventory_hash = new_hash
+        device.inventory_updated_at = now
+        return "accepted"
+
+    # ---------------------------------------------------------------- command results
+    async def apply_results(
+        self, session: AsyncSession, device: Device, results: list[CommandResult], now: datetime
+    ) -> None:
+        if not results:
+            return
+        ids = {r.command_id for r in results}
+        commands = {
+            c.id: c
+            for c in (
+                await session.scalars(
+                    select(DeviceCommand)
+                    .where(DeviceCommand.id.in_(ids), DeviceCommand.device_id == device.id)
+                    .with_for_update()
+                )
+            ).all()
+        }
+        unknown = ids - set(commands)
+        if unknown:
+            raise ValidationFailed(
+                f"Results for unknown commands: {', '.join(sorted(map(str, unknown)))}. Nothing was recorded."
+            )
+        for result in results:
+            command = commands[result.command_id]
+            if command.status not in (*OPEN_STATUSES, CommandStatus.acknowledged):
+                continue  # a late or repeated result for a finished command changes nothing
+            status = CommandStatus(result.status)
+            if status is CommandStatus.acknowledged:
+                command.status = status
+                command.acknowledged_at = now
+            elif status is CommandStatus.not_now:
+                command.status = status
+            else:
+                command.status = status
+                command.completed_at = now
+                command.result = result.result
+                command.error = result.error
+            await self._outcome(session, device, command, status, now)
+
+    async def _outcome(
+        self,
+        session: AsyncSession,
+        device: Device,
+        command: DeviceCommand,
+        status: CommandStatus,
+        now: datetime,
+    ) -> None:
+        command_type = REGISTRY[command.type]
+        if command_type.ended_state is not None and status in (
+            CommandStatus.acknowledged,
+            CommandStatus.succeeded,
+        ):
+            before = device.management_state
+            device.management_state = command_type.ended_state
+            revoked = await device_service.revoke_certificates(session, device.id, command_type.name)
+            await audit_service.record(
+                session,
+                activity=f"device.{command_type.ended_state.value}",
+                category="device",
+                operation="update",
+                target_type="device",
+                target_id=device.id,
+                target_name=device.name,
+                changes=[("management_state", before, device.management_state)],
+                detail=f"{command_type.label} taken by the device; {revoked} certificate(s) revoked",
+            )
+        if command.type == "rename" and status is CommandStatus.succeeded:
+            device.name = str(command.params.get("name", device.name))
+
+    # ---------------------------------------------------------------- check-in
+    async def checkin(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        auth: AuthenticatedDevice,
+        request: CheckinRequest,
+        raw_inventory: dict[str, Any] | None = None,
+    ) -> CheckinResponse:
+        now = utcnow()
+        device = auth.device
+        await self.apply_results(session, device, request.command_results, now)
+        if request.inventory is not None:
+            raw = raw_inventory if raw_inventory is not None else request.inventory.model_dump(mode="json")
+            inventory_state = await self.ingest_inventory(session, device, request.inventory, raw, now)
+        elif request.inventory_hash is not None and request.inventory_hash == device.inventory_hash:
+            inventory_state = "unchanged"
+        else:
+            inventory_state = "needed"
+        device.last_checkin_at = now
+        device.last_checkin_ip = context.current().client_ip
+        if request.agent_version:
+            device.agent_version = request.agent_version
+        pending = await self.deliver(session, device, now)
+        certificate = auth.certificate
+        lifetime = certificate.not_after - certificate.not_before
+        renew = certificate.not_after - now < lifetime / 3
+        return CheckinResponse(
+            server_time=now,
+            checkin_interval_seconds=self.interval(settings, device, now),
+            inventory=inventory_state,
+            commands=pending,
+            renew_certificate=renew,
+        )
+
+    async def deliver(self, session: AsyncSession, device: Device, now: datetime) -> list[PendingCommand]:
+        """Open commands, oldest first; expired ones are closed. At least once: unacknowledged ones go
+        again."""
+        if device.management_state in (ManagementState.retired, ManagementState.wiped):
+            return []
+        await session.flush()  # results applied in this check-in must count before choosing what to send
+        commands = list(
+            (
+                await session.scalars(
+                    select(DeviceCommand)
+                    .where(DeviceCommand.device_id == device.id, DeviceCommand.status.in_(OPEN_STATUSES))
+                    .order_by(DeviceCommand.created_at)
+                    .with_for_update()
+                )
+            ).all()
+        )
+        out = []
+        for command in commands:
+            if command.status not in OPEN_STATUSES:
+                continue
+            if command.expires_at <= now:
+                command.status = CommandStatus.expired
+                command.completed_at = now
+                if REGISTRY[command.type].pending_state is not None:
+                    device.management_state = ManagementState.managed
+                continue
+            if command.status is not CommandStatus.sent:
+                command.status = CommandStatus.sent
+            command.sent_at = command.sent_at or now
+            command.delivery_count += 1
+            issued_state = REGISTRY[command.type].issued_state
+            if issued_state is not None:
+                device.management_state = issued_state
+            out.append(
+                PendingCommand(
+                    id=command.id, type=command.type, params=command.params, expires_at=command.expires_at
+                )
+            )
+        return out
+
+    # ---------------------------------------------------------------- renewal
+    async def renew(
+        self, session: AsyncSession, settings: Settings, auth: AuthenticatedDevice, csr_pem: str
+    ) -> tuple[str, str, str]:
+        try:
+            csr = certs.load_csr(csr_pem)
+        except certs.CsrRefused as exc:
+            raise ValidationFailed(f"CSR refused: {exc}") from exc
+        current = x509.load_pem_x509_certificate(auth.certificate.certificate_pem.encode()).public_key()
+        if csr.public_key().public_bytes(*SPKI) == current.public_bytes(*SPKI):
+            raise ValidationFailed("CSR refused: renewal needs a new key pair.")
+        cert, ca = await pki_service.issue_device_certificate(session, settings, auth.device.id, csr)
+        fingerprint = certs.fingerprint(cert)
+        now = utcnow()
+        session.add(
+            DeviceCertificate(
+                id=uuid.uuid4(),
+                device_id=auth.device.id,
+                fingerprint_sha256=fingerprint,
+                serial_number=format(cert.serial_number, "x"),
+                certificate_pem=certs.cert_pem(cert).decode(),
+                issuer_fingerprint_sha256=ca.fingerprint_sha256,
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                created_at=now,
+            )
+        )
+        await session.execute(
+            update(DeviceCertificate)
+            .where(DeviceCertificate.id == auth.certificate.id)
+            .values(revocation_reason="superseded")
+        )
+        await audit_service.record(
+            session,
+            activity="device.certificate_renew",
+            category="device",
+            operation="update",
+            target_type="device",
+            target_id=auth.device.id,
+            target_name=auth.device.name,
+            changes=[("certificate_fingerprint", auth.certificate.fingerprint_sha256, fingerprint)],
+        )
+        return certs.cert_pem(cert).decode(), ca.certificate_pem, fingerprint
+
+
+checkin_service = CheckinService()

@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.auth.dependencies import Require
+from corral.devices import repository
+from corral.devices.commands import REGISTRY, CommandType
+from corral.devices.schemas import (
+    DeviceAppOut,
+    DeviceDetail,
+    DeviceFilter,
+    DevicePage,
+    DeviceUpdate,
+    InventoryChangeOut,
+)
+from corral.devices.service import IssueRequest, device_out, device_service
+from corral.kit.csvexport import to_csv
+from corral.kit.db import SessionDep
+from corral.kit.deps import SettingsDep
+from corral.models import DeviceCommand
+from corral.rbac.permissions import P
+from corral.rbac.principal import Principal
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+DevicesRead = Annotated[Principal, Depends(Require(P.devices_read))]
+DevicesUpdate = Annotated[Principal, Depends(Require(P.devices_update))]
+DevicesDelete = Annotated[Principal, Depends(Require(P.devices_delete))]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
+
+CSV_HEADER = [
+    "id",
+    "name",
+    "serial_number",
+    "platform",
+    "os_version",
+    "model",
+    "manufacturer",
+    "ownership",
+    "management_state",
+    "compliance_state",
+    "primary_user",
+    "enrolled_at",
+    "last_checkin_at",
+    "stale",
+    "scope_tags",
+]
+
+
+class CommandOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    device_id: uuid.UUID
+    type: str
+    params: dict[str, Any]
+    status: str
+    reason: str | None
+    requested_by_name: str | None
+    created_at: datetime
+    expires_at: datetime
+    sent_at: datetime | None
+    acknowledged_at: datetime | None
+    completed_at: datetime | None
+    delivery_count: int
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class ActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    reason: str | None = Field(default=None, max_length=1024, description="Required for wipe and retire")
+    confirm: str | None = Field(
+        default=None, max_length=256, description="For wipe and retire: the device name, typed to confirm"
+    )
+    idempotency_key: str | None = Field(
+        default=None, max_length=128, description="The same key again returns the first command"
+    )
+
+
+class ActionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    label: str
+    permission: str
+    platforms: list[str]
+    company_only: bool
+    destructive: bool
+    description: str
+
+
+@router.get("", response_model=DevicePage)
+async def list_devices(
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: DevicesRead,
+    filters: Annotated[DeviceFilter, Query()],
+) -> DevicePage:
+    """Devices in your scope: search, filter, sort, keyset pagination."""
+    items, next_cursor, total = await device_service.page(session, settings, principal, filters)
+    return DevicePage(
+        items=[device_out(d, settings.stale_device_days) for d in items], next_cursor=next_cursor, total=total
+    )
+
+
+@router.get(
+    "/export.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}, "description": "CSV of the filtered devices"}},
+)
+async def export_devices(
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: DevicesRead,
+    filters: Annotated[DeviceFilter, Query()],
+) -> Response:
+    devices = await device_service.export(session, settings, principal, filters)
+    rows = []
+    for device in devices:
+        out = device_out(device, settings.stale_device_days)
+        rows.append(
+            [
+                out.id,
+                out.name,
+                out.serial_number,
+                out.platform,
+                out.os_version,
+                out.model,
+                out.manufacturer,
+                out.ownership,
+                out.management_state,
+                out.compliance_state,
+                out.primary_user,
+                out.enrolled_at.isoformat(),
+                out.last_checkin_at.isoformat() if out.last_checkin_at else "",
+                out.stale,
+                " ".join(out.scope_tags),
+            ]
+        )
+    return Response(
+        to_csv(CSV_HEADER, rows),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="corral-devices.csv"'},
+    )
+
+
+@router.get("/remote-actions", response_model=list[ActionOut])
+async def list_remote_actions(_: DevicesRead) -> list[ActionOut]:
+    """The remote actions Corral knows, with their permission, platforms and ownership rules."""
+    return [
+        ActionOut(
+            name=c.name,
+            label=c.label,
+            permission=c.permission.value,
+            platforms=sorted(p.value for p in c.platforms),
+            company_only=c.company_only,
+            destructive=c.destructive,
+            description=c.description,
+        )
+        for c in REGISTRY.values()
+    ]
+
+
+@router.get("/{device_id}", response_model=DeviceDetail, responses=NOT_FOUND)
+async def get_device(
+    device_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: DevicesRead
+) -> DeviceDetail:
+    device = await device_service.get(session, principal, device_id)
+    return await device_service.detail(session, settings, device)
+
+
+@router.patch("/{device_id}", response_model=DeviceDetail, responses=NOT_FOUND)
+async def update_device(
+    device_id: uuid.UUID,
+    data: DeviceUpdate,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: DevicesUpdate,
+) -> DeviceDetail:
+    device = await device_service.update(session, principal, device_id, data)
+    return await device_service.detail(session, settings, device)
+
+
+@router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+async def delete_device(device_id: uuid.UUID, session: SessionDep, principal: DevicesDelete) -> Response:
+    """Delete the record and revoke the device's certificates: its next request is refused."""
+    await device_service.delete(session, principal, device_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{device_id}/inventory-history", response_model=list[InventoryChangeOut], responses=NOT_FOUND)
+async def device_inventory_history(
+    device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> list[InventoryChangeOut]:
+    await device_service.get(session, principal, device_id)
+    return [InventoryChangeOut.model_validate(c) for c in await repository.history(session, device_id)]
+
+
+@router.get("/{device_id}/apps", response_model=list[DeviceAppOut], responses=NOT_FOUND)
+async def device_apps(
+    device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> list[DeviceAppOut]:
+    await device_service.get(session, principal, device_id)
+    return [DeviceAppOut.model_validate(a) for a in await repository.apps(session, device_id)]
+
+
+@router.get("/{device_id}/commands", response_model=list[CommandOut], responses=NOT_FOUND)
+async def device_commands(
+    device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> list[CommandOut]:
+    """The device's remote actions, newest first, with their state."""
+    return [
+        CommandOut.model_validate(c) for c in await device_service.commands(session, principal, device_id)
+    ]
+
+
+@router.post("/{device_id}/commands/{command_id}/cancel", response_model=CommandOut, responses=NOT_FOUND)
+async def cancel_command(
+    device_id: uuid.UUID, command_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> CommandOut:
+    """Cancel a command not yet carried out (needs the permission of the action itself)."""
+    return CommandOut.model_validate(await device_service.cancel(session, principal, device_id, command_id))
+
+
+def _action_endpoint(command_type: CommandType) -> Callable[..., Awaitable[Response]]:
+    guard = Annotated[Principal, Depends(Require(command_type.permission))]
+
+    async def run_action(
+        device_id: uuid.UUID, data: ActionRequest, session: SessionDep, principal: guard
+    ) -> Response:
+        command, created = await device_service.issue(
+            session,
+            principal,
+            device_id,
+            IssueRequest(
+                type=command_type.name,
+                params=data.params,
+                reason=data.reason,
+                confirm=data.confirm,
+                idempotency_key=data.idempotency_key,
+            ),
+        )
+        body = CommandOut.model_validate(command).model_dump_json()
+        return Response(body, status_code=202 if created else 200, media_type="application/json")
+
+    # The guard differs per action; with postponed annotations the name ``guard`` would not resolve.
+    run_action.__annotations__["principal"] = guard
+    run_action.__name__ = f"device_action_{command_type.name}"
+    run_action.__doc__ = (
+        f"{command_type.label}: {command_type.description} Needs {command_type.permission.value}."
+    )
+    return run_action
+
+
+for _command in REGISTRY.values():
+    router.add_api_route(
+        f"/{{device_id}}/actions/{_command.name}",
+        _action_endpoint(_command),
+        methods=["POST"],
+        status_code=202,
+        response_model=CommandOut,
+        name=f"device_action_{_command.name}",
+        responses={**NOT_FOUND, 200: {"description": "Already queued with this idempotency key"}},
+    )
+
+__all__ = ["DeviceCommand", "router"]

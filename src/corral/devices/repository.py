@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from corral.devices.schemas import DeviceFilter
+from corral.errors import BadRequest
+from corral.kit.pagination import decode_cursor, encode_cursor
+from corral.models import (
+    Device,
+    DeviceApp,
+    DeviceCertificate,
+    DeviceInventoryChange,
+    User,
+    device_scope_tags,
+)
+from corral.rbac.principal import Scope
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def scoped(stmt: Select[Any], scope: Scope) -> Select[Any]:
+    """Devices in a scope: all, or those carrying one of its tags (untagged devices: unscoped grants only)."""
+    if scope.all:
+        return stmt
+    if not scope.tag_ids:
+        return stmt.where(func.false())
+    return stmt.where(
+        exists().where(
+            device_scope_tags.c.device_id == Device.id, device_scope_tags.c.scope_tag_id.in_(scope.tag_ids)
+        )
+    )
+
+
+def _sort_expr(sort: str) -> tuple[ColumnElement[Any], bool]:
+    descending = sort.startswith("-")
+    key = sort.lstrip("-")
+    expr: ColumnElement[Any]
+    if key == "name":
+        expr = func.lower(Device.name)
+    elif key == "last_checkin_at":
+        expr = func.coalesce(Device.last_checkin_at, EPOCH)
+    else:
+        expr = Device.enrolled_at.expression
+    return expr, descending
+
+
+def filtered(filters: DeviceFilter, scope: Scope, stale_days: int) -> Select[Any]:
+    stmt = scoped(select(Device), scope)
+    if filters.search:
+        needle = filters.search.strip()
+        stmt = stmt.where(
+            or_(
+                Device.name.icontains(needle, autoescape=True),
+                Device.serial_number.icontains(needle, autoescape=True),
+                Device.primary_user.icontains(needle, autoescape=True),
+                exists().where(User.id == Device.user_id, User.email.icontains(needle, autoescape=True)),
+            )
+        )
+    for column, value in (
+        (Device.platform, filters.platform),
+        (Device.ownership, filters.ownership),
+        (Device.management_state, filters.management_state),
+        (Device.compliance_state, filters.compliance_state),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if filters.stale is not None:
+        threshold = datetime.now(UTC) - timedelta(days=stale_days)
+        last = func.coalesce(Device.last_checkin_at, Device.enrolled_at)
+        stmt = stmt.where(last < threshold if filters.stale else last >= threshold)
+    return stmt
+
+
+async def page(
+    session: AsyncSession, filters: DeviceFilter, scope: Scope, stale_days: int
+) -> tuple[list[Device], str | None, int]:
+    base = filtered(filters, scope, stale_days)
+    total = int(await session.scalar(select(func.count()).select_from(base.subquery())) or 0)
+    expr, descending = _sort_expr(filters.sort)
+    stmt = base.options(selectinload(Device.scope_tags))
+    cursor = decode_cursor(filters.cursor)
+    if cursor is not None:
+        try:
+            value, last_id = cursor
+            if filters.sort.lstrip("-") != "name":
+                value = datetime.fromisoformat(value)
+            last_uuid = uuid.UUID(str(last_id))
+        except (ValueError, TypeError) as exc:
+            raise BadRequest("The pagination cursor is malformed; start again from the first page.") from exc
+        key = tuple_(expr, Device.id)
+        stmt = stmt.where(key < tuple_(value, last_uuid) if descending else key > tuple_(value, last_uuid))
+    order = (expr.desc(), Device.id.desc()) if descending else (expr.asc(), Device.id.asc())
+    rows = list((await session.scalars(stmt.order_by(*order).limit(filters.limit + 1))).all())
+    more = len(rows) > filters.limit
+    items = rows[: filters.limit]
+    next_cursor = None
+    if more and items:
+        last = items[-1]
+        key_name = filters.sort.lstrip("-")
+        if key_name == "name":
+            value_out: Any = last.name.lower()
+        elif key_name == "last_checkin_at":
+            value_out = (last.last_checkin_at or EPOCH).isoformat()
+        else:
+            value_out = last.enrolled_at.isoformat()
+        next_cursor = encode_cursor([value_out, str(last.id)])
+    return items, next_cursor, total
+
+
+async def export(
+    session: AsyncSession, filters: DeviceFilter, scope: Scope, stale_days: int, limit: int = 100_000
+) -> list[Device]:
+    expr, descending = _sort_expr(filters.sort)
+    stmt = filtered(filters, scope, stale_days).options(selectinload(Device.scope_tags))
+    stmt = stmt.order_by(expr.desc() if descending else expr.asc(), Device.id).limit(limit)
+    return list((await session.scalars(stmt)).all())
+
+
+async def get(session: AsyncSession, device_id: uuid.UUID, *, for_update: bool = False) -> Device | None:
+    stmt = select(Device).options(selectinload(Device.scope_tags)).where(Device.id == device_id)
+    if for_update:
+        stmt = stmt.with_for_update(of=Device)
+    result: Device | None = await session.scalar(stmt)
+    return result
+
+
+async def current_certificate(session: AsyncSession, device_id: uuid.UUID) -> DeviceCertificate | None:
+    stmt = (
+        select(DeviceCertificate)
+        .where(DeviceCertificate.device_id == device_id, DeviceCertificate.revoked_at.is_(None))
+        .order_by(DeviceCertificate.not_after.desc())
+        .limit(1)
+    )
+    result: DeviceCertificate | None = await session.scalar(stmt)
+    return result
+
+
+async def certificates(session: AsyncSession, device_id: uuid.UUID) -> list[DeviceCertificate]:
+    stmt = (
+        select(DeviceCertificate)
+        .where(DeviceCertificate.device_id == device_id)
+        .order_by(DeviceCertificate.created_at.desc())
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+async def history(
+    session: AsyncSession, device_id: uuid.UUID, limit: int = 200
+) -> list[DeviceInventoryChange]:
+    stmt = (
+        select(DeviceInventoryChange)
+        .where(DeviceInventoryChange.device_id == device_id)
+        .order_by(DeviceInventoryChange.seq.desc())
+        .limit(limit)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+async def apps(session: AsyncSession, device_id: uuid.UUID) -> list[DeviceApp]:
+    stmt = select(DeviceApp).where(DeviceApp.device_id == device_id).order_by(func.lower(DeviceApp.name))
+    return list((await session.scalars(stmt)).all())
+
+
+async def replace_apps(
+    session: AsyncSession, device_id: uuid.UUID, rows: dict[str, tuple[str, str | None]], removed: set[str]
+) -> None:
+    """Upsert the given apps (identifier → (name, version)) and delete the removed identifiers."""
+    if removed:
+        await session.execute(
+            delete(DeviceApp).where(DeviceApp.device_id == device_id, DeviceApp.identifier.in_(removed))
+        )
+    if rows:
+        values = [
+            {"device_id": device_id, "identifier": ident, "name": name, "version": version}
+            for ident, (name, version) in rows.items()
+        ]
+        for start in range(0, len(values), 1000):
+            stmt = insert(DeviceApp).values(values[start : start + 1000])
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[DeviceApp.device_id, DeviceApp.identifier],
+                    set_={"name": stmt.excluded.name, "version": stmt.excluded.version},
+                )
+            )

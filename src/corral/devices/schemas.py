@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.models import ComplianceState, ManagementState, Ownership, Platform
+
+Text = Annotated[str, Field(max_length=512)]
+Count = Annotated[int, Field(ge=0, le=2**62)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------------- inventory (device side)
+class Hardware(_Strict):
+    manufacturer: Text | None = None
+    model: Text | None = None
+    serial_number: Text | None = None
+    cpu_architecture: Annotated[str, Field(max_length=32)] | None = None
+    memory_bytes: Count | None = None
+    storage_total_bytes: Count | None = None
+    storage_free_bytes: Count | None = None
+
+
+class OperatingSystem(_Strict):
+    platform: Platform | None = None
+    name: Text | None = None
+    version: Annotated[str, Field(max_length=64)] | None = None
+    build: Annotated[str, Field(max_length=128)] | None = None
+
+
+class Security(_Strict):
+    disk_encrypted: bool | None = None
+    firewall_enabled: bool | None = None
+    screen_lock_enabled: bool | None = None
+    passcode_set: bool | None = None
+    jailbroken: bool | None = None
+    secure_boot: bool | None = None
+
+
+class NetworkInterface(_Strict):
+    name: Text
+    mac: Annotated[str, Field(max_length=64)] | None = None
+    ipv4: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=64)
+    ipv6: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=64)
+
+
+class Network(_Strict):
+    hostname: Text | None = None
+    interfaces: list[NetworkInterface] = Field(default_factory=list, max_length=64)
+
+
+class App(_Strict):
+    name: Text
+    version: Annotated[str, Field(max_length=128)] | None = None
+    identifier: Text | None = None
+
+
+class Inventory(_Strict):
+    hardware: Hardware = Field(default_factory=Hardware)
+    os: OperatingSystem = Field(default_factory=OperatingSystem)
+    security: Security = Field(default_factory=Security)
+    network: Network = Field(default_factory=Network)
+    apps: list[App] = Field(default_factory=list, max_length=5000)
+    primary_user: Text | None = None
+
+
+# ------------------------------------------------------------------------------------------- admin API
+class DeviceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    serial_number: str
+    platform: Platform
+    os_version: str | None
+    model: str | None
+    manufacturer: str | None
+    ownership: Ownership
+    management_state: ManagementState
+    compliance_state: ComplianceState
+    user_id: uuid.UUID | None
+    primary_user: str | None
+    enrolled_at: datetime
+    last_checkin_at: datetime | None
+    stale: bool = False
+    scope_tags: list[str] = Field(default_factory=list)
+
+
+class DeviceDetail(DeviceOut):
+    os_build: str | None
+    agent_version: str | None
+    last_checkin_ip: str | None
+    cpu_architecture: str | None
+    memory_bytes: int | None
+    storage_total_bytes: int | None
+    storage_free_bytes: int | None
+    hostname: str | None
+    disk_encrypted: bool | None
+    firewall_enabled: bool | None
+    screen_lock_enabled: bool | None
+    jailbroken: bool | None
+    secure_boot: bool | None
+    inventory: dict[str, Any]
+    inventory_updated_at: datetime | None
+    certificate_fingerprint: str | None = None
+    certificate_expires_at: datetime | None = None
+
+
+SortKey = Literal["name", "-name", "last_checkin_at", "-last_checkin_at", "enrolled_at", "-enrolled_at"]
+
+
+class DeviceFilter(BaseModel):
+    search: str | None = Field(
+        default=None, max_length=200, description="Name, serial number or user contains"
+    )
+    platform: Platform | None = None
+    ownership: Ownership | None = None
+    management_state: ManagementState | None = None
+    compliance_state: ComplianceState | None = None
+    stale: bool | None = Field(default=None, description="No check-in for the stale threshold (days)")
+    sort: SortKey = "name"
+    cursor: str | None = Field(default=None, max_length=400)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class DevicePage(BaseModel):
+    items: list[DeviceOut]
+    next_cursor: str | None
+    total: int
+
+
+class DeviceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    ownership: Ownership | None = None
+    scope_tag_ids: list[uuid.UUID] | None = Field(default=None, max_length=50)
+
+
+class InventoryChangeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    changed_at: datetime
+    field: str
+    old_value: Any
+    new_value: Any
+
+
+class DeviceAppOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    version: str | None
+    identifier: str

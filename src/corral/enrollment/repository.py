@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import Select, exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from corral.models import (
+    Device,
+    EnrollmentToken,
+    EnrollmentTokenUse,
+    ManagementState,
+    Platform,
+    enrollment_token_scope_tags,
+)
+from corral.rbac.principal import Scope
+
+
+def scoped(stmt: Select[EnrollmentToken], scope: Scope) -> Select[EnrollmentToken]:
+    """Tokens visible in a scope: all, or those carrying one of its tags."""
+    if scope.all:
+        return stmt
+    tagged = exists().where(
+        enrollment_token_scope_tags.c.enrollment_token_id == EnrollmentToken.id,
+        enrollment_token_scope_tags.c.scope_tag_id.in_(scope.tag_ids),
+    )
+    return stmt.where(tagged)
+
+
+async def list_tokens(session: AsyncSession, scope: Scope) -> list[EnrollmentToken]:
+    stmt = select(EnrollmentToken).options(selectinload(EnrollmentToken.scope_tags))
+    stmt = scoped(stmt, scope).order_by(EnrollmentToken.created_at.desc())
+    return list((await session.scalars(stmt)).all())
+
+
+async def get_token(session: AsyncSession, token_id: uuid.UUID) -> EnrollmentToken | None:
+    stmt = (
+        select(EnrollmentToken)
+        .options(selectinload(EnrollmentToken.scope_tags))
+        .where(EnrollmentToken.id == token_id)
+    )
+    result: EnrollmentToken | None = await session.scalar(stmt)
+    return result
+
+
+async def token_by_hash_for_update(session: AsyncSession, token_hash: bytes) -> EnrollmentToken | None:
+    stmt = (
+        select(EnrollmentToken)
+        .options(selectinload(EnrollmentToken.scope_tags))
+        .where(EnrollmentToken.token_hash == token_hash)
+        .with_for_update(
+            of=EnrollmentToken, key_share=True
+        )  # NO KEY UPDATE: token-use rows may still reference it
+    )
+    result: EnrollmentToken | None = await session.scalar(stmt)
+    return result
+
+
+async def uses_of(session: AsyncSession, token_id: uuid.UUID, limit: int = 200) -> list[EnrollmentTokenUse]:
+    stmt = (
+        select(EnrollmentTokenUse)
+        .where(EnrollmentTokenUse.token_id == token_id)
+        .order_by(EnrollmentTokenUse.occurred_at.desc())
+        .limit(limit)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+async def active_device_with_serial(session: AsyncSession, platform: Platform, serial: str) -> bool:
+    stmt = select(Device.id).where(
+        Device.platform == platform,
+        Device.serial_number == serial,
+        Device.management_state.not_in([ManagementState.retired, ManagementState.wiped]),
+    )
+    return (await session.scalar(stmt.limit(1))) is not None

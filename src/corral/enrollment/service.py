@@ -1,0 +1,366 @@
+"""Enrollment tokens, and enrolling a device with one: device row, certificate, token use and audit event in
+one transaction; every refusal logged on the token and audited."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import segno
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from corral.audit.service import audit_service, build_event
+from corral.config import Settings
+from corral.enrollment import repository
+from corral.enrollment.schemas import EnrollmentTokenCreate, EnrollmentTokenOut
+from corral.errors import Conflict, CorralError, Forbidden, NotAuthenticated, NotFound, ValidationFailed
+from corral.kit import context
+from corral.kit.security import new_token, token_digest
+from corral.kit.time import utcnow
+from corral.models import (
+    Device,
+    DeviceCertificate,
+    EnrollmentToken,
+    EnrollmentTokenUse,
+    ManagementState,
+    Platform,
+)
+from corral.pki import certs
+from corral.pki.service import pki_service
+from corral.rbac import repository as rbac_repository
+from corral.rbac.permissions import P
+from corral.rbac.principal import EVERYWHERE, Principal, Scope, authorize_object
+from corral.users import repository as users_repository
+
+TOKEN_PREFIX = "cet"  # noqa: S105 - a prefix, not a secret
+
+
+def token_status(token: EnrollmentToken) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at <= utcnow():
+        return "expired"
+    if token.max_uses is not None and token.use_count >= token.max_uses:
+        return "used_up"
+    return "active"
+
+
+def token_out(token: EnrollmentToken) -> EnrollmentTokenOut:
+    return EnrollmentTokenOut(
+        id=token.id,
+        name=token.name,
+        prefix=token.prefix,
+        platforms=list(token.platforms),
+        ownership=token.ownership,
+        expires_at=token.expires_at,
+        max_uses=token.max_uses,
+        use_count=token.use_count,
+        user_id=token.user_id,
+        scope_tags=sorted(tag.name for tag in token.scope_tags),
+        created_at=token.created_at,
+        revoked_at=token.revoked_at,
+        status=token_status(token),
+    )
+
+
+def enrollment_url(settings: Settings, secret: str, ca_fingerprint: str | None) -> str:
+    query = {"token": secret}
+    if ca_fingerprint:
+        query["ca"] = f"sha256:{ca_fingerprint}"
+    return f"{settings.base_url}/device/v1/enroll?{urlencode(query)}"
+
+
+def qr_svg(url: str) -> str:
+    data_uri: str = segno.make(url, error="m").svg_data_uri(scale=4, border=2)
+    return data_uri
+
+
+@dataclass
+class DeviceFacts:
+    serial_number: str
+    name: str
+    platform: Platform
+    os_version: str | None
+    model: str | None
+    manufacturer: str | None
+
+
+@dataclass
+class Enrolled:
+    device: Device
+    certificate_pem: str
+    ca_pem: str
+    fingerprint: str
+
+
+class EnrollmentService:
+    # ---------------------------------------------------------------- tokens (admins)
+    def _required_scope(self, tag_ids: frozenset[uuid.UUID]) -> Scope:
+        # Untagged objects are in the default scope, which only unscoped grants reach.
+        return Scope(tag_ids=tag_ids) if tag_ids else EVERYWHERE
+
+    async def create_token(
+        self, session: AsyncSession, settings: Settings, principal: Principal, data: EnrollmentTokenCreate
+    ) -> tuple[EnrollmentToken, str, str]:
+        tags = await rbac_repository.tags_by_ids(session, data.scope_tag_ids)
+        if len(tags) != len(set(data.scope_tag_ids)):
+            raise ValidationFailed("One or more scope tags do not exist.")
+        required = self._required_scope(frozenset(t.id for t in tags))
+        if not principal.scope_for(P.enrollment_manage).contains(required):
+            raise Forbidden(
+                "Devices enrolled with this token would fall outside your scope: choose scope tags "
+                "you administer."
+            )
+        if data.user_id is not None and await users_repository.get(session, data.user_id) is None:
+            raise ValidationFailed("The bound user does not exist.")
+        secret = new_token(TOKEN_PREFIX, 24)
+        now = utcnow()
+        token = EnrollmentToken(
+            id=uuid.uuid4(),
+            name=data.name,
+            token_hash=token_digest(secret),
+            prefix=secret[: len(TOKEN_PREFIX) + 7],
+            platforms=[p.value for p in data.platforms],
+            ownership=data.ownership.value,
+            expires_at=now + timedelta(days=data.expires_in_days),
+            max_uses=data.max_uses,
+            use_count=0,
+            user_id=data.user_id,
+            created_by_id=principal.user_id,
+            created_at=now,
+            scope_tags=tags,
+        )
+        session.add(token)
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="enrollment_token.create",
+            category="enrollment",
+            operation="create",
+            target_type="enrollment_token",
+            target_id=token.id,
+            target_name=token.name,
+            changes=[
+                ("platforms", None, token.platforms),
+                ("ownership", None, token.ownership),
+                ("expires_at", None, token.expires_at.isoformat()),
+                ("max_uses", None, token.max_uses),
+                ("scope_tags", None, sorted(t.name for t in tags)),
+            ],
+        )
+        ca = (
+            await pki_service.tls_ca_fingerprint(session)
+            if settings.tls and not settings.tls_cert_file
+            else None
+        )
+        return token, secret, enrollment_url(settings, secret, ca)
+
+    async def list_tokens(self, session: AsyncSession, principal: Principal) -> list[EnrollmentToken]:
+        return await repository.list_tokens(session, principal.scope_for(P.enrollment_read))
+
+    async def get_token(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        token_id: uuid.UUID,
+        permission: P = P.enrollment_read,
+    ) -> EnrollmentToken:
+        token = await repository.get_token(session, token_id)
+        if token is None:
+            raise NotFound("No such enrollment token.")
+        tags = {t.id for t in token.scope_tags}
+        if not tags:
+            if not principal.scope_for(P.enrollment_read).all:
+                raise NotFound("No such enrollment token.")
+            if not principal.scope_for(permission).all:
+                raise Forbidden(f"This needs the permission {permission.value} over this token's scope.")
+        else:
+            authorize_object(principal, permission, tags, read_permission=P.enrollment_read)
+        return token
+
+    async def revoke_token(
+        self, session: AsyncSession, principal: Principal, token_id: uuid.UUID
+    ) -> EnrollmentToken:
+        token = await self.get_token(session, principal, token_id, P.enrollment_manage)
+        if token.revoked_at is not None:
+            raise Conflict("This enrollment token is already revoked.")
+        token.revoked_at = utcnow()
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="enrollment_token.revoke",
+            category="enrollment",
+            operation="update",
+            target_type="enrollment_token",
+            target_id=token.id,
+            target_name=token.name,
+            changes=[("revoked_at", None, token.revoked_at.isoformat())],
+        )
+        return token
+
+    async def uses(
+        self, session: AsyncSession, principal: Principal, token_id: uuid.UUID
+    ) -> list[EnrollmentTokenUse]:
+        await self.get_token(session, principal, token_id)
+        return await repository.uses_of(session, token_id)
+
+    # ---------------------------------------------------------------- enrolling (devices)
+    async def _refuse(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        token: EnrollmentToken | None,
+        facts: DeviceFacts,
+        error: CorralError,
+    ) -> CorralError:
+        """Log the refusal on the token and in the audit log, in their own transaction, then hand the error
+        back to raise (the request's own transaction rolls back)."""
+        ctx = context.current()
+        async with sessionmaker() as session:
+            if token is not None:
+                session.add(
+                    EnrollmentTokenUse(
+                        id=uuid.uuid4(),
+                        token_id=token.id,
+                        occurred_at=utcnow(),
+                        ip_address=ctx.client_ip,
+                        serial_number=facts.serial_number[:128],
+                        result="refused",
+                        detail=error.detail[:512],
+                    )
+                )
+            actor = f"enrollment token {token.prefix}…" if token else "unknown enrollment token"
+            session.add(
+                build_event(
+                    activity="device.enroll",
+                    category="device",
+                    operation="create",
+                    result="failure",
+                    target_type="device",
+                    target_name=facts.serial_number[:320],
+                    detail=error.detail,
+                    actor=context.Actor(type="device", name=actor),
+                )
+            )
+            await session.commit()
+        return error
+
+    async def enroll(
+        self,
+        session: AsyncSession,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        *,
+        secret: str,
+        csr_pem: str,
+        facts: DeviceFacts,
+    ) -> Enrolled:
+        token = await repository.token_by_hash_for_update(session, token_digest(secret))
+        if token is None:
+            raise await self._refuse(
+                sessionmaker, None, facts, NotAuthenticated("The enrollment token is not valid.")
+            )
+        status = token_status(token)
+        if status != "active":
+            message = {
+                "revoked": "The enrollment token was revoked.",
+                "expired": "The enrollment token has expired.",
+                "used_up": "The enrollment token has been used up.",
+            }[status]
+            raise await self._refuse(sessionmaker, token, facts, NotAuthenticated(message))
+        if facts.platform.value not in token.platforms:
+            raise await self._refuse(
+                sessionmaker,
+                token,
+                facts,
+                Forbidden(
+                    f"This enrollment token does not allow {facts.platform.value} devices "
+                    f"(allowed: {', '.join(token.platforms)})."
+                ),
+            )
+        try:
+            csr = certs.load_csr(csr_pem)
+        except certs.CsrRefused as exc:
+            raise await self._refuse(
+                sessionmaker, token, facts, ValidationFailed(f"CSR refused: {exc}")
+            ) from exc
+
+        now = utcnow()
+        device = Device(
+            id=uuid.uuid4(),
+            name=facts.name or facts.serial_number,
+            serial_number=facts.serial_number,
+            platform=facts.platform,
+            os_version=facts.os_version,
+            model=facts.model,
+            manufacturer=facts.manufacturer,
+            ownership=token.ownership,
+            management_state=ManagementState.managed,
+            user_id=token.user_id,
+            enrollment_token_id=token.id,
+            enrolled_at=now,
+            scope_tags=list(token.scope_tags),
+            inventory={},
+        )
+        duplicate = Conflict(
+            f"A managed {facts.platform.value} device with serial number {facts.serial_number} "
+            "already exists; retire or delete it before enrolling it again."
+        )
+        if await repository.active_device_with_serial(session, facts.platform, facts.serial_number):
+            raise await self._refuse(sessionmaker, token, facts, duplicate)
+        session.add(device)
+        try:
+            await session.flush()
+        except IntegrityError as exc:  # the same serial enrolling concurrently
+            raise duplicate from exc
+        cert, ca = await pki_service.issue_device_certificate(session, settings, device.id, csr)
+        fingerprint = certs.fingerprint(cert)
+        session.add(
+            DeviceCertificate(
+                id=uuid.uuid4(),
+                device_id=device.id,
+                fingerprint_sha256=fingerprint,
+                serial_number=format(cert.serial_number, "x"),
+                certificate_pem=certs.cert_pem(cert).decode(),
+                issuer_fingerprint_sha256=ca.fingerprint_sha256,
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                created_at=now,
+            )
+        )
+        token.use_count += 1
+        ctx = context.current()
+        session.add(
+            EnrollmentTokenUse(
+                id=uuid.uuid4(),
+                token_id=token.id,
+                occurred_at=now,
+                ip_address=ctx.client_ip,
+                serial_number=facts.serial_number,
+                result="enrolled",
+                device_id=device.id,
+            )
+        )
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="device.enroll",
+            category="device",
+            operation="create",
+            target_type="device",
+            target_id=device.id,
+            target_name=device.name,
+            actor=context.Actor(type="device", id=device.id, name=f"enrollment token {token.prefix}…"),
+            changes=[
+                ("serial_number", None, device.serial_number),
+                ("platform", None, device.platform),
+                ("ownership", None, device.ownership),
+                ("certificate_fingerprint", None, fingerprint),
+            ],
+        )
+        return Enrolled(device, certs.cert_pem(cert).decode(), ca.certificate_pem, fingerprint)
+
+
+enrollment_service = EnrollmentService()

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, String, Table, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from corral.kit.db import IdMixin, Model, TimestampMixin, str_enum
+from corral.models.scope_tag import ScopeTag
+
+
+class Platform(StrEnum):
+    windows = "windows"
+    macos = "macos"
+    linux = "linux"
+    ios = "ios"
+    ipados = "ipados"
+    android = "android"
+
+
+class Ownership(StrEnum):
+    company = "company"
+    personal = "personal"
+
+
+class ManagementState(StrEnum):
+    """Intune's managementState, narrowed to what Corral's lifecycle uses."""
+
+    managed = "managed"
+    retire_pending = "retire_pending"
+    retire_issued = "retire_issued"
+    retired = "retired"
+    wipe_pending = "wipe_pending"
+    wipe_issued = "wipe_issued"
+    wiped = "wiped"
+
+
+class ComplianceState(StrEnum):
+    unknown = "unknown"
+    compliant = "compliant"
+    noncompliant = "noncompliant"
+    in_grace_period = "in_grace_period"
+    error = "error"
+    not_evaluated = "not_evaluated"
+
+
+device_scope_tags = Table(
+    "device_scope_tags",
+    Model.metadata,
+    Column("device_id", ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("scope_tag_id", ForeignKey("scope_tags.id", ondelete="RESTRICT"), primary_key=True, index=True),
+)
+
+
+class Device(IdMixin, TimestampMixin, Model):
+    __tablename__ = "devices"
+    __table_args__ = (
+        Index("ix_devices_last_checkin_at_id", "last_checkin_at", "id"),
+        # One managed record per physical device; retired and wiped records stay as history.
+        Index(
+            "uq_devices_active_serial",
+            "platform",
+            "serial_number",
+            unique=True,
+            postgresql_where=text("management_state NOT IN ('retired', 'wiped')"),
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(256))
+    serial_number: Mapped[str] = mapped_column(String(128), index=True)
+    platform: Mapped[Platform] = mapped_column(str_enum(Platform), index=True)
+    os_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    os_build: Mapped[str | None] = mapped_column(String(128), default=None)
+    model: Mapped[str | None] = mapped_column(String(256), default=None)
+    manufacturer: Mapped[str | None] = mapped_column(String(256), default=None)
+    ownership: Mapped[Ownership] = mapped_column(str_enum(Ownership), index=True)
+    management_state: Mapped[ManagementState] = mapped_column(
+        str_enum(ManagementState), default=ManagementState.managed, index=True
+    )
+    compliance_state: Mapped[ComplianceState] = mapped_column(
+        str_enum(ComplianceState), default=ComplianceState.unknown, index=True
+    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True, default=None
+    )
+    primary_user: Mapped[str | None] = mapped_column(String(256), default=None)
+    enrollment_token_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("enrollment_tokens.id", ondelete="SET NULL"), default=None
+    )
+    enrolled_at: Mapped[datetime]
+    last_checkin_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_checkin_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+    agent_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Hardware and posture columns are copies of inventory fields, kept for filtering and sorting in SQL.
+    cpu_architecture: Mapped[str | None] = mapped_column(String(32), default=None)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    storage_total_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    storage_free_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    hostname: Mapped[str | None] = mapped_column(String(256), default=None)
+    disk_encrypted: Mapped[bool | None] = mapped_column(default=None)
+    firewall_enabled: Mapped[bool | None] = mapped_column(default=None)
+    screen_lock_enabled: Mapped[bool | None] = mapped_column(default=None)
+    jailbroken: Mapped[bool | None] = mapped_column(default=None)
+    secure_boot: Mapped[bool | None] = mapped_column(default=None)
+    inventory: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    inventory_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    inventory_updated_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    scope_tags: Mapped[list[ScopeTag]] = relationship(secondary=device_scope_tags, lazy="raise")
+
+
+Index("ix_devices_name_lower", func.lower(Device.name))
