@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -209,6 +212,97 @@ def token_create(
     typer.echo(secret)
 
 
+# ------------------------------------------------------------------------------------------- simulate
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="Corral's URL (as devices reach it), or an enrollment URL")],
+    devices: Annotated[int, typer.Option(min=1, max=100_000, help="How many virtual devices")] = 10,
+    token: Annotated[
+        str | None, typer.Option(help="Enrollment token (not needed in an enrollment URL)")
+    ] = None,
+    state_dir: Annotated[
+        Path, typer.Option(help="Where the virtual devices keep their keys and state")
+    ] = Path("./.corral-simulator"),
+    ca_fingerprint: Annotated[str | None, typer.Option(help="Pin the server's CA (SHA-256, hex)")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C)")
+    ] = None,
+) -> None:
+    """Run virtual devices that enroll, check in, hold wake-up streams and answer commands."""
+    from corral.simulator import print_progress
+    from corral.simulator import simulate as run_simulation
+
+    logging.basicConfig(level=logging.WARNING)
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_simulation(
+            url,
+            token,
+            devices,
+            state_dir,
+            ca_fingerprint=ca_fingerprint,
+            duration=duration,
+            progress=print_progress,
+            stop=stop,
+        )
+
+    stats = asyncio.run(main())
+    typer.echo("")
+    typer.echo(f"done: {stats.line()}")
+    if stats.enrolled == 0:
+        raise typer.Exit(1)
+
+
+def _demo_fleet(settings: Settings, url: str, listen: str, devices: int) -> None:
+    """Enroll a small simulated fleet against this very server once it answers (``serve --demo``)."""
+    import threading
+
+    from corral.enrollment.schemas import EnrollmentTokenCreate
+    from corral.enrollment.service import enrollment_service
+    from corral.models import Ownership, Platform
+    from corral.rbac.roles import GLOBAL_ADMINISTRATOR
+    from corral.simulator import simulate as run_simulation
+
+    async def make_token(session: AsyncSession) -> str:
+        from corral.auth.service import auth_service
+        from corral.rbac import repository as rbac_repository
+        from corral.users import repository as users_repository
+
+        holders = await rbac_repository.enabled_members_of_role(session, GLOBAL_ADMINISTRATOR.id)
+        user = await users_repository.get(session, holders[0])
+        assert user is not None
+        principal = await auth_service.principal_for(session, user)
+        data = EnrollmentTokenCreate(
+            name="Demo fleet (corral serve --demo)",
+            platforms=list(Platform),
+            ownership=Ownership.company,
+            expires_in_days=1,
+        )
+        _token, secret, _url = await enrollment_service.create_token(session, settings, principal, data)
+        return secret
+
+    state_dir = settings.data_dir / "demo-devices"
+    token = None if (state_dir / "device-00000").exists() else _run_in_session(url, make_token)
+
+    def run() -> None:
+        import httpx
+
+        for _ in range(100):  # wait for the server to answer
+            try:
+                httpx.get(f"{listen}/healthz", verify=False, timeout=1)  # noqa: S501 - loopback, our own server
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        asyncio.run(run_simulation(settings.base_url, token, devices, state_dir))
+
+    threading.Thread(target=run, name="demo-fleet", daemon=True).start()
+    typer.echo(f"Demo: {devices} simulated devices enroll and check in (state in {state_dir}).")
+
+
 # ------------------------------------------------------------------------------------------- serve
 @app.command()
 def serve(
@@ -218,6 +312,7 @@ def serve(
     https: Annotated[
         bool | None, typer.Option("--https/--http", help="Serve TLS directly (CORRAL_TLS); else plain HTTP")
     ] = None,
+    demo: Annotated[int, typer.Option(help="Also run this many simulated devices against this server")] = 0,
 ) -> None:
     """Serve the admin center, the REST API and the device endpoints."""
     import uvicorn
@@ -289,6 +384,8 @@ def serve(
         )
         typer.echo("            it is not shown again — `corral admin create` makes another administrator)")
         typer.echo("")
+    if demo:
+        _demo_fleet(settings, url, listen, demo)
     # uvicorn re-raises SIGTERM once it has shut down gracefully; exiting normally instead lets the embedded
     # PostgreSQL (stopped at exit) shut down too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

