@@ -1,0 +1,205 @@
+"""Default-deny, proven from the route table: every route carries exactly one guard, the public ones are an
+explicit list, and every other route refuses an anonymous caller (Ivanti EPMM CVE-2023-35078 was one
+unauthenticated API route too many)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import Mount, Route
+
+from corral.auth.dependencies import Authenticated, Public, Require
+from corral.config import Settings
+from corral.error_handlers import MACHINE_PREFIXES
+from corral.kit.routes import RouteInfo, api_routes
+from corral.main import create_app
+from corral.rbac.permissions import P
+from tests.conftest import make_settings, new_client, running_app
+
+GUARD_TYPES: tuple[type, ...] = (Require, Authenticated, Public)
+try:  # the device protocol's guard: the caller proves a device key (HTTP message signatures)
+    from corral.checkin.auth import DeviceSigned
+
+    GUARD_TYPES = (*GUARD_TYPES, DeviceSigned)
+except ImportError:  # pragma: no cover - before the device protocol exists
+    pass
+
+PUBLIC_ALLOW_LIST = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/"),
+    ("GET", "/portal/sign-in"),
+    ("POST", "/portal/sign-in"),
+    ("GET", "/portal/sign-in/verify"),
+    ("POST", "/portal/sign-in/verify"),
+    # The enrollment token in the body is the credential: checked, counted, logged on the token and audited.
+    ("POST", "/device/v1/enroll"),
+}
+
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+# The route table does not depend on the database: build it once, at collection time, to parametrise.
+_TABLE_APP = create_app(
+    Settings(
+        secret_key="route-table-secret-" + "r" * 40,
+        base_url="https://testserver",
+        database_url="postgresql://unused/unused",
+        data_dir=Path("/nonexistent-corral-data-dir"),
+    )
+)
+ROUTES: list[RouteInfo] = api_routes(_TABLE_APP)
+
+
+def _guards(dependant: Dependant) -> list[Any]:
+    """Every guard instance anywhere in a dependency tree (one entry per occurrence)."""
+    found = []
+    for sub in dependant.dependencies:
+        if isinstance(sub.call, GUARD_TYPES):
+            found.append(sub.call)
+        found.extend(_guards(sub))
+    return found
+
+
+def _effective_dependants(app: FastAPI) -> dict[tuple[str, frozenset[str]], Dependant]:
+    """The dependency trees that actually run (router-level dependencies included)."""
+    return {
+        (ctx.path, frozenset(ctx.methods or ())): ctx.dependant
+        for ctx in iter_route_contexts(app.routes)
+        if isinstance(ctx.original_route, APIRoute) and ctx.path
+    }
+
+
+EFFECTIVE = _effective_dependants(_TABLE_APP)
+
+
+def _guard_of(info: RouteInfo) -> Any:
+    guards = _guards(info.route.dependant)
+    assert len(guards) == 1, f"{sorted(info.methods)} {info.path} has guards {guards}"
+    return guards[0]
+
+
+def _route_id(info: RouteInfo) -> str:
+    return f"{'+'.join(sorted(info.methods))} {info.path}"
+
+
+def _concrete_path(info: RouteInfo) -> str:
+    path = info.path
+    for name in info.route.param_convertors:
+        path = path.replace("{" + name + "}", str(uuid.uuid4()))
+    assert "{" not in path, path
+    return path
+
+
+NON_PUBLIC = [
+    info for info in ROUTES if not any(isinstance(g, Public) for g in _guards(info.route.dependant))
+]
+REQUIRE_ROUTES = [
+    info for info in ROUTES if any(isinstance(g, Require) for g in _guards(info.route.dependant))
+]
+
+
+def test_route_table_is_not_empty() -> None:
+    paths = {info.path for info in ROUTES}
+    assert {"/api/v1/me", "/api/v1/users", "/metrics", "/portal/sign-in", "/healthz"} <= paths
+    assert len(ROUTES) > 40
+
+
+@pytest.mark.parametrize("info", ROUTES, ids=_route_id)
+def test_route_depends_on_exactly_one_guard(info: RouteInfo) -> None:
+    guards = _guards(info.route.dependant)
+    assert len(guards) == 1, f"{_route_id(info)} must depend on exactly one guard, found {guards}"
+
+
+@pytest.mark.parametrize("info", ROUTES, ids=_route_id)
+def test_effective_route_runs_the_same_single_guard(info: RouteInfo) -> None:
+    """Router-level dependencies (include_router(dependencies=…)) cannot add or hide a guard."""
+    effective = EFFECTIVE[(info.path, info.methods)]
+    assert [repr(g) for g in _guards(effective)] == [repr(g) for g in _guards(info.route.dependant)]
+
+
+def test_public_routes_are_exactly_the_allow_list() -> None:
+    public = {
+        (method, info.path)
+        for info in ROUTES
+        if any(isinstance(g, Public) for g in _guards(info.route.dependant))
+        for method in info.methods
+    }
+    assert public == PUBLIC_ALLOW_LIST
+
+
+@pytest.mark.parametrize("info", REQUIRE_ROUTES, ids=_route_id)
+def test_require_route_names_only_known_permissions(info: RouteInfo) -> None:
+    guard = _guard_of(info)
+    assert isinstance(guard, Require)
+    assert guard.permissions, _route_id(info)
+    for permission in guard.permissions:
+        assert isinstance(permission, P), f"{_route_id(info)}: {permission!r} is not a corral permission"
+        assert permission.value in P._value2member_map_
+
+
+def test_only_openapi_schema_and_static_are_not_api_routes() -> None:
+    others = [
+        ctx.original_route
+        for ctx in iter_route_contexts(_TABLE_APP.routes)
+        if not isinstance(ctx.original_route, APIRoute)
+    ]
+    described = sorted((type(route).__name__, getattr(route, "path", None)) for route in others)
+    assert described == [("Mount", "/static"), ("Route", "/api/v1/openapi.json")]
+    schema_route = next(r for r in others if isinstance(r, Route))
+    assert schema_route.methods is not None and schema_route.methods <= {"GET", "HEAD"}
+    assert isinstance(next(r for r in others if isinstance(r, Mount)), Mount)
+
+
+# ------------------------------------------------------------------------------------------- anonymous sweep
+@pytest.fixture(scope="module")
+async def anonymous_client(
+    module_db_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One application for the whole sweep: anonymous requests change nothing, so they share a database."""
+    settings = make_settings(tmp_path_factory.mktemp("guards"), module_db_url)
+    async with running_app(settings, module_db_url) as application, new_client(application) as client:
+        yield client
+
+
+ANONYMOUS_CASES = [(method, info) for info in NON_PUBLIC for method in sorted(info.methods)]
+
+
+@pytest.mark.parametrize(
+    ("method", "info"), ANONYMOUS_CASES, ids=[f"{m} {i.path}" for m, i in ANONYMOUS_CASES]
+)
+async def test_anonymous_caller_is_refused(
+    anonymous_client: httpx.AsyncClient, method: str, info: RouteInfo
+) -> None:
+    path = _concrete_path(info)
+    kwargs: dict[str, Any] = {"json": {}} if method in UNSAFE else {}
+    response = await anonymous_client.request(method, path, **kwargs)
+    assert response.status_code < 500, response.text
+    assert not 200 <= response.status_code < 300, f"{method} {path} answered {response.status_code}"
+    if path.startswith(MACHINE_PREFIXES):  # /api/, /metrics, /device/, …: machine clients
+        assert response.status_code == 401, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        if path.startswith(("/api/", "/metrics")):
+            assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["status"] == 401
+    elif method == "GET":
+        assert response.status_code == 303, response.text
+        assert response.headers["location"].startswith("/portal/sign-in?next=")
+    else:
+        assert response.status_code in {401, 403}, response.text
+
+
+async def test_anonymous_caller_with_a_cookie_that_means_nothing_is_refused(
+    anonymous_client: httpx.AsyncClient,
+) -> None:
+    response = await anonymous_client.get(
+        "/api/v1/users", headers={"Cookie": "__Host-corral_session=cs_forged; corral_session=cs_forged"}
+    )
+    assert response.status_code == 401
