@@ -842,3 +842,26 @@ def test_builtin_role_definitions_hold_what_the_matrix_assumes() -> None:
         {P.licences_write, P.settings_write, P.system_metrics}
     )
     assert frozenset(P) == GLOBAL_ADMINISTRATOR.permissions
+
+
+async def test_service_admin_cannot_edit_or_delete_a_role_holding_rights_they_lack(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    boss = await factory.admin("Global administrator")
+    service = await factory.admin("Service administrator")
+    role = await client.post(
+        "/api/v1/roles",
+        headers=boss.headers,
+        json={"name": "Licence clerk", "permissions": ["licences:write", "users:read"]},
+    )
+    assert role.status_code == 201
+    role_id = role.json()["id"]
+    renamed = await client.patch(f"/api/v1/roles/{role_id}", headers=service.headers, json={"name": "Nobody"})
+    trimmed = await client.patch(
+        f"/api/v1/roles/{role_id}", headers=service.headers, json={"permissions": ["users:read"]}
+    )
+    deleted = await client.delete(f"/api/v1/roles/{role_id}", headers=service.headers)
+    assert renamed.status_code == trimmed.status_code == deleted.status_code == 403
+    assert (await client.get(f"/api/v1/roles/{role_id}", headers=boss.headers)).json()[
+        "name"
+    ] == "Licence clerk"

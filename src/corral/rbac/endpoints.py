@@ -66,8 +66,8 @@ async def update_role(
 
 
 @router.delete("/roles/{role_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-async def delete_role(role_id: uuid.UUID, session: SessionDep, _: RolesWrite) -> Response:
-    await rbac_service.delete_role(session, role_id)
+async def delete_role(role_id: uuid.UUID, session: SessionDep, principal: RolesWrite) -> Response:
+    await rbac_service.delete_role(session, principal, role_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

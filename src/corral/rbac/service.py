@@ -133,9 +133,10 @@ class RbacService:
         if role.is_builtin:
             raise Forbidden("Built-in roles cannot be changed; copy it into a custom role instead.")
         before = {"name": role.name, "description": role.description, "permissions": list(role.permissions)}
+        # Editing a role changes what its holders may do: only someone holding all of it may touch it.
+        self.check_can_grant(principal, role_permissions(role))
         if data.permissions is not None:
-            added = frozenset(P(p) for p in data.permissions) - role_permissions(role)
-            self.check_can_grant(principal, added)
+            self.check_can_grant(principal, frozenset(P(p) for p in data.permissions))
             role.permissions = sorted(data.permissions)
         if data.name is not None and data.name.lower() != role.name.lower():
             if await repository.role_by_name(session, data.name):
@@ -162,10 +163,11 @@ class RbacService:
             )
         return role
 
-    async def delete_role(self, session: AsyncSession, role_id: uuid.UUID) -> None:
+    async def delete_role(self, session: AsyncSession, principal: Principal, role_id: uuid.UUID) -> None:
         role = await self.get_role(session, role_id)
         if role.is_builtin:
             raise Forbidden("Built-in roles cannot be deleted.")
+        self.check_can_grant(principal, role_permissions(role))
         if await repository.assignment_count_for_role(session, role.id):
             raise Conflict("This role is still assigned; remove its role assignments first.")
         await session.delete(role)
