@@ -337,9 +337,11 @@ async def update_role(
 
 
 @router.post("/roles/{role_id}/delete")
-async def delete_role(request: Request, role_id: uuid.UUID, session: SessionDep, _: RolesWrite) -> Response:
+async def delete_role(
+    request: Request, role_id: uuid.UUID, session: SessionDep, principal: RolesWrite
+) -> Response:
     try:
-        await rbac_service.delete_role(session, role_id)
+        await rbac_service.delete_role(session, principal, role_id)
     except CorralError as exc:
         return redirect(request, f"/portal/roles/{role_id}", exc.detail, "error")
     return redirect(request, "/portal/roles", "Role deleted.")
