@@ -49,14 +49,84 @@
       }
     });
 
-    // Only one confirmation open at a time.
-    document.querySelectorAll("details.confirm").forEach(function (details) {
-      details.addEventListener("toggle", function () {
-        if (!details.open) return;
-        document.querySelectorAll("details.confirm[open]").forEach(function (other) {
-          if (other !== details) other.open = false;
-        });
+    // Only one confirmation open at a time ("toggle" does not bubble: listen while capturing, so details
+    // swapped in later by a live fragment are covered too). A panel with a form field focuses it.
+    document.addEventListener("toggle", function (event) {
+      const details = event.target;
+      if (!(details instanceof HTMLDetailsElement) || !details.matches("details.confirm") || !details.open) return;
+      document.querySelectorAll("details.confirm[open]").forEach(function (other) {
+        if (other !== details) other.open = false;
       });
-    });
+      const field = details.querySelector(
+        ".confirm-panel textarea, .confirm-panel input[type=text], .confirm-panel input[type=tel]"
+      );
+      const panel = details.querySelector(".confirm-panel");
+      if (field && !(document.activeElement && panel.contains(document.activeElement))) field.focus();
+    }, true);
+
+    document.querySelectorAll("[data-refresh][data-fragment][id]").forEach(liveFragment);
   });
+
+  // Live fragments: <section id="x" data-refresh="/url" data-fragment="name"> is fetched again every 5 s
+  // (header X-Fragment: name) and swapped in, for as long as the server keeps data-refresh on it. Skipped
+  // while the tab is hidden or the person is using a control inside it; stops on errors or after 30 min.
+  // Without this script the section's own "Refresh" link does the same.
+  const REFRESH_MS = 5000;
+  const REFRESH_FOR_MS = 30 * 60 * 1000;
+
+  function liveFragment(section) {
+    const id = section.id;
+    const url = section.dataset.refresh;
+    const fragment = section.dataset.fragment;
+    const started = Date.now();
+    let failures = 0;
+
+    function busy(current) {
+      return document.hidden ||
+        current.querySelector("details[open]") !== null ||
+        (current.contains(document.activeElement) && document.activeElement !== current);
+    }
+
+    function schedule() {
+      if (Date.now() - started < REFRESH_FOR_MS) window.setTimeout(tick, REFRESH_MS);
+    }
+
+    function tick() {
+      const current = document.getElementById(id);
+      if (!current || !current.hasAttribute("data-refresh")) return;
+      if (busy(current)) { schedule(); return; }
+      fetch(url, {
+        headers: { "X-Fragment": fragment },
+        credentials: "same-origin",
+        cache: "no-store",
+        redirect: "error", // signed out: the sign-in page is not a fragment
+      })
+        .then(function (response) {
+          if (!response.ok) throw new Error("HTTP " + response.status);
+          return response.text();
+        })
+        .then(function (html) {
+          const fresh = new DOMParser().parseFromString(html, "text/html").getElementById(id);
+          if (!fresh) return; // not what we asked for: stop
+          failures = 0;
+          const live = document.getElementById(id);
+          if (!live) return;
+          const changed = live.textContent !== fresh.textContent ||
+            live.hasAttribute("data-refresh") !== fresh.hasAttribute("data-refresh");
+          if (changed && !busy(live)) {
+            live.replaceWith(document.adoptNode(fresh));
+            const announcer = document.querySelector('[data-announce-for="' + id + '"]');
+            if (announcer) announcer.textContent = "Updated at " + new Date().toLocaleTimeString() + ".";
+          }
+          const now = document.getElementById(id);
+          if (now && now.hasAttribute("data-refresh")) schedule();
+        })
+        .catch(function () {
+          failures += 1;
+          if (failures < 4) schedule();
+        });
+    }
+
+    schedule();
+  }
 })();

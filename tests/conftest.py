@@ -34,7 +34,8 @@ from corral.tokens.service import token_service
 from corral.users.schemas import UserCreate
 from corral.users.service import user_service
 
-TEMPLATE_DB = "corral_template"
+# One template per xdist worker, so workers can share an external server (CORRAL_TEST_DATABASE_URL).
+TEMPLATE_DB = f"corral_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 PASSWORD = "correct horse battery staple"
 BASE_URL = "https://testserver"
 _counter = itertools.count()

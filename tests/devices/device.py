@@ -58,6 +58,8 @@ class TestDevice:
     device_id: str | None = None
     fingerprint: str | None = None
     certificate: str | None = None
+    # The URL the signature covers (@target-uri): the server's CORRAL_BASE_URL.
+    base_url: str = BASE_URL
 
     def __post_init__(self) -> None:
         self.name = self.name or f"dev-{self.serial.lower()}"
@@ -101,7 +103,7 @@ class TestDevice:
         )
         components = ("@method", "@target-uri") + (("content-digest",) if body else ())
         signer.sign(
-            _Message(method, BASE_URL + path, headers),
+            _Message(method, self.base_url + path, headers),
             key_id=key_id or self.fingerprint or "none",
             covered_component_ids=components,
             body=body if body else None,

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.auth.dependencies import Require
-from corral.devices import repository
 from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import (
     DeviceAppOut,
@@ -20,7 +19,6 @@ from corral.devices.schemas import (
     InventoryChangeOut,
 )
 from corral.devices.service import IssueRequest, device_out, device_service
-from corral.kit.csvexport import to_csv
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.models import DeviceCommand
@@ -33,24 +31,6 @@ DevicesRead = Annotated[Principal, Depends(Require(P.devices_read))]
 DevicesUpdate = Annotated[Principal, Depends(Require(P.devices_update))]
 DevicesDelete = Annotated[Principal, Depends(Require(P.devices_delete))]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
-
-CSV_HEADER = [
-    "id",
-    "name",
-    "serial_number",
-    "platform",
-    "os_version",
-    "model",
-    "manufacturer",
-    "ownership",
-    "management_state",
-    "compliance_state",
-    "primary_user",
-    "enrolled_at",
-    "last_checkin_at",
-    "stale",
-    "scope_tags",
-]
 
 
 class CommandOut(BaseModel):
@@ -123,31 +103,8 @@ async def export_devices(
     principal: DevicesRead,
     filters: Annotated[DeviceFilter, Query()],
 ) -> Response:
-    devices = await device_service.export(session, settings, principal, filters)
-    rows = []
-    for device in devices:
-        out = device_out(device, settings.stale_device_days)
-        rows.append(
-            [
-                out.id,
-                out.name,
-                out.serial_number,
-                out.platform,
-                out.os_version,
-                out.model,
-                out.manufacturer,
-                out.ownership,
-                out.management_state,
-                out.compliance_state,
-                out.primary_user,
-                out.enrolled_at.isoformat(),
-                out.last_checkin_at.isoformat() if out.last_checkin_at else "",
-                out.stale,
-                " ".join(out.scope_tags),
-            ]
-        )
     return Response(
-        to_csv(CSV_HEADER, rows),
+        await device_service.export_csv(session, settings, principal, filters),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="corral-devices.csv"'},
     )
@@ -201,16 +158,17 @@ async def delete_device(device_id: uuid.UUID, session: SessionDep, principal: De
 async def device_inventory_history(
     device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> list[InventoryChangeOut]:
-    await device_service.get(session, principal, device_id)
-    return [InventoryChangeOut.model_validate(c) for c in await repository.history(session, device_id)]
+    return [
+        InventoryChangeOut.model_validate(c)
+        for c in await device_service.history(session, principal, device_id)
+    ]
 
 
 @router.get("/{device_id}/apps", response_model=list[DeviceAppOut], responses=NOT_FOUND)
 async def device_apps(
     device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> list[DeviceAppOut]:
-    await device_service.get(session, principal, device_id)
-    return [DeviceAppOut.model_validate(a) for a in await repository.apps(session, device_id)]
+    return [DeviceAppOut.model_validate(a) for a in await device_service.apps(session, principal, device_id)]
 
 
 @router.get("/{device_id}/commands", response_model=list[CommandOut], responses=NOT_FOUND)

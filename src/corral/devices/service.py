@@ -17,12 +17,15 @@ from corral.devices import repository
 from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import DeviceDetail, DeviceFilter, DeviceOut, DeviceUpdate
 from corral.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from corral.kit.csvexport import to_csv
 from corral.kit.time import utcnow
 from corral.models import (
     CommandStatus,
     Device,
+    DeviceApp,
     DeviceCertificate,
     DeviceCommand,
+    DeviceInventoryChange,
     ManagementState,
     Ownership,
 )
@@ -50,6 +53,45 @@ def _fields(schema: type[DeviceOut], device: Device, stale_days: int) -> dict[st
 
 def device_out(device: Device, stale_days: int) -> DeviceOut:
     return DeviceOut.model_validate(_fields(DeviceOut, device, stale_days))
+
+
+CSV_HEADER = [
+    "id",
+    "name",
+    "serial_number",
+    "platform",
+    "os_version",
+    "model",
+    "manufacturer",
+    "ownership",
+    "management_state",
+    "compliance_state",
+    "primary_user",
+    "enrolled_at",
+    "last_checkin_at",
+    "stale",
+    "scope_tags",
+]
+
+
+def csv_row(out: DeviceOut) -> list[object]:
+    return [
+        out.id,
+        out.name,
+        out.serial_number,
+        out.platform,
+        out.os_version,
+        out.model,
+        out.manufacturer,
+        out.ownership,
+        out.management_state,
+        out.compliance_state,
+        out.primary_user,
+        out.enrolled_at.isoformat(),
+        out.last_checkin_at.isoformat() if out.last_checkin_at else "",
+        out.stale,
+        " ".join(out.scope_tags),
+    ]
 
 
 @dataclass
@@ -85,6 +127,15 @@ class DeviceService:
             session, filters, principal.scope_for(P.devices_read), settings.stale_device_days
         )
 
+    async def export_csv(
+        self, session: AsyncSession, settings: Settings, principal: Principal, filters: DeviceFilter
+    ) -> str:
+        """The filtered devices in the caller's scope as CSV (cells that could run as formulas neutralised),
+        for the API and the admin center alike."""
+        devices = await self.export(session, settings, principal, filters)
+        rows = (csv_row(device_out(d, settings.stale_device_days)) for d in devices)
+        return to_csv(CSV_HEADER, rows)
+
     async def get(
         self,
         session: AsyncSession,
@@ -112,6 +163,18 @@ class DeviceService:
             out.certificate_fingerprint = certificate.fingerprint_sha256
             out.certificate_expires_at = certificate.not_after
         return out
+
+    async def apps(
+        self, session: AsyncSession, principal: Principal, device_id: uuid.UUID
+    ) -> list[DeviceApp]:
+        await self.get(session, principal, device_id)
+        return await repository.apps(session, device_id)
+
+    async def history(
+        self, session: AsyncSession, principal: Principal, device_id: uuid.UUID, limit: int = 200
+    ) -> list[DeviceInventoryChange]:
+        await self.get(session, principal, device_id)
+        return await repository.history(session, device_id, limit)
 
     # ---------------------------------------------------------------- edits
     async def update(
@@ -156,8 +219,20 @@ class DeviceService:
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    async def delete(self, session: AsyncSession, principal: Principal, device_id: uuid.UUID) -> None:
+    async def delete(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        device_id: uuid.UUID,
+        *,
+        reason: str | None = None,
+        confirm: str | None = None,
+    ) -> None:
+        """Delete the record and revoke its certificates. With ``confirm`` (the admin center's form), the
+        reason and the typed device name are checked as for wipe and retire."""
         device = await self.get(session, principal, device_id, P.devices_delete, for_update=True)
+        if confirm is not None:
+            reason = self.confirm_destructive(device, "Deleting the record", reason, confirm)
         revoked = await self.revoke_certificates(session, device.id, "deleted")
         await audit_service.record(
             session,
@@ -167,7 +242,7 @@ class DeviceService:
             target_type="device",
             target_id=device.id,
             target_name=device.name,
-            detail=f"{revoked} certificate(s) revoked",
+            detail=f"{revoked} certificate(s) revoked" + (f"; reason: {reason}" if reason else ""),
             changes=[
                 ("serial_number", device.serial_number, None),
                 ("management_state", device.management_state, None),
@@ -182,6 +257,25 @@ class DeviceService:
         if command is None:
             raise NotFound(f"There is no remote action named {name!r}.")
         return command
+
+    def confirm_destructive(self, device: Device, label: str, reason: str | None, confirm: str | None) -> str:
+        """A destructive step needs a reason and the device's name typed as confirmation; returns the
+        reason, stripped."""
+        reason = (reason or "").strip()
+        if len(reason) < MIN_REASON:
+            raise ValidationFailed(f"{label} needs a reason (at least {MIN_REASON} characters).")
+        if (confirm or "").strip() != device.name:
+            raise ValidationFailed(f"Type the device name ({device.name}) to confirm {label.lower()}.")
+        return reason
+
+    def can_cancel(self, principal: Principal, device: Device, command: DeviceCommand) -> bool:
+        """Whether ``cancel`` would accept this command from this admin now: for the portal's buttons."""
+        command_type = REGISTRY.get(command.type)
+        if command_type is None or command.status not in OPEN_STATUSES:
+            return False
+        if command_type.destructive and command.status is not CommandStatus.queued:
+            return False
+        return principal.scope_for(command_type.permission).covers(t.id for t in device.scope_tags)
 
     def available_actions(self, principal: Principal, device: Device) -> list[CommandType]:
         """The actions this admin may run on this device now: for the portal's action bar."""
@@ -228,14 +322,7 @@ class DeviceService:
             ) from exc
         reason = (request.reason or "").strip() or None
         if command_type.destructive:
-            if not reason or len(reason) < MIN_REASON:
-                raise ValidationFailed(
-                    f"{command_type.label} needs a reason (at least {MIN_REASON} characters)."
-                )
-            if (request.confirm or "").strip() != device.name:
-                raise ValidationFailed(
-                    f"Type the device name ({device.name}) to confirm {command_type.label.lower()}."
-                )
+            reason = self.confirm_destructive(device, command_type.label, reason, request.confirm)
             if device.management_state in (
                 ManagementState.wipe_pending,
                 ManagementState.wipe_issued,
@@ -295,16 +382,15 @@ class DeviceService:
         self, session: AsyncSession, principal: Principal, device_id: uuid.UUID, command_id: uuid.UUID
     ) -> DeviceCommand:
         command = await session.scalar(
-            select(DeviceCommand)
-            .where(DeviceCommand.id == command_id, DeviceCommand.device_id == device_id)
-            .with_for_update()
+            select(DeviceCommand).where(DeviceCommand.id == command_id, DeviceCommand.device_id == device_id)
         )
         if command is None:
             raise NotFound("No such command.")
-        device = await self.get(
-            session, principal, device_id, REGISTRY[command.type].permission, for_update=True
-        )
         command_type = REGISTRY[command.type]
+        # Lock the device before the command, in the order check-in takes them (its device update, then the
+        # device's commands): the other order can deadlock with a check-in.
+        device = await self.get(session, principal, device_id, command_type.permission, for_update=True)
+        await session.refresh(command, with_for_update=True)
         if command.status not in OPEN_STATUSES:
             raise Conflict(f"The command is already {command.status.value}.")
         if command_type.destructive and command.status is not CommandStatus.queued:

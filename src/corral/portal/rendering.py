@@ -39,6 +39,8 @@ class NavItem:
 
 NAVIGATION: tuple[NavItem, ...] = (
     NavItem("Home", "Dashboard", "/portal", ()),
+    NavItem("Devices", "All devices", "/portal/devices", (P.devices_read,)),
+    NavItem("Devices", "Enrollment", "/portal/enrollment", (P.enrollment_read,)),
     NavItem("Tenant administration", "Administrators", "/portal/admins", (P.roles_read, P.users_read)),
     NavItem("Tenant administration", "Roles", "/portal/roles", (P.roles_read,)),
     NavItem("Tenant administration", "Role assignments", "/portal/role-assignments", (P.roles_read,)),
@@ -159,6 +161,22 @@ def render(
     if getattr(request.state, "flash_consumed", False):
         response.delete_cookie(FLASH_COOKIE, path="/")
     return response
+
+
+def render_fragment(
+    request: Request, template: str, context: dict[str, Any], *, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    """A piece of a page (for the page's own script to swap in), from the template the page includes.
+    Leaves the flash message for the next full page."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    ctx: dict[str, Any] = {
+        "principal": principal,
+        "csrf_token": principal.csrf_token if principal else None,
+        "current_path": request.url.path,
+        "P": P,
+        **context,
+    }
+    return templates.TemplateResponse(request, template, ctx, headers=headers)
 
 
 def render_error(

@@ -1,0 +1,421 @@
+"""Admin center pages for devices and enrollment. Each calls the same service as its /api/v1 twin."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import FormData
+
+from corral.auth.dependencies import Require
+from corral.devices.commands import REGISTRY, CommandType
+from corral.devices.schemas import DeviceFilter
+from corral.devices.service import MIN_REASON, IssueRequest, device_service, is_stale
+from corral.enrollment.schemas import EnrollmentTokenCreate
+from corral.enrollment.service import enrollment_service, qr_svg, token_status
+from corral.errors import CorralError
+from corral.kit.db import SessionDep
+from corral.kit.deps import SettingsDep
+from corral.kit.time import utcnow
+from corral.models import ComplianceState, Device, ManagementState, Ownership, Platform
+from corral.models.device_command import FINAL_STATUSES
+from corral.portal.rendering import (
+    clear_reveal,
+    read_reveal,
+    redirect,
+    render,
+    render_error,
+    render_fragment,
+    set_reveal,
+)
+from corral.rbac.permissions import P
+from corral.rbac.principal import Principal
+from corral.rbac.service import rbac_service
+from corral.users.service import user_service
+
+router = APIRouter(prefix="/portal", include_in_schema=False)
+
+DevicesRead = Annotated[Principal, Depends(Require(P.devices_read))]
+DevicesDelete = Annotated[Principal, Depends(Require(P.devices_delete))]
+EnrollmentRead = Annotated[Principal, Depends(Require(P.enrollment_read))]
+EnrollmentManage = Annotated[Principal, Depends(Require(P.enrollment_manage))]
+
+FRAGMENT_HEADER = "x-fragment"
+COMMANDS_FRAGMENT = "commands"
+EXPIRY_CHOICES = (1, 7, 30, 90, 180, 365)
+PAGE_HEADERS = {"Cache-Control": "no-store", "Vary": "X-Fragment"}
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error.get("loc", ()))
+    return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid"))
+
+
+# ------------------------------------------------------------------------------------------- device list
+def _device_filter(params: dict[str, str]) -> DeviceFilter:
+    clean = {k: v for k, v in params.items() if v and k in DeviceFilter.model_fields}
+    return DeviceFilter.model_validate(clean)
+
+
+@router.get("/devices")
+async def devices(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: DevicesRead
+) -> Response:
+    params = {k: v for k, v in request.query_params.items() if k in DeviceFilter.model_fields}
+    filters_in_use = {k: v for k, v in params.items() if v and k != "cursor"}
+    ctx: dict[str, Any] = {
+        "params": params,
+        "filters": filters_in_use,
+        "active_filters": sum(1 for k in filters_in_use if k not in {"sort", "limit"}),
+        "platforms": list(Platform),
+        "ownerships": list(Ownership),
+        "management_states": list(ManagementState),
+        "compliance_states": list(ComplianceState),
+        "stale_days": settings.stale_device_days,
+    }
+    try:
+        filters = _device_filter(params)
+    except ValidationError as exc:
+        ctx.update({"devices": None, "error": _first_error(exc), "sort": "name"})
+        return render(request, "devices/device_list.html", ctx, status_code=400)
+    items, next_cursor, total = await device_service.page(session, settings, principal, filters)
+    ctx.update(
+        {
+            "devices": items,
+            "next_cursor": next_cursor,
+            "total": total,
+            "sort": filters.sort,
+            "stale": {d.id for d in items if is_stale(d, settings.stale_device_days)},
+        }
+    )
+    return render(request, "devices/device_list.html", ctx)
+
+
+@router.get("/devices/export.csv")
+async def devices_csv(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: DevicesRead
+) -> Response:
+    try:
+        filters = _device_filter(
+            {k: v for k, v in request.query_params.items() if k not in {"cursor", "limit"}}
+        )
+    except ValidationError as exc:
+        return render_error(request, 400, "Invalid filter", _first_error(exc))
+    return Response(
+        await device_service.export_csv(session, settings, principal, filters),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="corral-devices.csv"'},
+    )
+
+
+# ------------------------------------------------------------------------------------------- device detail
+@dataclass(frozen=True)
+class ActionField:
+    """One input of a remote action's form, derived from the action's parameter model."""
+
+    name: str
+    label: str
+    kind: str  # text, tel or checkbox
+    required: bool
+    max_length: int | None
+    hint: str
+
+
+FIELD_TEXT: dict[str, tuple[str, str]] = {
+    "message": ("Message", "Shown on the device's screen."),
+    "phone": ("Phone number", "A number to call, shown with the message."),
+    "footnote": ("Footnote", "A smaller line under the message."),
+    "name": ("New name", "The device renames itself and reports the new name."),
+    "keep_enrollment_data": ("Keep enrollment data", "The device re-enrolls by itself after the reset."),
+    "keep_user_data": ("Keep user data", "User files survive the reset (where the platform supports it)."),
+}
+
+
+def action_fields(command: CommandType) -> list[ActionField]:
+    fields = []
+    for name, info in command.params.model_fields.items():
+        kind = "checkbox" if info.annotation is bool else ("tel" if name == "phone" else "text")
+        max_length = next((m.max_length for m in info.metadata if hasattr(m, "max_length")), None)
+        label, hint = FIELD_TEXT.get(name, (name.replace("_", " ").capitalize(), info.description or ""))
+        fields.append(ActionField(name, label, kind, info.is_required(), max_length, hint))
+    return fields
+
+
+def _params_from_form(command: CommandType, form: FormData) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for field in action_fields(command):
+        value = form.get(field.name)
+        if field.kind == "checkbox":
+            params[field.name] = value in {"on", "true", "yes", "1"}
+        elif isinstance(value, str) and value.strip():
+            params[field.name] = value.strip()
+    return params
+
+
+async def _commands_context(session: SessionDep, principal: Principal, device: Device) -> dict[str, Any]:
+    commands = await device_service.commands(session, principal, device.id)
+    return {
+        "device": device,
+        "commands": commands,
+        "registry": REGISTRY,
+        "cancelable": {c.id for c in commands if device_service.can_cancel(principal, device, c)},
+        "in_progress": any(c.status not in FINAL_STATUSES for c in commands),
+        "now_ms": int(utcnow().timestamp() * 1000),
+    }
+
+
+async def _detail_context(
+    session: SessionDep, settings: SettingsDep, principal: Principal, device: Device
+) -> dict[str, Any]:
+    detail = await device_service.detail(session, settings, device)
+    actions = device_service.available_actions(principal, device)
+    user = None
+    if detail.user_id is not None and principal.has(P.users_read):
+        user = await user_service.get(session, detail.user_id)
+    ctx = await _commands_context(session, principal, device)
+    ctx.update(
+        {
+            "detail": detail,
+            "bound_user": user,
+            "actions": actions,
+            "fields": {a.name: action_fields(a) for a in actions},
+            "can_delete": principal.scope_for(P.devices_delete).covers(t.id for t in device.scope_tags),
+            "apps": await device_service.apps(session, principal, device.id),
+            "history": await device_service.history(session, principal, device.id, limit=100),
+            "min_reason": MIN_REASON,
+            "stale_days": settings.stale_device_days,
+            # A fresh key per rendered form: a double submit queues the action once.
+            "idempotency_key": uuid.uuid4().hex,
+            "open_action": None,
+            "action_error": None,
+            "form": {},
+        }
+    )
+    return ctx
+
+
+@router.get("/devices/{device_id}")
+async def device_detail(
+    request: Request, device_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: DevicesRead
+) -> Response:
+    device = await device_service.get(session, principal, device_id)
+    if request.headers.get(FRAGMENT_HEADER) == COMMANDS_FRAGMENT:
+        ctx = await _commands_context(session, principal, device)
+        return render_fragment(request, "devices/_commands.html", ctx, headers=PAGE_HEADERS)
+    ctx = await _detail_context(session, settings, principal, device)
+    return render(request, "devices/device_detail.html", ctx, headers=PAGE_HEADERS)
+
+
+async def _refused(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Principal,
+    device_id: uuid.UUID,
+    action: str,
+    error: CorralError,
+    form: FormData,
+) -> Response:
+    """The detail page again, with the action's panel open, what was typed kept and the reason shown."""
+    device = await device_service.get(session, principal, device_id)
+    ctx = await _detail_context(session, settings, principal, device)
+    ctx.update(
+        {
+            "open_action": action,
+            "action_error": error.detail,
+            "form": {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"},
+        }
+    )
+    return render(request, "devices/device_detail.html", ctx, status_code=error.status_code)
+
+
+def _action_view(command_type: CommandType) -> Callable[..., Awaitable[Response]]:
+    guard = Annotated[Principal, Depends(Require(command_type.permission))]
+
+    async def run_action(
+        request: Request,
+        device_id: uuid.UUID,
+        session: SessionDep,
+        settings: SettingsDep,
+        principal: guard,
+    ) -> Response:
+        form = await request.form()
+        try:
+            command, created = await device_service.issue(
+                session,
+                principal,
+                device_id,
+                IssueRequest(
+                    type=command_type.name,
+                    params=_params_from_form(command_type, form),
+                    reason=str(form.get("reason") or "") or None,
+                    confirm=str(form.get("confirm") or "") or None,
+                    idempotency_key=str(form.get("idempotency_key") or "")[:128] or None,
+                ),
+            )
+        except CorralError as exc:
+            if exc.status_code == 404:
+                raise
+            return await _refused(
+                request, session, settings, principal, device_id, command_type.name, exc, form
+            )
+        message = (
+            f"{command_type.label} queued; the device will get it at its next check-in or wake-up."
+            if created
+            else f"{command_type.label} was already queued (this form was sent twice)."
+        )
+        return redirect(request, f"/portal/devices/{command.device_id}", message)
+
+    # The guard differs per action; with postponed annotations the name ``guard`` would not resolve.
+    run_action.__annotations__["principal"] = guard
+    run_action.__name__ = f"portal_device_action_{command_type.name}"
+    return run_action
+
+
+for _command in REGISTRY.values():
+    router.add_api_route(
+        f"/devices/{{device_id}}/actions/{_command.name}",
+        _action_view(_command),
+        methods=["POST"],
+        name=f"portal_device_action_{_command.name}",
+    )
+
+
+@router.post("/devices/{device_id}/commands/{command_id}/cancel")
+async def cancel_command(
+    request: Request, device_id: uuid.UUID, command_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> Response:
+    """Needs the permission of the action itself (checked by the service), as the API does."""
+    back = f"/portal/devices/{device_id}"
+    try:
+        command = await device_service.cancel(session, principal, device_id, command_id)
+    except CorralError as exc:
+        if exc.status_code == 404:
+            raise
+        return redirect(request, back, exc.detail, "error")
+    label = REGISTRY[command.type].label if command.type in REGISTRY else command.type
+    return redirect(request, back, f"{label} canceled.")
+
+
+@router.post("/devices/{device_id}/delete")
+async def delete_device(
+    request: Request,
+    device_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: DevicesDelete,
+) -> Response:
+    form = await request.form()
+    device = await device_service.get(session, principal, device_id, P.devices_delete)
+    name = device.name
+    try:
+        await device_service.delete(
+            session,
+            principal,
+            device_id,
+            reason=str(form.get("reason") or ""),
+            confirm=str(form.get("confirm") or ""),
+        )
+    except CorralError as exc:
+        if exc.status_code == 404:
+            raise
+        return await _refused(request, session, settings, principal, device_id, "delete", exc, form)
+    return redirect(
+        request, "/portal/devices", f"The record of {name} was deleted and its certificates revoked."
+    )
+
+
+# ------------------------------------------------------------------------------------------- enrollment
+async def _enrollment_context(session: SessionDep, principal: Principal) -> dict[str, Any]:
+    tokens = await enrollment_service.list_tokens(session, principal)
+    return {
+        "tokens": tokens,
+        "statuses": {t.id: token_status(t) for t in tokens},
+        "tags": await rbac_service.list_scope_tags(session) if principal.has(P.enrollment_manage) else [],
+        "platforms": list(Platform),
+        "ownerships": list(Ownership),
+        "expiry_choices": EXPIRY_CHOICES,
+    }
+
+
+@router.get("/enrollment")
+async def enrollment(request: Request, session: SessionDep, principal: EnrollmentRead) -> Response:
+    ctx = await _enrollment_context(session, principal)
+    revealed = read_reveal(request, "enrollment")
+    if revealed:
+        ctx["created"] = {**revealed, "qr": qr_svg(revealed["url"])}
+    response = render(request, "enrollment/token_list.html", ctx, headers={"Cache-Control": "no-store"})
+    return clear_reveal(response)
+
+
+@router.post("/enrollment")
+async def create_enrollment_token(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: EnrollmentManage
+) -> Response:
+    form = await request.form()
+    values: dict[str, Any] = {
+        "name": str(form.get("name", "")),
+        "platforms": [str(v) for v in form.getlist("platforms")],
+        "ownership": str(form.get("ownership", "company")),
+        "expires_in_days": str(form.get("expires_in_days", "30")),
+        "max_uses": str(form.get("max_uses", "")).strip(),
+        "scope_tag_ids": [str(v) for v in form.getlist("scope_tag_ids")],
+    }
+    try:
+        data = EnrollmentTokenCreate(
+            name=values["name"],
+            platforms=values["platforms"],
+            ownership=values["ownership"],
+            expires_in_days=values["expires_in_days"] or 30,
+            max_uses=values["max_uses"] or None,
+            scope_tag_ids=values["scope_tag_ids"],
+        )
+        token, secret, url = await enrollment_service.create_token(session, settings, principal, data)
+    except (ValidationError, CorralError) as exc:
+        error = _first_error(exc) if isinstance(exc, ValidationError) else exc.detail
+        status = 422 if isinstance(exc, ValidationError) else exc.status_code
+        ctx = await _enrollment_context(session, principal)
+        ctx.update({"error": error, "form": values})
+        return render(request, "enrollment/token_list.html", ctx, status_code=status)
+    response = redirect(request, "/portal/enrollment")
+    set_reveal(
+        response,
+        request,
+        "enrollment",
+        {"token": secret, "url": url, "name": token.name, "id": str(token.id)},
+    )
+    return response
+
+
+@router.get("/enrollment/{token_id}")
+async def enrollment_token_detail(
+    request: Request, token_id: uuid.UUID, session: SessionDep, principal: EnrollmentRead
+) -> Response:
+    token = await enrollment_service.get_token(session, principal, token_id)
+    uses = await enrollment_service.uses(session, principal, token_id)
+    return render(
+        request,
+        "enrollment/token_detail.html",
+        {"token": token, "status": token_status(token), "uses": uses},
+    )
+
+
+@router.post("/enrollment/{token_id}/revoke")
+async def revoke_enrollment_token(
+    request: Request, token_id: uuid.UUID, session: SessionDep, principal: EnrollmentManage
+) -> Response:
+    form = await request.form()
+    target = f"/portal/enrollment/{token_id}" if form.get("back") == "detail" else "/portal/enrollment"
+    try:
+        token = await enrollment_service.revoke_token(session, principal, token_id)
+    except CorralError as exc:
+        if exc.status_code == 404:
+            raise
+        return redirect(request, target, exc.detail, "error")
+    return redirect(request, target, f"Enrollment token {token.name} revoked: it enrolls no more devices.")
