@@ -16,10 +16,12 @@ from corral.models import (
     Device,
     DeviceApp,
     DeviceCertificate,
+    DeviceCommand,
     DeviceInventoryChange,
     User,
     device_scope_tags,
 )
+from corral.models.device_command import OPEN_STATUSES
 from corral.rbac.principal import Scope
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -97,20 +99,17 @@ async def page(
         key = tuple_(expr, Device.id)
         stmt = stmt.where(key < tuple_(value, last_uuid) if descending else key > tuple_(value, last_uuid))
     order = (expr.desc(), Device.id.desc()) if descending else (expr.asc(), Device.id.asc())
-    rows = list((await session.scalars(stmt.order_by(*order).limit(filters.limit + 1))).all())
+    # The sort key comes back from the database, so the cursor holds exactly what PostgreSQL compares
+    # (its lower() and Python's differ for some non-ASCII names).
+    rows = (await session.execute(stmt.add_columns(expr).order_by(*order).limit(filters.limit + 1))).all()
     more = len(rows) > filters.limit
-    items = rows[: filters.limit]
+    items = [row[0] for row in rows[: filters.limit]]
     next_cursor = None
     if more and items:
-        last = items[-1]
-        key_name = filters.sort.lstrip("-")
-        if key_name == "name":
-            value_out: Any = last.name.lower()
-        elif key_name == "last_checkin_at":
-            value_out = (last.last_checkin_at or EPOCH).isoformat()
-        else:
-            value_out = last.enrolled_at.isoformat()
-        next_cursor = encode_cursor([value_out, str(last.id)])
+        last_key: Any = rows[filters.limit - 1][1]
+        if isinstance(last_key, datetime):
+            last_key = last_key.isoformat()
+        next_cursor = encode_cursor([last_key, str(items[-1].id)])
     return items, next_cursor, total
 
 
@@ -189,3 +188,11 @@ async def replace_apps(
                     set_={"name": stmt.excluded.name, "version": stmt.excluded.version},
                 )
             )
+
+
+async def has_open_commands(session: AsyncSession, device_id: uuid.UUID) -> bool:
+    """Whether commands wait for the device (queued, sent and unacknowledged, or answered "not now")."""
+    stmt = select(
+        exists().where(DeviceCommand.device_id == device_id, DeviceCommand.status.in_(OPEN_STATUSES))
+    )
+    return bool(await session.scalar(stmt))

@@ -36,6 +36,12 @@ from corral.rbac.principal import EVERYWHERE, Principal, Scope, authorize_object
 
 WAKE_CHANNEL = "corral_device_wake"
 ENDED = (ManagementState.retired, ManagementState.wiped)
+ENDING = (
+    ManagementState.wipe_pending,
+    ManagementState.wipe_issued,
+    ManagementState.retire_pending,
+    ManagementState.retire_issued,
+)
 MIN_REASON = 5
 
 
@@ -282,11 +288,13 @@ class DeviceService:
         if device.management_state in ENDED:
             return []
         tags = {t.id for t in device.scope_tags}
+        ending = device.management_state in ENDING
         return [
             c
             for c in REGISTRY.values()
             if principal.scope_for(c.permission).covers(tags)
             and c.allows(device.platform, device.ownership) is None
+            and not (ending and c.destructive)  # a wipe or retire is already under way
         ]
 
     async def issue(
@@ -323,12 +331,7 @@ class DeviceService:
         reason = (request.reason or "").strip() or None
         if command_type.destructive:
             reason = self.confirm_destructive(device, command_type.label, reason, request.confirm)
-            if device.management_state in (
-                ManagementState.wipe_pending,
-                ManagementState.wipe_issued,
-                ManagementState.retire_pending,
-                ManagementState.retire_issued,
-            ):
+            if device.management_state in ENDING:
                 raise Conflict(f"A {device.management_state.value.replace('_', ' ')} is already under way.")
         now = utcnow()
         command = DeviceCommand(
