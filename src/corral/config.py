@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     checkin_interval_new_seconds: int = 180
     checkin_new_period_minutes: int = 60
     checkin_interval_seconds: int = 8 * 3600
+    # Wake-up stream (GET /device/v1/events): seconds between heartbeat comments.
+    push_heartbeat_seconds: int = Field(default=25, ge=1)
 
     db_pool_size: int = 10
     db_max_overflow: int = 10

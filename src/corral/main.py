@@ -15,13 +15,16 @@ from corral.api import api_router
 from corral.checkin.endpoints import router as device_router
 from corral.config import Settings, get_settings
 from corral.health.endpoints import router as health_router
-from corral.kit.db import create_engine, create_sessionmaker
+from corral.kit.db import asyncpg_dsn, create_engine, create_sessionmaker
 from corral.kit.embedded import resolve_database_url
 from corral.kit.middleware import RequestContextMiddleware
 from corral.kit.migrations import is_current
 from corral.kit.paths import STATIC_DIR
 from corral.kit.routes import route_templates
 from corral.portal.router import portal_router
+from corral.push.endpoints import router as push_router
+from corral.push.hub import PushHub
+from corral.push.stream import StreamHandoff
 
 log = logging.getLogger("corral")
 
@@ -51,9 +54,12 @@ def create_app(
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.database_handle = handle
+        app.state.push_hub = hub = PushHub(asyncpg_dsn(url))  # wake-ups from any replica (LISTEN)
         try:
+            await hub.start()
             yield
         finally:
+            await hub.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -70,6 +76,7 @@ def create_app(
     app.include_router(health_router)
     app.include_router(api_router)
     app.include_router(device_router)
+    app.include_router(push_router)
     app.include_router(portal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.route_templates = route_templates(app)
@@ -78,4 +85,5 @@ def create_app(
         trusted_proxies=settings.trusted_proxy_networks,
         hsts=settings.secure_cookies,
     )
+    app.add_middleware(StreamHandoff)  # outermost: long-lived wake-up streams continue there (push/stream.py)
     return app

@@ -6,20 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from corral.main import create_app
-from corral.pki import certs
-from tests.conftest import PASSWORD, make_settings
+from tests.conftest import PASSWORD
+from tests.live import LiveServer, start_live_server, throwaway_ca_tls
 
 CHROMIUM = os.environ.get("CORRAL_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,51 +31,9 @@ SHOTS = Path(__file__).resolve().parents[2] / "test-results" / "screenshots"
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LiveServer:
-    def __init__(self, url: str, server: uvicorn.Server, thread: threading.Thread) -> None:
-        self.url = url
-        self._server = server
-        self._thread = thread
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-
-
 @pytest.fixture
 def live_server(tmp_path: Path, db_url: str) -> Iterator[LiveServer]:
-    now = datetime.now(UTC)
-    ca_cert, ca_key = certs.build_ca("Corral test CA", now)
-    cert, key = certs.issue_server_certificate(ca_cert, ca_key, ["127.0.0.1", "localhost"], now)
-    (tmp_path / "server.crt").write_bytes(certs.cert_pem(cert) + certs.cert_pem(ca_cert))
-    (tmp_path / "server.key").write_bytes(certs.key_pem(key))
-    port = _free_port()
-    url = f"https://127.0.0.1:{port}"
-    settings = make_settings(tmp_path, db_url, base_url=url, tls=True)
-    config = uvicorn.Config(
-        create_app(settings, database_url=db_url),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        ssl_certfile=str(tmp_path / "server.crt"),
-        ssl_keyfile=str(tmp_path / "server.key"),
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the live server did not start")
-        time.sleep(0.05)
-    live = LiveServer(url, server, thread)
+    live = start_live_server(tmp_path, db_url, tls=throwaway_ca_tls(tmp_path))
     yield live
     live.stop()
 

@@ -60,6 +60,11 @@ def async_url(url: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {url.split('://')[0]}://…")
 
 
+def asyncpg_dsn(url: str) -> str:
+    """The same URL for ``asyncpg.connect`` (a connection of its own, outside the SQLAlchemy pool)."""
+    return "postgresql://" + async_url(url)[len("postgresql+asyncpg://") :]
+
+
 def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     return create_async_engine(
         async_url(url),

@@ -1,0 +1,1 @@
+"""Push: the wake-up channel to connected devices (device-protocol.md §7)."""

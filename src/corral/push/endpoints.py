@@ -1,0 +1,31 @@
+"""The wake-up stream of the device protocol: ``GET /device/v1/events`` (docs/device-protocol.md §7)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from corral.checkin.auth import CurrentDevice
+from corral.kit.deps import SessionMakerDep, SettingsDep
+from corral.push.hub import PushHub
+from corral.push.service import push_service
+
+router = APIRouter(prefix="/device/v1", include_in_schema=False)
+
+
+def get_push_hub(request: Request) -> PushHub:
+    hub: PushHub = request.app.state.push_hub
+    return hub
+
+
+PushHubDep = Annotated[PushHub, Depends(get_push_hub)]
+
+
+@router.get("/events")
+async def events(
+    device: CurrentDevice, hub: PushHubDep, sessionmaker: SessionMakerDep, settings: SettingsDep
+) -> Response:
+    """SSE: ``ready``, then ``wake`` whenever the device should check in; ``: ping`` between."""
+    return push_service.stream(hub, sessionmaker, device.device.id, settings.push_heartbeat_seconds)
