@@ -2,7 +2,7 @@
 
 - ``/plain``: Starlette's ``StreamingResponse`` over an async generator (a comment, then one every 25 s);
 - ``/sse``: sse-starlette's ``EventSourceResponse`` (an event, then its own ping every 25 s);
-- ``/eventstream``: Corral's own ``EventStream`` response with a hub that is not listening.
+- ``/eventstream``: Corral's own ``EventStream`` response, its hub sending heartbeats but not listening.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -21,7 +22,10 @@ from corral.push.hub import PushHub
 from corral.push.stream import EventStream
 
 HEARTBEAT = 25.0
-hub = PushHub("postgresql://unused@127.0.0.1:9/unused")  # never started: streams subscribe, nothing listens
+# Its heartbeats run; its LISTEN connection does not (nothing there): streams subscribe, nothing wakes them.
+hub = PushHub(
+    "postgresql://unused@127.0.0.1:9/unused", heartbeat_seconds=HEARTBEAT, backoff_min=60, backoff_max=60
+)
 
 
 async def index(request: Request) -> Response:
@@ -47,12 +51,22 @@ async def sse(request: Request) -> Response:
 
 
 async def eventstream(request: Request) -> Response:
-    async def nothing_pending() -> bool:
-        return False
+    return EventStream(hub, hub.subscribe(str(uuid.uuid4())), pending=False)
 
-    return EventStream(hub, str(uuid.uuid4()), has_pending=nothing_pending, heartbeat=HEARTBEAT)
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    await hub.start(wait=0)
+    yield
+    await hub.stop()
 
 
 app = Starlette(
-    routes=[Route("/", index), Route("/plain", plain), Route("/sse", sse), Route("/eventstream", eventstream)]
+    routes=[
+        Route("/", index),
+        Route("/plain", plain),
+        Route("/sse", sse),
+        Route("/eventstream", eventstream),
+    ],
+    lifespan=lifespan,
 )

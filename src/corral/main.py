@@ -54,7 +54,9 @@ def create_app(
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.database_handle = handle
-        app.state.push_hub = hub = PushHub(asyncpg_dsn(url))  # wake-ups from any replica (LISTEN)
+        # Wake-ups for devices connected to this process, from any replica (LISTEN), and their heartbeats.
+        hub = PushHub(asyncpg_dsn(url), heartbeat_seconds=settings.push_heartbeat_seconds)
+        app.state.push_hub = hub
         try:
             await hub.start()
             yield

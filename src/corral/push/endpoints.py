@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from corral.checkin.auth import CurrentDevice
-from corral.kit.deps import SessionMakerDep, SettingsDep
+from corral.kit.db import SessionDep
 from corral.push.hub import PushHub
 from corral.push.service import push_service
 
@@ -24,8 +24,6 @@ PushHubDep = Annotated[PushHub, Depends(get_push_hub)]
 
 
 @router.get("/events")
-async def events(
-    device: CurrentDevice, hub: PushHubDep, sessionmaker: SessionMakerDep, settings: SettingsDep
-) -> Response:
+async def events(device: CurrentDevice, session: SessionDep, hub: PushHubDep) -> Response:
     """SSE: ``ready``, then ``wake`` whenever the device should check in; ``: ping`` between."""
-    return push_service.stream(hub, sessionmaker, device.device.id, settings.push_heartbeat_seconds)
+    return await push_service.stream(session, hub, device.device.id)

@@ -32,7 +32,9 @@ log = logging.getLogger("corral.push")
 CONNECTED_DEVICES = Gauge("corral_push_connected_devices", "Devices holding a wake-up stream to this process")
 STREAMS = Gauge("corral_push_streams", "Open wake-up streams (a device may hold more than one)")
 NOTIFICATIONS = Counter(
-    "corral_push_notifications", "Wake-up notifications received from PostgreSQL (LISTEN)", ["delivered"]
+    "corral_push_notifications",
+    "Wake-up notifications received from PostgreSQL (LISTEN), by whether the device is connected here",
+    ["connected"],
 )
 LISTENER_UP = Gauge("corral_push_listener_up", "1 while this process's LISTEN connection is open")
 LISTENER_RECONNECTS = Counter(
@@ -41,21 +43,26 @@ LISTENER_RECONNECTS = Counter(
 
 #: Different wake-up reasons a stream keeps while its device has not read them; duplicates are coalesced.
 MAX_PENDING = 4
+#: What :meth:`WakeQueue.get` returns when a heartbeat is due (never a wake-up reason).
+PING = ":ping"
 #: Devices woken per event-loop turn when every connected device is woken (after a reconnect).
 WAKE_ALL_BATCH = 1000
 
 
 class WakeQueue:
-    """The pending wake-ups of one stream: bounded, duplicate reasons coalesced, one reader.
+    """The pending wake-ups of one stream: bounded, duplicate reasons coalesced, one reader; also carries the
+    hub's heartbeat ticks.
 
-    A dozen pointers instead of an ``asyncio.Queue`` (three deques and an Event, ~3 KiB each): with tens of
-    thousands of idle streams per process this is a good part of the memory budget (docs/benchmarks.md)."""
+    A few pointers instead of an ``asyncio.Queue`` (three deques and an Event, ~3 KiB each) and a timer: with
+    tens of thousands of idle streams per process this matters (docs/benchmarks.md, S7)."""
 
-    __slots__ = ("_closed", "_pending", "_waiter", "device_id")
+    __slots__ = ("_closed", "_pending", "_ping", "_waiter", "device_id", "slot")
 
-    def __init__(self, device_id: str) -> None:
+    def __init__(self, device_id: str, slot: int = 0) -> None:
         self.device_id = device_id
+        self.slot = slot
         self._pending: list[str] = []
+        self._ping = False
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
@@ -71,6 +78,12 @@ class WakeQueue:
         self._notify()
         return True
 
+    def ping(self) -> None:
+        """A heartbeat is due (the reader gets :data:`PING` unless a wake-up is pending: that serves too)."""
+        if not self._closed:
+            self._ping = True
+            self._notify()
+
     def close(self) -> None:
         """End the stream: the reader gets ``None``."""
         self._closed = True
@@ -82,8 +95,8 @@ class WakeQueue:
             waiter.set_result(None)
 
     async def get(self) -> str | None:
-        """The next reason, oldest first; ``None`` once the queue is closed."""
-        while not self._pending and not self._closed:
+        """The next reason (oldest first), else :data:`PING` when a heartbeat is due; ``None`` once closed."""
+        while not self._pending and not self._ping and not self._closed:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -91,7 +104,8 @@ class WakeQueue:
                 self._waiter = None
         if self._closed:
             return None
-        return self._pending.pop(0)
+        self._ping = False
+        return self._pending.pop(0) if self._pending else PING
 
 
 def _uvicorn_exiting() -> bool:
@@ -106,24 +120,31 @@ def _uvicorn_exiting() -> bool:
 
 
 class PushHub:
-    """Per-process fan-out of wake-ups to the streams connected here."""
+    """Per-process fan-out of wake-ups to the streams connected here, and their heartbeats.
+
+    Heartbeats come from one task, not a timer per stream: streams are spread over one slot per second of the
+    heartbeat interval, and each second one slot's streams are pinged together (fewer timers and objects per
+    stream, and writes batched rather than scattered)."""
 
     def __init__(
         self,
         dsn: str,
         *,
+        heartbeat_seconds: float = 25.0,
         check_seconds: float = 30.0,
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
     ) -> None:
         self._dsn = dsn
+        self._heartbeat = heartbeat_seconds
         self._check_seconds = check_seconds
         self._backoff = (backoff_min, backoff_max)
         self._queues: dict[str, set[WakeQueue]] = {}
+        self._slots: list[set[WakeQueue]] = [set() for _ in range(max(1, round(heartbeat_seconds)))]
+        self._next_slot = 0
         self._listening = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._connection: asyncpg.Connection | None = None
         self.listener_pid: int | None = None
         self.draining = False
         self._listened_before = False
@@ -133,8 +154,11 @@ class PushHub:
         """Start listening; waits up to ``wait`` seconds for the first ``LISTEN`` (then keeps trying)."""
         self._tasks = [
             asyncio.create_task(self._listen_forever(), name="corral-push-listener"),
+            asyncio.create_task(self._heartbeats(), name="corral-push-heartbeats"),
             asyncio.create_task(self._watch_exit(), name="corral-push-exit-watch"),
         ]
+        if wait <= 0:
+            return
         try:
             await asyncio.wait_for(self._listening.wait(), wait)
         except TimeoutError:
@@ -162,7 +186,9 @@ class PushHub:
 
     # ------------------------------------------------------------------------------------------- streams
     def subscribe(self, device_id: str) -> WakeQueue:
-        queue = WakeQueue(device_id)
+        queue = WakeQueue(device_id, self._next_slot)
+        self._slots[queue.slot].add(queue)
+        self._next_slot = (self._next_slot + 1) % len(self._slots)
         queues = self._queues.get(device_id)
         if queues is None:
             queues = self._queues[device_id] = set()
@@ -173,6 +199,7 @@ class PushHub:
 
     def unsubscribe(self, queue: WakeQueue) -> None:
         queue.close()
+        self._slots[queue.slot].discard(queue)
         queues = self._queues.get(queue.device_id)
         if queues is None or queue not in queues:
             return
@@ -209,8 +236,8 @@ class PushHub:
     # ------------------------------------------------------------------------------------------- listener
     def _on_notification(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         device_id, _, reason = payload.partition(":")
-        delivered = self.wake(device_id, reason or "command")
-        NOTIFICATIONS.labels("yes" if delivered else "no").inc()
+        NOTIFICATIONS.labels("yes" if device_id in self._queues else "no").inc()
+        self.wake(device_id, reason or "command")
 
     async def _listen_forever(self) -> None:
         attempt = 0
@@ -244,7 +271,6 @@ class PushHub:
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _connection: lost.set())
         await connection.add_listener(WAKE_CHANNEL, self._on_notification)
-        self._connection = connection
         self.listener_pid = connection.get_server_pid()
         self._listening.set()
         LISTENER_UP.inc()
@@ -267,7 +293,6 @@ class PushHub:
         if self._listening.is_set():
             self._listening.clear()
             LISTENER_UP.dec()
-        self._connection = None
         self.listener_pid = None
         if not connection.is_closed():
             try:
@@ -275,10 +300,21 @@ class PushHub:
             except Exception:
                 connection.terminate()
 
+    async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._heartbeat / len(self._slots)
+        due = loop.time()
+        tick = 0
+        while True:
+            due += interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            for queue in list(self._slots[tick % len(self._slots)]):
+                queue.ping()
+            tick += 1
+
     async def _watch_exit(self) -> None:
-        while not self._stopping.is_set():
-            if not self.draining and _uvicorn_exiting():
+        while not self.draining:
+            if _uvicorn_exiting():
                 log.info("push: server exiting; ending %d wake-up stream(s)", self.stream_count)
                 self.drain()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.5)
+            await asyncio.sleep(0.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.devices import repository as devices_repository
 from corral.errors import ServiceUnavailable
@@ -13,27 +13,25 @@ from corral.push.stream import EventStream
 
 
 class PushService:
-    def stream(
-        self,
-        hub: PushHub,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        device_id: uuid.UUID,
-        heartbeat_seconds: float,
-    ) -> EventStream:
-        """The stream of an authenticated device. The request's session is done with by the time it starts
-        (committed and returned to the pool): a stream only borrows a connection for a moment, to see whether
-        commands already wait."""
+    async def stream(self, session: AsyncSession, hub: PushHub, device_id: uuid.UUID) -> EventStream:
+        """The stream of an authenticated device, subscribed to this process's hub. ``session`` is the
+        request's: it is committed and returned to the pool before the stream starts, so no database
+        connection is held while the stream is open."""
         if hub.draining:
             raise ServiceUnavailable(
                 "The server is shutting down; connect again (another replica answers).",
                 headers={"Retry-After": "5"},
             )
-
-        async def has_pending() -> bool:
-            async with sessionmaker() as session:
-                return await devices_repository.has_open_commands(session, device_id)
-
-        return EventStream(hub, str(device_id), has_pending=has_pending, heartbeat=heartbeat_seconds)
+        queue = hub.subscribe(str(device_id))
+        try:
+            # Subscribed first, then looked: a command committed after this look notifies the queue, and one
+            # committed before it is seen here. Nothing queued between a check-in and the connection is
+            # missed.
+            pending = await devices_repository.has_open_commands(session, device_id)
+        except BaseException:
+            hub.unsubscribe(queue)
+            raise
+        return EventStream(hub, queue, pending=pending)
 
 
 push_service = PushService()

@@ -4,9 +4,9 @@ Built for many idle connections (docs/benchmarks.md, S7). The request goes throu
 (middleware, routing, the device-signature guard, the session committed and returned to the pool); the
 response sends its headers and ``ready``, and then — when :class:`StreamHandoff` wraps the application — hands
 the open stream to that outermost layer and returns, so that the frames, exit stacks and request objects of
-every layer in between are freed instead of being held for hours per device. What stays per stream: this
-coroutine, one task waiting for the client to go away, a :class:`~corral.push.hub.WakeQueue` and a timer. No
-database connection is held (one is borrowed for a moment, to see whether commands already wait).
+every layer in between are freed instead of being held for hours per device. What stays per stream: one
+coroutine, one task waiting for the client to go away and a :class:`~corral.push.hub.WakeQueue`. No database
+connection is held.
 """
 
 from __future__ import annotations
@@ -14,16 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-from collections.abc import Awaitable, Callable
+import weakref
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from corral.error_handlers import problem
-from corral.push.hub import PushHub, WakeQueue
-
-log = logging.getLogger("corral.push")
+from corral.push.hub import PING, PushHub, WakeQueue
 
 HEARTBEAT = b": ping\n\n"
 HANDOFF = "corral.push.handoff"
@@ -66,10 +62,10 @@ class _Handoff:
 class _OpenStream:
     """A stream whose headers and first events are sent: wake-ups and heartbeats until it ends."""
 
-    __slots__ = ("heartbeat", "hub", "queue")
+    __slots__ = ("hub", "queue")
 
-    def __init__(self, hub: PushHub, queue: WakeQueue, heartbeat: float) -> None:
-        self.hub, self.queue, self.heartbeat = hub, queue, heartbeat
+    def __init__(self, hub: PushHub, queue: WakeQueue) -> None:
+        self.hub, self.queue = hub, queue
 
     async def run(self, receive: Receive, send: Send) -> None:
         watcher = asyncio.create_task(self._watch_disconnect(receive))
@@ -86,17 +82,12 @@ class _OpenStream:
 
     async def _pump(self, send: Send) -> None:
         while True:
-            try:
-                async with asyncio.timeout(self.heartbeat):
-                    reason = await self.queue.get()
-            except TimeoutError:
-                chunk = HEARTBEAT
-            else:
-                if reason is None:  # closed: the client left, or the server is draining
-                    with contextlib.suppress(OSError):  # (a server drops writes to a closed connection)
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return
-                chunk = sse("wake", {"reason": reason})
+            reason = await self.queue.get()
+            if reason is None:  # closed: the client left, or the server is draining
+                with contextlib.suppress(OSError):  # (a server drops writes to a closed connection)
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            chunk = HEARTBEAT if reason == PING else sse("wake", {"reason": reason})
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def _watch_disconnect(self, receive: Receive) -> None:
@@ -110,46 +101,31 @@ class _OpenStream:
 
 class EventStream(Response):
     """``text/event-stream`` for one device: ``ready``, then ``wake`` per wake-up and a ``: ping`` comment
-    after every ``heartbeat`` seconds of silence, until the client leaves or the server drains."""
+    whenever the hub's heartbeat comes round, until the client leaves or the server drains.
+
+    It takes over a queue already subscribed to the hub (see :class:`~corral.push.service.PushService`); if it
+    is never sent (the request failed after the handler returned), the queue is unsubscribed when it is
+    dropped."""
 
     media_type = "text/event-stream"
 
-    def __init__(
-        self,
-        hub: PushHub,
-        device_id: str,
-        *,
-        has_pending: Callable[[], Awaitable[bool]],
-        heartbeat: float,
-    ) -> None:
+    def __init__(self, hub: PushHub, queue: WakeQueue, *, pending: bool) -> None:
         self.status_code = 200
         self.background = None
-        self.hub = hub
-        self.device_id = device_id
-        self.has_pending = has_pending
-        self.heartbeat = heartbeat
+        self.device_id = queue.device_id
+        self.pending = pending
+        self._stream = _OpenStream(hub, queue)
+        self._unused = weakref.finalize(self, hub.unsubscribe, queue)
         # Proxies must pass events on at once (nginx reads X-Accel-Buffering; see docs/operations.md).
         self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        queue = self.hub.subscribe(self.device_id)
-        stream = _OpenStream(self.hub, queue, self.heartbeat)
-        try:
-            # Subscribed first, then looked: a command committed after this look notifies the queue, and one
-            # committed before it is seen here. Nothing queued between check-in and connect is missed.
-            pending = await self.has_pending()
-        except Exception:
-            stream.abandon()
-            log.exception("push: could not look for pending commands of %s", self.device_id)
-            response = problem(
-                503, "Service unavailable", "Try again shortly.", headers={"Retry-After": "10"}
-            )
-            await response(scope, receive, send)
-            return
+        self._unused.detach()  # from here on the stream unsubscribes itself
+        stream = self._stream
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             first = sse("ready", {"device_id": self.device_id})
-            if pending:
+            if self.pending:
                 first += sse("wake", {"reason": "command"})
             await send({"type": "http.response.body", "body": first, "more_body": True})
         except BaseException:
@@ -172,7 +148,7 @@ class StreamHandoff:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("/events"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         handoff = _Handoff()
