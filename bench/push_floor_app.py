@@ -1,7 +1,7 @@
 """Bare long-lived handlers for the push floors (F_conn), no Corral application around them:
 
 - ``/plain``: Starlette's ``StreamingResponse`` over an async generator (a comment, then one every 25 s);
-- ``/sse``: sse-starlette's ``EventSourceResponse`` (an event, then its own ping every 25 s);
+- ``/sse``: sse-starlette's ``EventSourceResponse`` (an event, then its own ping every 25 s), when installed;
 - ``/eventstream``: Corral's own ``EventStream`` response, its hub sending heartbeats but not listening.
 """
 
@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -43,6 +42,8 @@ async def plain(request: Request) -> Response:
 
 
 async def sse(request: Request) -> Response:
+    from sse_starlette import EventSourceResponse  # only for this comparison; not a Corral dependency
+
     async def body() -> AsyncIterator[dict[str, str]]:
         yield {"event": "ready", "data": "{}"}
         await asyncio.Event().wait()  # nothing more; sse-starlette sends the pings
