@@ -2,6 +2,7 @@
 
 from corral.models.api_token import ApiToken
 from corral.models.audit_event import AuditEvent
+from corral.models.bulk_action import BulkAction
 from corral.models.certificate_authority import CertificateAuthority
 from corral.models.device import (
     ComplianceState,
@@ -28,6 +29,7 @@ from corral.models.user_session import UserSession
 __all__ = [
     "ApiToken",
     "AuditEvent",
+    "BulkAction",
     "CertificateAuthority",
     "CommandStatus",
     "ComplianceState",

@@ -13,6 +13,8 @@ from corral.kit.db import IdMixin, Model, str_enum
 
 
 class CommandStatus(StrEnum):
+    # A wipe waiting for a second administrator (tenant setting ``wipe_requires_approval``): not delivered.
+    pending_approval = "pending_approval"
     queued = "queued"
     sent = "sent"
     acknowledged = "acknowledged"
@@ -53,6 +55,9 @@ class DeviceCommand(IdMixin, Model):
     )
 
     device_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    bulk_action_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("bulk_actions.id", ondelete="SET NULL"), index=True, default=None
+    )
     type: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     status: Mapped[CommandStatus] = mapped_column(str_enum(CommandStatus), default=CommandStatus.queued)
@@ -60,6 +65,10 @@ class DeviceCommand(IdMixin, Model):
     requested_by_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     requested_by_name: Mapped[str | None] = mapped_column(String(320), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None)
+    # The second administrator who approved or rejected a command that needed approval.
+    reviewed_by_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    reviewed_by_name: Mapped[str | None] = mapped_column(String(320), default=None)
+    reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     sent_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import CheckConstraint, String
+from sqlalchemy import CheckConstraint, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.kit.db import Model, TimestampMixin
@@ -17,3 +17,5 @@ class TenantSettings(TimestampMixin, Model):
     support_email: Mapped[str] = mapped_column(String(320), default="")
     support_phone: Mapped[str] = mapped_column(String(64), default="")
     support_url: Mapped[str] = mapped_column(String(512), default="")
+    # A wipe queued by one administrator waits until a second one (with remote:approve) approves it.
+    wipe_requires_approval: Mapped[bool] = mapped_column(default=False, server_default=false())
