@@ -107,6 +107,9 @@ class IssueRequest:
     reason: str | None = None
     confirm: str | None = None
     idempotency_key: str | None = None
+    # Part of a bulk action: a destructive one was confirmed for the whole selection (the typed device
+    # count), so each device needs the reason only.
+    bulk_action_id: uuid.UUID | None = None
 
 
 async def wake(session: AsyncSession, device_id: uuid.UUID, reason: str) -> None:
@@ -329,14 +332,17 @@ class DeviceService:
                 f"params.{where}: {error.get('msg')}" if where else str(error.get("msg"))
             ) from exc
         reason = (request.reason or "").strip() or None
-        if command_type.destructive:
+        if command_type.destructive and request.bulk_action_id is None:
             reason = self.confirm_destructive(device, command_type.label, reason, request.confirm)
-            if device.management_state in ENDING:
-                raise Conflict(f"A {device.management_state.value.replace('_', ' ')} is already under way.")
+        elif command_type.destructive and (reason is None or len(reason) < MIN_REASON):
+            raise ValidationFailed(f"{command_type.label} needs a reason (at least {MIN_REASON} characters).")
+        if command_type.destructive and device.management_state in ENDING:
+            raise Conflict(f"A {device.management_state.value.replace('_', ' ')} is already under way.")
         now = utcnow()
         command = DeviceCommand(
             id=uuid.uuid4(),
             device_id=device.id,
+            bulk_action_id=request.bulk_action_id,
             type=command_type.name,
             params=params,
             status=CommandStatus.queued,
