@@ -18,7 +18,24 @@ from corral.models.device_command import CommandStatus, DeviceCommand
 from corral.models.device_inventory_change import DeviceInventoryChange
 from corral.models.device_nonce import DeviceNonce
 from corral.models.enrollment_token import EnrollmentToken, EnrollmentTokenUse, enrollment_token_scope_tags
-from corral.models.role_assignment import RoleAssignment, role_assignment_members, role_assignment_scope_tags
+from corral.models.group import (
+    DynamicKind,
+    Group,
+    GroupSource,
+    MembershipType,
+    group_children,
+    group_devices,
+    group_users,
+)
+from corral.models.identity_connection import IdentityConnection, UserIdentity
+from corral.models.licence import Licence, UserLicence
+from corral.models.role_assignment import (
+    RoleAssignment,
+    role_assignment_member_groups,
+    role_assignment_members,
+    role_assignment_scope_groups,
+    role_assignment_scope_tags,
+)
 from corral.models.role_definition import RoleDefinition
 from corral.models.scope_tag import ScopeTag
 from corral.models.signin_throttle import SignInThrottle
@@ -39,9 +56,15 @@ __all__ = [
     "DeviceCommand",
     "DeviceInventoryChange",
     "DeviceNonce",
+    "DynamicKind",
     "EnrollmentToken",
     "EnrollmentTokenUse",
+    "Group",
+    "GroupSource",
+    "IdentityConnection",
+    "Licence",
     "ManagementState",
+    "MembershipType",
     "Ownership",
     "Platform",
     "RoleAssignment",
@@ -50,10 +73,17 @@ __all__ = [
     "SignInThrottle",
     "TenantSettings",
     "User",
+    "UserIdentity",
+    "UserLicence",
     "UserSession",
     "UserSource",
     "device_scope_tags",
     "enrollment_token_scope_tags",
+    "group_children",
+    "group_devices",
+    "group_users",
+    "role_assignment_member_groups",
     "role_assignment_members",
+    "role_assignment_scope_groups",
     "role_assignment_scope_tags",
 ]

@@ -6,6 +6,7 @@ from sqlalchemy import Column, ForeignKey, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from corral.kit.db import IdMixin, Model, TimestampMixin
+from corral.models.group import Group
 from corral.models.role_definition import RoleDefinition
 from corral.models.scope_tag import ScopeTag
 from corral.models.user import User
@@ -25,6 +26,23 @@ role_assignment_scope_tags = Table(
 )
 
 
+# Groups as members: their users (including through nested groups) hold the role.
+role_assignment_member_groups = Table(
+    "role_assignment_member_groups",
+    Model.metadata,
+    Column("role_assignment_id", ForeignKey("role_assignments.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", ForeignKey("groups.id", ondelete="RESTRICT"), primary_key=True, index=True),
+)
+
+# Scope groups: the users and devices the members may act on.
+role_assignment_scope_groups = Table(
+    "role_assignment_scope_groups",
+    Model.metadata,
+    Column("role_assignment_id", ForeignKey("role_assignments.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", ForeignKey("groups.id", ondelete="RESTRICT"), primary_key=True, index=True),
+)
+
+
 class RoleAssignment(IdMixin, TimestampMixin, Model):
     """Members get a role's permissions over a scope: everything, or the objects carrying some scope tags."""
 
@@ -35,9 +53,12 @@ class RoleAssignment(IdMixin, TimestampMixin, Model):
     role_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("role_definitions.id", ondelete="RESTRICT"), index=True
     )
-    # True: all objects. False: only objects carrying one of ``scope_tags``.
+    # True: all objects. False: only objects carrying one of ``scope_tags`` and, for users and devices,
+    # belonging to one of ``scope_groups`` when there are any.
     scope_all: Mapped[bool] = mapped_column(default=True)
 
     role: Mapped[RoleDefinition] = relationship(lazy="raise")
     members: Mapped[list[User]] = relationship(secondary=role_assignment_members, lazy="raise")
     scope_tags: Mapped[list[ScopeTag]] = relationship(secondary=role_assignment_scope_tags, lazy="raise")
+    member_groups: Mapped[list[Group]] = relationship(secondary=role_assignment_member_groups, lazy="raise")
+    scope_groups: Mapped[list[Group]] = relationship(secondary=role_assignment_scope_groups, lazy="raise")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import CheckConstraint, String, false
+from sqlalchemy import CheckConstraint, String, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.kit.db import Model, TimestampMixin
@@ -19,3 +19,8 @@ class TenantSettings(TimestampMixin, Model):
     support_url: Mapped[str] = mapped_column(String(512), default="")
     # A wipe queued by one administrator waits until a second one (with remote:approve) approves it.
     wipe_requires_approval: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # What happens to a user's devices when the user is deactivated or deleted (SCIM or portal):
+    # "keep" (managed as before, no primary user when deleted) or "retire" (a retire is queued for each).
+    deprovisioned_user_devices: Mapped[str] = mapped_column(
+        String(16), default="keep", server_default=text("'keep'")
+    )

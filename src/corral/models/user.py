@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Index, String, func
+from sqlalchemy import ForeignKey, Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.kit.db import IdMixin, Model, TimestampMixin, str_enum
@@ -20,9 +21,20 @@ class User(IdMixin, TimestampMixin, Model):
 
     __tablename__ = "users"
 
-    email: Mapped[str] = mapped_column(String(320))
+    # The sign-in name (Entra's userPrincipalName); local accounts use their email address.
+    user_principal_name: Mapped[str] = mapped_column(String(320))
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
     display_name: Mapped[str] = mapped_column(String(256))
+    given_name: Mapped[str | None] = mapped_column(String(128), default=None)
+    surname: Mapped[str | None] = mapped_column(String(128), default=None)
+    department: Mapped[str | None] = mapped_column(String(128), default=None)
+    job_title: Mapped[str | None] = mapped_column(String(128), default=None)
     source: Mapped[UserSource] = mapped_column(str_enum(UserSource), default=UserSource.local)
+    # Users provisioned by an identity provider: the connection, and its id for the user (SCIM externalId).
+    connection_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("identity_connections.id", ondelete="SET NULL"), index=True, default=None
+    )
+    external_id: Mapped[str | None] = mapped_column(String(256), default=None)
     enabled: Mapped[bool] = mapped_column(default=True)
     password_hash: Mapped[str | None] = mapped_column(String(256), default=None)
     must_change_password: Mapped[bool] = mapped_column(default=False)
@@ -36,5 +48,13 @@ class User(IdMixin, TimestampMixin, Model):
         return self.totp_enabled_at is not None
 
 
-# Email addresses are unique regardless of case.
-Index("uq_users_email_lower", func.lower(User.email), unique=True)
+# Sign-in names are unique regardless of case; email addresses are looked up the same way.
+Index("uq_users_upn_lower", func.lower(User.user_principal_name), unique=True)
+Index("ix_users_email_lower", func.lower(User.email))
+Index(
+    "uq_users_connection_external_id",
+    User.connection_id,
+    User.external_id,
+    unique=True,
+    postgresql_where=User.external_id.isnot(None),
+)
