@@ -6,6 +6,7 @@ from corral.audit.endpoints import router as audit_router
 from corral.auth.endpoints import router as me_router
 from corral.devices.endpoints import router as devices_router
 from corral.enrollment.endpoints import router as enrollment_router
+from corral.groups.endpoints import router as groups_router
 from corral.rbac.endpoints import router as rbac_router
 from corral.tenant.endpoints import router as tenant_router
 from corral.tokens.endpoints import router as tokens_router
@@ -21,5 +22,6 @@ for router in (
     tenant_router,
     devices_router,
     enrollment_router,
+    groups_router,
 ):
     api_router.include_router(router)

@@ -36,7 +36,7 @@ from corral.groups.rules import (
     StringValue,
     choices_matching,
 )
-from corral.models import Device, EnrollmentToken
+from corral.models import Device, EnrollmentToken, User
 
 Column = ColumnElement[Any] | QueryableAttribute[Any]
 
@@ -120,6 +120,40 @@ def device_attribute_values(
         values[name] = value if value is None or isinstance(value, bool | uuid.UUID) else str(value)
     values["enrollmentProfileName"] = enrollment_profile_name
     return values
+
+
+# -------------------------------------------------------------------------------------------------- users
+
+USER_FIELDS: Mapping[str, str] = {
+    "objectId": "id",
+    "accountEnabled": "enabled",
+    "userPrincipalName": "user_principal_name",
+    "mail": "email",
+    "displayName": "display_name",
+    "givenName": "given_name",
+    "surname": "surname",
+    "department": "department",
+    "jobTitle": "job_title",
+}
+"""User attributes Corral records (attribute -> User field); every other Entra user attribute is refused as
+"isn't supported … Corral doesn't record it yet"."""
+
+USER_SCHEMA = bind_schema(
+    EntityKind.user, {name: getattr(User, fieldname) for name, fieldname in USER_FIELDS.items()}
+)
+
+
+def user_attribute_values(user: User) -> dict[str, AttributeValue]:
+    """A user's attribute values for ``rules.evaluate``."""
+    values: dict[str, AttributeValue] = {}
+    for name, fieldname in USER_FIELDS.items():
+        value = getattr(user, fieldname)
+        values[name] = value if value is None or isinstance(value, bool | uuid.UUID) else str(value)
+    return values
+
+
+SCHEMAS: Mapping[EntityKind, EntitySchema] = {EntityKind.device: DEVICE_SCHEMA, EntityKind.user: USER_SCHEMA}
+"""The bound schema of each kind of dynamic group."""
 
 
 # ----------------------------------------------------------------------------------------------- compiler

@@ -1,0 +1,430 @@
+"""Every query of the groups feature."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.devices import repository as devices_repository
+from corral.errors import BadRequest
+from corral.groups.schemas import GroupFilter, MemberCounts, MemberFilter, MemberType
+from corral.kit.pagination import decode_cursor, encode_cursor
+from corral.models import (
+    AuditEvent,
+    Device,
+    EnrollmentToken,
+    Group,
+    IdentityConnection,
+    RoleAssignment,
+    User,
+    group_children,
+    group_devices,
+    group_users,
+    role_assignment_member_groups,
+    role_assignment_scope_groups,
+)
+from corral.rbac.principal import Scope
+
+NESTING_LOCK = 0x636F7272616C67  # "corralg": one advisory lock serialises every change to group nesting
+BAD_CURSOR = "The pagination cursor is malformed; start again from the first page."
+
+
+# ------------------------------------------------------------------------------------------------ groups
+def _group_filter(filters: GroupFilter) -> Select[Any]:
+    stmt = select(Group)
+    if filters.search:
+        stmt = stmt.where(Group.display_name.icontains(filters.search.strip(), autoescape=True))
+    for column, value in (
+        (Group.membership_type, filters.membership_type),
+        (Group.dynamic_kind, filters.dynamic_kind),
+        (Group.source, filters.source),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    return stmt
+
+
+async def page(session: AsyncSession, filters: GroupFilter) -> tuple[list[Group], str | None, int]:
+    """Groups by name (case-insensitively), keyset-paged on (lower(name), id)."""
+    base = _group_filter(filters)
+    total = int(await session.scalar(select(func.count()).select_from(base.subquery())) or 0)
+    key = func.lower(Group.display_name)
+    stmt = base
+    cursor = decode_cursor(filters.cursor)
+    if cursor is not None:
+        try:
+            name, last_id = str(cursor[0]), uuid.UUID(str(cursor[1]))
+        except (ValueError, TypeError, IndexError) as exc:
+            raise BadRequest(BAD_CURSOR) from exc
+        stmt = stmt.where(tuple_(key, Group.id) > tuple_(name, last_id))
+    rows = (
+        await session.execute(stmt.add_columns(key).order_by(key, Group.id).limit(filters.limit + 1))
+    ).all()
+    items = [row[0] for row in rows[: filters.limit]]
+    next_cursor = None
+    if len(rows) > filters.limit and items:
+        next_cursor = encode_cursor([rows[filters.limit - 1][1], str(items[-1].id)])
+    return items, next_cursor, total
+
+
+async def get(session: AsyncSession, group_id: uuid.UUID, *, for_update: bool = False) -> Group | None:
+    stmt = select(Group).where(Group.id == group_id)
+    if for_update:
+        stmt = stmt.with_for_update(key_share=True)  # FOR NO KEY UPDATE: members may still reference it
+    result: Group | None = await session.scalar(stmt)
+    return result
+
+
+async def by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[Group]:
+    if not ids:
+        return []
+    return list((await session.scalars(select(Group).where(Group.id.in_(ids)))).all())
+
+
+async def member_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, MemberCounts]:
+    """Direct member counts of each group, three grouped index scans."""
+    counts = {i: MemberCounts() for i in ids}
+    if not ids:
+        return counts
+    for field, table, column in (
+        ("users", group_users, group_users.c.group_id),
+        ("devices", group_devices, group_devices.c.group_id),
+        ("groups", group_children, group_children.c.parent_id),
+    ):
+        rows = await session.execute(
+            select(column, func.count()).select_from(table).where(column.in_(ids)).group_by(column)
+        )
+        for group_id, count in rows.all():
+            setattr(counts[group_id], field, int(count))
+    return counts
+
+
+async def parents(session: AsyncSession, group_id: uuid.UUID) -> list[Group]:
+    stmt = (
+        select(Group)
+        .join(group_children, group_children.c.parent_id == Group.id)
+        .where(group_children.c.child_id == group_id)
+        .order_by(func.lower(Group.display_name), Group.id)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+async def role_assignment_usage(
+    session: AsyncSession, group_id: uuid.UUID
+) -> list[tuple[uuid.UUID, str, str]]:
+    """(assignment id, name, "members" or "scope") for every role assignment naming the group."""
+    stmt = union_all(
+        select(RoleAssignment.id, RoleAssignment.name, literal("members", String))
+        .join(role_assignment_member_groups)
+        .where(role_assignment_member_groups.c.group_id == group_id),
+        select(RoleAssignment.id, RoleAssignment.name, literal("scope", String))
+        .join(role_assignment_scope_groups)
+        .where(role_assignment_scope_groups.c.group_id == group_id),
+    )
+    return [(row[0], row[1], row[2]) for row in (await session.execute(stmt)).all()]
+
+
+async def connection_name(session: AsyncSession, connection_id: uuid.UUID | None) -> str | None:
+    if connection_id is None:
+        return None
+    name: str | None = await session.scalar(
+        select(IdentityConnection.name).where(IdentityConnection.id == connection_id)
+    )
+    return name
+
+
+async def last_evaluation(session: AsyncSession, group_id: uuid.UUID) -> AuditEvent | None:
+    """The audit event of the group's latest full evaluation (create, rule change or on demand)."""
+    stmt = (
+        select(AuditEvent)
+        .where(
+            AuditEvent.target_type == "group",
+            AuditEvent.target_id == str(group_id),
+            AuditEvent.activity.in_(("group.create", "group.update", "group.evaluate")),
+            AuditEvent.detail.like("Evaluated:%"),
+        )
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    )
+    result: AuditEvent | None = await session.scalar(stmt)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- members
+async def lock_nesting(session: AsyncSession) -> None:
+    """Serialise nesting changes for the rest of the transaction, so two concurrent additions can't each
+    pass the cycle check and together close a cycle."""
+    await session.execute(select(func.pg_advisory_xact_lock(NESTING_LOCK)))
+
+
+def descendants(group_id: uuid.UUID) -> Any:
+    """A recursive CTE of the group and every group nested in it, at any depth (``UNION``: terminates even
+    if a cycle slipped in)."""
+    seed = select(literal(group_id, group_children.c.parent_id.type).label("id")).cte(
+        "descendants", recursive=True
+    )
+    return seed.union(select(group_children.c.child_id).where(group_children.c.parent_id == seed.c.id))
+
+
+async def reachable(session: AsyncSession, start: uuid.UUID, target: uuid.UUID) -> bool:
+    """Whether ``target`` is ``start`` or nested in it at any depth."""
+    tree = descendants(start)
+    return bool(await session.scalar(select(exists().where(tree.c.id == target))))
+
+
+async def add_member(
+    session: AsyncSession, group_id: uuid.UUID, kind: MemberType, member_id: uuid.UUID
+) -> bool:
+    """Insert the membership; False when it was already there."""
+    if kind is MemberType.user:
+        stmt = insert(group_users).values(group_id=group_id, user_id=member_id)
+    elif kind is MemberType.device:
+        stmt = insert(group_devices).values(group_id=group_id, device_id=member_id)
+    else:
+        stmt = insert(group_children).values(parent_id=group_id, child_id=member_id)
+    result = await session.execute(stmt.on_conflict_do_nothing())
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def remove_member(
+    session: AsyncSession, group_id: uuid.UUID, kind: MemberType, member_id: uuid.UUID
+) -> bool:
+    if kind is MemberType.user:
+        stmt = delete(group_users).where(
+            group_users.c.group_id == group_id, group_users.c.user_id == member_id
+        )
+    elif kind is MemberType.device:
+        stmt = delete(group_devices).where(
+            group_devices.c.group_id == group_id, group_devices.c.device_id == member_id
+        )
+    else:
+        stmt = delete(group_children).where(
+            group_children.c.parent_id == group_id, group_children.c.child_id == member_id
+        )
+    result = await session.execute(stmt)
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _s(column: Any) -> ColumnElement[str]:
+    return type_coerce(column, String)
+
+
+def _user_state(enabled: Any) -> ColumnElement[str]:
+    return case((enabled.is_(True), "enabled"), else_="disabled")
+
+
+def _member_selects(
+    group_id: uuid.UUID, transitive: bool, kind: MemberType | None, device_scope: Scope, see_users: bool
+) -> tuple[list[Select[Any]], list[Select[Any]]]:
+    """(visible, all) member selects with columns rank, type, id, name, detail, state, sort."""
+    if transitive:
+        tree = descendants(group_id)
+        in_user = exists().where(
+            group_users.c.user_id == User.id, group_users.c.group_id.in_(select(tree.c.id))
+        )
+        in_device = exists().where(
+            group_devices.c.device_id == Device.id, group_devices.c.group_id.in_(select(tree.c.id))
+        )
+    else:
+        in_user = exists().where(group_users.c.user_id == User.id, group_users.c.group_id == group_id)
+        in_device = exists().where(
+            group_devices.c.device_id == Device.id, group_devices.c.group_id == group_id
+        )
+    users = select(
+        literal(1).label("rank"),
+        literal("user", String).label("type"),
+        User.id.label("id"),
+        _s(User.display_name).label("name"),
+        _s(User.user_principal_name).label("detail"),
+        _user_state(User.enabled).label("state"),
+        func.lower(User.display_name).label("sort"),
+    ).where(in_user)
+    devices = select(
+        literal(2).label("rank"),
+        literal("device", String).label("type"),
+        Device.id.label("id"),
+        _s(Device.name).label("name"),
+        _s(Device.serial_number).label("detail"),
+        _s(Device.management_state).label("state"),
+        func.lower(Device.name).label("sort"),
+    ).where(in_device)
+    children = (
+        select(
+            literal(0).label("rank"),
+            literal("group", String).label("type"),
+            Group.id.label("id"),
+            _s(Group.display_name).label("name"),
+            _s(Group.membership_type).label("detail"),
+            literal(None, String).label("state"),
+            func.lower(Group.display_name).label("sort"),
+        )
+        .join(group_children, group_children.c.child_id == Group.id)
+        .where(group_children.c.parent_id == group_id)
+    )
+    every: list[tuple[MemberType, Select[Any], Select[Any] | None]] = [
+        (MemberType.user, users, users if see_users else None),
+        (MemberType.device, devices, devices_repository.scoped(devices, device_scope)),
+    ]
+    if not transitive:
+        every.insert(0, (MemberType.group, children, children))
+    chosen = [(all_, visible) for t, all_, visible in every if kind is None or kind is t]
+    return [v for _, v in chosen if v is not None], [a for a, _ in chosen]
+
+
+async def _count(session: AsyncSession, selects: list[Select[Any]]) -> int:
+    if not selects:
+        return 0
+    total = 0
+    for stmt in selects:
+        total += int(await session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+    return total
+
+
+async def member_page(
+    session: AsyncSession, group_id: uuid.UUID, filters: MemberFilter, device_scope: Scope, see_users: bool
+) -> tuple[list[dict[str, Any]], str | None, int, int]:
+    """A page of members (nested groups first, then users, then devices, each by name), the next cursor,
+    how many the caller may see and how many are hidden from them."""
+    visible, every = _member_selects(group_id, filters.transitive, filters.type, device_scope, see_users)
+    total = await _count(session, visible)
+    hidden = await _count(session, every) - total
+    if not visible:
+        return [], None, 0, hidden
+    members = (visible[0] if len(visible) == 1 else union_all(*visible)).subquery("members")
+    key = tuple_(members.c.rank, members.c.sort, members.c.id)
+    stmt = select(members)
+    cursor = decode_cursor(filters.cursor)
+    if cursor is not None:
+        try:
+            rank, sort, last = int(cursor[0]), str(cursor[1]), uuid.UUID(str(cursor[2]))
+        except (ValueError, TypeError, IndexError) as exc:
+            raise BadRequest(BAD_CURSOR) from exc
+        stmt = stmt.where(key > tuple_(rank, sort, last))
+    rows = (
+        await session.execute(
+            stmt.order_by(members.c.rank, members.c.sort, members.c.id).limit(filters.limit + 1)
+        )
+    ).all()
+    items = [dict(row._mapping) for row in rows[: filters.limit]]
+    next_cursor = None
+    if len(rows) > filters.limit and items:
+        last_row = items[-1]
+        next_cursor = encode_cursor([last_row["rank"], last_row["sort"], str(last_row["id"])])
+    return items, next_cursor, total, hidden
+
+
+# ------------------------------------------------------------------------------------- member-of (upwards)
+async def direct_groups_of(session: AsyncSession, kind: MemberType, member_id: uuid.UUID) -> list[uuid.UUID]:
+    if kind is MemberType.device:
+        stmt = select(group_devices.c.group_id).where(group_devices.c.device_id == member_id)
+    elif kind is MemberType.user:
+        stmt = select(group_users.c.group_id).where(group_users.c.user_id == member_id)
+    else:
+        stmt = select(group_children.c.parent_id).where(group_children.c.child_id == member_id)
+    return list((await session.scalars(stmt)).all())
+
+
+async def ancestor_edges(
+    session: AsyncSession, start: Sequence[uuid.UUID]
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(child, parent) nesting edges above the ``start`` groups, at any height."""
+    if not start:
+        return []
+    seed = (
+        select(group_children.c.child_id.label("child"), group_children.c.parent_id.label("parent"))
+        .where(group_children.c.child_id.in_(start))
+        .cte("up", recursive=True)
+    )
+    up = seed.union(
+        select(group_children.c.child_id, group_children.c.parent_id).where(
+            group_children.c.child_id == seed.c.parent
+        )
+    )
+    return [(row[0], row[1]) for row in (await session.execute(select(up.c.child, up.c.parent))).all()]
+
+
+# ------------------------------------------------------------------------------------------ preview lookups
+def devices_scoped(stmt: Select[Any], scope: Scope) -> Select[Any]:
+    return devices_repository.scoped(stmt, scope)
+
+
+async def user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def enrollment_token_name(session: AsyncSession, token_id: uuid.UUID | None) -> str | None:
+    if token_id is None:
+        return None
+    name: str | None = await session.scalar(
+        select(EnrollmentToken.name).where(EnrollmentToken.id == token_id)
+    )
+    return name
+
+
+async def preview(
+    session: AsyncSession, stmt: Select[Any], sort: ColumnElement[Any], id_column: Any, limit: int
+) -> tuple[int, list[Any]]:
+    count = int(await session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+    rows: list[Any] = []
+    if limit:
+        rows = list((await session.execute(stmt.order_by(sort, id_column).limit(limit))).all())
+    return count, rows
+
+
+async def devices_named(session: AsyncSession, lookup: str, scope: Scope, limit: int = 5) -> list[Device]:
+    """Devices in scope whose name or serial number is ``lookup`` (ignoring case), active ones first."""
+    needle = lookup.strip().lower()
+    conditions: list[ColumnElement[bool]] = [
+        func.lower(Device.name) == needle,
+        func.lower(Device.serial_number) == needle,
+    ]
+    with contextlib.suppress(ValueError):
+        conditions.append(Device.id == uuid.UUID(needle))
+    stmt = devices_repository.scoped(select(Device).where(or_(*conditions)), scope)
+    stmt = stmt.order_by(Device.management_state.in_(("retired", "wiped")), Device.enrolled_at.desc())
+    return list((await session.scalars(stmt.limit(limit))).all())
+
+
+async def users_named(session: AsyncSession, lookup: str, limit: int = 5) -> list[User]:
+    needle = lookup.strip().lower()
+    conditions: list[ColumnElement[bool]] = [
+        func.lower(User.user_principal_name) == needle,
+        func.lower(User.email) == needle,
+    ]
+    with contextlib.suppress(ValueError):
+        conditions.append(User.id == uuid.UUID(needle))
+    return list((await session.scalars(select(User).where(or_(*conditions)).limit(limit))).all())
+
+
+async def groups_named(session: AsyncSession, lookup: str, limit: int = 5) -> list[Group]:
+    needle = lookup.strip().lower()
+    conditions: list[ColumnElement[bool]] = [func.lower(Group.display_name) == needle]
+    with contextlib.suppress(ValueError):
+        conditions.append(Group.id == uuid.UUID(needle))
+    return list((await session.scalars(select(Group).where(or_(*conditions)).limit(limit))).all())
+
+
+async def matches_one(
+    session: AsyncSession, condition: ColumnElement[bool], entity: Any, object_id: uuid.UUID
+) -> bool:
+    return bool(await session.scalar(select(condition).select_from(entity).where(entity.id == object_id)))
