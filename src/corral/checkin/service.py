@@ -22,6 +22,7 @@ from corral.devices.commands import REGISTRY
 from corral.devices.schemas import Inventory
 from corral.devices.service import device_service
 from corral.errors import ValidationFailed
+from corral.groups import membership as group_membership
 from corral.kit import context
 from corral.kit.time import utcnow
 from corral.models import (
@@ -231,6 +232,7 @@ class CheckinService:
     ) -> CheckinResponse:
         now = utcnow()
         device = auth.device
+        rule_inputs = group_membership.device_rule_inputs(device)
         await self.apply_results(session, device, request.command_results, now)
         if request.inventory is not None:
             raw = raw_inventory if raw_inventory is not None else request.inventory.model_dump(mode="json")
@@ -243,6 +245,9 @@ class CheckinService:
         device.last_checkin_ip = context.current().client_ip
         if request.agent_version:
             device.agent_version = request.agent_version
+        # Dynamic groups follow new inventory, a rename, a retire or wipe: in this transaction. When nothing
+        # a rule can read changed (the usual check-in), this returns without a query.
+        await group_membership.refresh_device(session, device, unless=rule_inputs)
         pending = await self.deliver(session, device, now)
         certificate = auth.certificate
         lifetime = certificate.not_after - certificate.not_before

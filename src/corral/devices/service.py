@@ -17,6 +17,7 @@ from corral.devices import repository
 from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import DeviceDetail, DeviceFilter, DeviceOut, DeviceUpdate
 from corral.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from corral.groups import membership as group_membership
 from corral.kit.csvexport import to_csv
 from corral.kit.time import utcnow
 from corral.models import (
@@ -190,6 +191,7 @@ class DeviceService:
         self, session: AsyncSession, principal: Principal, device_id: uuid.UUID, data: DeviceUpdate
     ) -> Device:
         device = await self.get(session, principal, device_id, P.devices_update, for_update=True)
+        rule_inputs = group_membership.device_rule_inputs(device)
         changes: list[tuple[str, Any, Any]] = []
         if data.ownership is not None and data.ownership != device.ownership:
             changes.append(("ownership", device.ownership, data.ownership))
@@ -218,6 +220,7 @@ class DeviceService:
                 target_name=device.name,
                 changes=changes,
             )
+        await group_membership.refresh_device(session, device, unless=rule_inputs)  # e.g. ownership
         return device
 
     async def revoke_certificates(self, session: AsyncSession, device_id: uuid.UUID, reason: str) -> int:

@@ -17,6 +17,7 @@ from corral.config import Settings
 from corral.enrollment import repository
 from corral.enrollment.schemas import EnrollmentTokenCreate, EnrollmentTokenOut
 from corral.errors import Conflict, CorralError, Forbidden, NotAuthenticated, NotFound, ValidationFailed
+from corral.groups import membership as group_membership
 from corral.kit import context
 from corral.kit.security import new_token, token_digest
 from corral.kit.time import utcnow
@@ -360,6 +361,7 @@ class EnrollmentService:
                 ("certificate_fingerprint", None, fingerprint),
             ],
         )
+        await group_membership.refresh_device(session, device)  # dynamic device groups, at once
         return Enrolled(device, certs.cert_pem(cert).decode(), ca.certificate_pem, fingerprint)
 
 
