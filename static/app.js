@@ -130,3 +130,247 @@
     schedule();
   }
 })();
+
+// Dynamic group rule editor: <div data-rule-editor data-preview-url data-explain-url> around a textarea
+// name="rule" (or data-rule and data-kind on a saved group's page). As the rule is typed, the preview API
+// answers with the members it selects now, or the first problem with a caret under it; the "Check" button asks
+// "does this device (or user) match, and why?". Without this script the form's own buttons do the same.
+(function () {
+  "use strict";
+
+  const DEBOUNCE_MS = 400;
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+
+  function csrfToken(root) {
+    const input = (root.closest("form") || document).querySelector('input[name="csrf_token"]') ||
+      document.querySelector('input[name="csrf_token"]');
+    return input ? input.value : "";
+  }
+
+  function postJson(url, body, token, signal) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": token },
+      body: JSON.stringify(body),
+      signal: signal,
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (data) {
+        return { ok: response.ok, status: response.status, data: data };
+      });
+    });
+  }
+
+  function ruleError(data) {
+    const errors = (data && data.errors) || [];
+    for (let i = 0; i < errors.length; i += 1) {
+      if (errors[i].type === "rule_error") return errors[i];
+    }
+    return null;
+  }
+
+  function renderProblem(target, data, textarea) {
+    const box = el("div", "rule-error");
+    box.setAttribute("role", "alert");
+    const error = ruleError(data);
+    const message = el("p");
+    message.appendChild(el("strong", null, error ? error.message : (data && data.detail) || "That did not work."));
+    box.appendChild(message);
+    if (error && error.excerpt) box.appendChild(el("pre", "rule-excerpt", error.excerpt));
+    if (error && textarea) {
+      const show = el("button", "btn btn-sm btn-link", "Show it in the rule");
+      show.type = "button";
+      show.addEventListener("click", function () {
+        textarea.focus();
+        textarea.setSelectionRange(error.offset, Math.min(textarea.value.length, error.offset + error.length));
+      });
+      box.appendChild(show);
+    }
+    target.replaceChildren(box);
+  }
+
+  function kindOf(root) {
+    if (root.dataset.kind) return root.dataset.kind;
+    const form = root.closest("form");
+    const field = form && form.elements.namedItem("dynamic_kind");
+    if (!field) return "device";
+    if (field instanceof RadioNodeList) return field.value || "device";
+    return field.value || "device";
+  }
+
+  function plural(n, word) {
+    return n.toLocaleString() + " " + word + (n === 1 ? "" : "s");
+  }
+
+  function renderPreview(target, data, kind) {
+    const wrap = document.createDocumentFragment();
+    const count = el("p", "preview-count");
+    count.appendChild(el("strong", null, plural(data.count, kind)));
+    count.appendChild(document.createTextNode(data.count === 1 ? " matches now" : " match now"));
+    count.appendChild(el("span", "muted small", " (among the " + kind + "s you may see)"));
+    count.appendChild(document.createTextNode("."));
+    wrap.appendChild(count);
+    if (data.members && data.members.length) {
+      const list = el("ul", "preview-members");
+      data.members.forEach(function (m) {
+        const item = el("li");
+        item.appendChild(el("span", null, m.name));
+        item.appendChild(document.createTextNode(" "));
+        item.appendChild(el("span", "muted mono small", m.detail || ""));
+        list.appendChild(item);
+      });
+      wrap.appendChild(list);
+      if (data.count > data.members.length) {
+        wrap.appendChild(el("p", "muted small", "and " + (data.count - data.members.length).toLocaleString() + " more."));
+      }
+    }
+    target.replaceChildren(wrap);
+  }
+
+  function explanationNode(node) {
+    const item = el("li", "explain-node explain-node--" + (node.result ? "true" : "false"));
+    const mark = el("span", "explain-mark", node.result ? "✓" : "✗");
+    mark.setAttribute("aria-hidden", "true");
+    item.appendChild(mark);
+    item.appendChild(el("span", "visually-hidden", node.result ? "true:" : "false:"));
+    item.appendChild(document.createTextNode(" "));
+    if (node.type === "condition") {
+      item.appendChild(el("code", null, node.text));
+      const seen = el("span", "muted small", " — " + node.attribute + " is ");
+      if (node.actual === null) seen.appendChild(el("em", null, "null (no value)"));
+      else seen.appendChild(el("code", null, String(node.actual)));
+      item.appendChild(seen);
+    } else {
+      item.appendChild(el("strong", null, node.operator));
+      const trueCount = node.children.filter(function (c) { return c.result; }).length;
+      const summary = node.operator === "-not"
+        ? "the condition is " + (node.result ? "false" : "true")
+        : trueCount + " of " + node.children.length + " true";
+      item.appendChild(el("span", "muted small", " " + summary));
+      const list = el("ul", "explain-tree");
+      node.children.forEach(function (child) { list.appendChild(explanationNode(child)); });
+      item.appendChild(list);
+    }
+    return item;
+  }
+
+  function renderExplain(target, data) {
+    const wrap = el("div", "explain-result");
+    const verdict = el("p", "explain-verdict explain-verdict--" + (data.matches ? "yes" : "no"));
+    verdict.appendChild(el("strong", null, data.subject.name));
+    if (data.subject.detail) {
+      verdict.appendChild(document.createTextNode(" "));
+      verdict.appendChild(el("span", "muted mono small", data.subject.detail));
+    }
+    verdict.appendChild(document.createTextNode(data.matches ? " matches the rule." : " does not match the rule."));
+    wrap.appendChild(verdict);
+    if (data.note) wrap.appendChild(el("p", "hint", data.note));
+    const tree = el("ul", "explain-tree explain-tree--root");
+    tree.appendChild(explanationNode(data.explanation));
+    wrap.appendChild(tree);
+    target.replaceChildren(wrap);
+  }
+
+  function ruleEditor(root) {
+    const textarea = root.querySelector('textarea[name="rule"]');
+    const preview = root.querySelector("#rule-preview");
+    const explainOut = root.querySelector("#rule-explain");
+    const explainButton = root.querySelector("[data-explain-button]");
+    const lookup = root.querySelector("#explain-lookup");
+    const token = csrfToken(root);
+    let timer = null;
+    let controller = null;
+    let sequence = 0;
+
+    function ruleText() {
+      return textarea ? textarea.value : root.dataset.rule || "";
+    }
+
+    function refresh() {
+      if (!preview || !textarea) return;
+      const rule = textarea.value;
+      if (!rule.trim()) {
+        preview.replaceChildren(el("p", "muted small", "The members this rule selects show here as you type."));
+        textarea.removeAttribute("aria-invalid");
+        return;
+      }
+      if (controller) controller.abort();
+      controller = new AbortController();
+      const mine = ++sequence;
+      const kind = kindOf(root);
+      preview.setAttribute("aria-busy", "true");
+      postJson(root.dataset.previewUrl, { dynamic_kind: kind, rule: rule, limit: 10 }, token, controller.signal)
+        .then(function (result) {
+          if (mine !== sequence) return;
+          preview.removeAttribute("aria-busy");
+          if (result.ok) {
+            textarea.removeAttribute("aria-invalid");
+            renderPreview(preview, result.data, kind);
+          } else {
+            if (ruleError(result.data)) textarea.setAttribute("aria-invalid", "true");
+            renderProblem(preview, result.data, textarea);
+          }
+        })
+        .catch(function (error) {
+          if (error.name === "AbortError" || mine !== sequence) return;
+          preview.removeAttribute("aria-busy");
+          preview.replaceChildren(el("p", "muted small", "The preview is not available right now."));
+        });
+    }
+
+    function schedule() {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(refresh, DEBOUNCE_MS);
+    }
+
+    if (textarea && preview && root.dataset.previewUrl) {
+      document.querySelectorAll("[data-no-script]").forEach(function (node) { node.hidden = true; });
+      textarea.addEventListener("input", schedule);
+      const form = root.closest("form");
+      if (form) {
+        form.querySelectorAll('input[name="dynamic_kind"]').forEach(function (radio) {
+          radio.addEventListener("change", refresh);
+        });
+      }
+      if (textarea.value.trim()) refresh();
+    }
+
+    if (explainButton && explainOut && lookup && root.dataset.explainUrl) {
+      explainButton.addEventListener("click", function (event) {
+        event.preventDefault();
+        const value = lookup.value.trim();
+        if (!value) {
+          lookup.focus();
+          return;
+        }
+        explainOut.setAttribute("aria-busy", "true");
+        postJson(root.dataset.explainUrl, { dynamic_kind: kindOf(root), rule: ruleText(), lookup: value }, token)
+          .then(function (result) {
+            explainOut.removeAttribute("aria-busy");
+            if (result.ok) renderExplain(explainOut, result.data);
+            else renderProblem(explainOut, result.data, textarea);
+          })
+          .catch(function () {
+            explainOut.removeAttribute("aria-busy");
+            explainOut.replaceChildren(el("p", "muted small", "The check is not available right now."));
+          });
+      });
+      lookup.addEventListener("keydown", function (event) {
+        if (event.key === "Enter") {
+          event.preventDefault();
+          explainButton.click();
+        }
+      });
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-rule-editor]").forEach(ruleEditor);
+  });
+})();

@@ -19,6 +19,8 @@ from corral.devices.service import MIN_REASON, IssueRequest, device_service, is_
 from corral.enrollment.schemas import EnrollmentTokenCreate
 from corral.enrollment.service import enrollment_service, qr_svg, token_status
 from corral.errors import CorralError
+from corral.groups.schemas import MemberType
+from corral.groups.service import group_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.time import utcnow
@@ -188,6 +190,10 @@ async def _detail_context(
             "can_delete": principal.scope_for(P.devices_delete).covers(t.id for t in device.scope_tags),
             "apps": await device_service.apps(session, principal, device.id),
             "history": await device_service.history(session, principal, device.id, limit=100),
+            "group_memberships": await group_service.groups_of(session, MemberType.device, device.id)
+            if principal.has(P.groups_read)
+            else None,
+            "member_label": "device",
             "min_reason": MIN_REASON,
             "stale_days": settings.stale_device_days,
             # A fresh key per rendered form: a double submit queues the action once.
