@@ -31,7 +31,7 @@ from corral.main import create_app
 from corral.rbac.roles import BUILTIN_BY_NAME
 from corral.tokens.schemas import ApiTokenCreate
 from corral.tokens.service import token_service
-from corral.users.schemas import UserCreate
+from corral.users.schemas import AdminCreate, UserCreate
 from corral.users.service import user_service
 
 # One template per xdist worker, so workers can share an external server (CORRAL_TEST_DATABASE_URL).
@@ -196,9 +196,11 @@ class Factory:
         context.set_current(context.RequestContext(correlation_id="test-arrange", actor=context.SYSTEM))
         async with self.sessionmaker() as session:
             role_id = BUILTIN_BY_NAME[role.lower()].id if role else None
-            created = await user_service.create_local(
+            created = await user_service.create_admin(
                 session,
-                UserCreate(email=email, display_name=email.split("@")[0], password=password, role_id=role_id),
+                AdminCreate(
+                    email=email, display_name=email.split("@")[0], password=password, role_id=role_id
+                ),
             )
             secret = None
             if token and role:
@@ -208,6 +210,37 @@ class Factory:
                 )
             await session.commit()
         return Admin(created.user.id, email, password, role, secret)
+
+    async def user(
+        self,
+        upn: str | None = None,
+        *,
+        display_name: str | None = None,
+        licence: bool = False,
+        **properties: Any,
+    ) -> uuid.UUID:
+        """A local end user (no password, no role); with ``licence``, holding a licence of their own."""
+        from corral.licensing.schemas import LicenceCreate
+        from corral.licensing.service import licence_service
+        from corral.rbac.principal import system_principal
+
+        upn = upn or f"user-{uuid.uuid4().hex[:8]}@example.com"
+        context.set_current(context.RequestContext(correlation_id="test-arrange", actor=context.SYSTEM))
+        arranger = system_principal("tests", frozenset())
+        async with self.sessionmaker() as session:
+            user = await user_service.create_user(
+                session,
+                arranger,
+                UserCreate(
+                    user_principal_name=upn, display_name=display_name or upn.split("@")[0], **properties
+                ),
+            )
+            if licence:
+                sku = f"T-{uuid.uuid4().hex[:8]}"
+                made = await licence_service.create(session, LicenceCreate(name=sku, sku=sku, seats=1))
+                await licence_service.assign(session, arranger, user, made.id)
+            await session.commit()
+            return user.id
 
 
 @pytest.fixture
@@ -224,7 +257,7 @@ async def sign_in(
     assert match, "sign-in form has no form_token"
     return await client.post(
         "/portal/sign-in",
-        data={"email": email, "password": password, "form_token": match.group(1), "next": next_url},
+        data={"username": email, "password": password, "form_token": match.group(1), "next": next_url},
     )
 
 

@@ -52,7 +52,7 @@ Change = Callable[[World, str], Awaitable[tuple[httpx.Response, str, str]]]
 
 async def _create_user(w: World, rid: str) -> tuple[httpx.Response, str, str]:
     r = await w.client.post(
-        "/api/v1/users", json={"email": "new@example.com", "display_name": "New"}, headers=w.h(rid)
+        "/api/v1/admins", json={"email": "new@example.com", "display_name": "New"}, headers=w.h(rid)
     )
     return r, "user", r.json()["user"]["id"]
 
@@ -240,7 +240,7 @@ async def test_failed_change_records_no_success_event(world: World) -> None:
 async def test_creating_a_user_with_a_role_records_the_assignment_too(world: World) -> None:
     request_id = f"req-{uuid.uuid4().hex}"
     response = await world.client.post(
-        "/api/v1/users",
+        "/api/v1/admins",
         json={"email": "lock@example.com", "role_id": world.role_id},
         headers=world.h(request_id),
     )
@@ -257,7 +257,7 @@ async def test_user_password_is_redacted_in_the_audit_trail(
     glob = await factory.admin(GLOBAL_ADMINISTRATOR.name)
     secret = "Sup3r-secret-passphrase-41"
     response = await client.post(
-        "/api/v1/users", json={"email": "pw@example.com", "password": secret}, headers=glob.headers
+        "/api/v1/admins", json={"email": "pw@example.com", "password": secret}, headers=glob.headers
     )
     assert response.status_code == 201, response.text
     assert response.json()["one_time_password"] is None

@@ -97,8 +97,16 @@ async def test_absurdly_nested_json_is_refused_cleanly(
 @pytest.mark.parametrize(
     ("method", "path", "payload", "location"),
     [
-        ("POST", "/api/v1/users", {"email": ["a@example.com"]}, "email"),
-        ("POST", "/api/v1/users", {"email": "a@example.com", "role_id": 42}, "role_id"),
+        ("POST", "/api/v1/admins", {"email": ["a@example.com"]}, "email"),
+        ("POST", "/api/v1/admins", {"email": "a@example.com", "role_id": 42}, "role_id"),
+        (
+            "POST",
+            "/api/v1/users",
+            {"user_principal_name": ["a@example.com"], "display_name": "A"},
+            "user_principal_name",
+        ),
+        ("POST", "/api/v1/licences", {"name": "E5", "sku": "E5", "seats": "lots"}, "seats"),
+        ("PATCH", "/api/v1/settings", {"deprovisioned_user_devices": "wipe"}, "deprovisioned_user_devices"),
         ("POST", "/api/v1/roles", {"name": "R", "permissions": "devices:read"}, "permissions"),
         ("POST", "/api/v1/roles", {"name": {"first": "R"}, "permissions": ["devices:read"]}, "name"),
         ("PATCH", "/api/v1/settings", {"organization_name": 12}, "organization_name"),
@@ -140,11 +148,11 @@ async def test_enabled_must_be_a_boolean(
 @pytest.mark.parametrize(
     ("method", "path", "payload", "extra"),
     [
-        ("POST", "/api/v1/users", {"email": "x@example.com", "is_admin": True}, "is_admin"),
+        ("POST", "/api/v1/admins", {"email": "x@example.com", "is_admin": True}, "is_admin"),
         (
             "POST",
             "/api/v1/users",
-            {"email": "x@example.com", "password_hash": "$argon2id$..."},
+            {"user_principal_name": "x@example.com", "display_name": "X", "password_hash": "$argon2id$..."},
             "password_hash",
         ),
         (
@@ -286,11 +294,11 @@ async def test_duplicate_email_is_a_conflict_whatever_the_case(
     first: str,
     second: str,
 ) -> None:
-    created = await client.post("/api/v1/users", json={"email": first}, headers=glob.headers)
+    created = await client.post("/api/v1/admins", json={"email": first}, headers=glob.headers)
     assert created.status_code == 201, created.text
     assert created.json()["user"]["email"] == first.strip().lower()
     before = await snapshot(sessionmaker)
-    response = await client.post("/api/v1/users", json={"email": second}, headers=glob.headers)
+    response = await client.post("/api/v1/admins", json={"email": second}, headers=glob.headers)
     _problem(response, 409)
     assert await snapshot(sessionmaker) == before
 
@@ -299,7 +307,7 @@ async def test_duplicate_email_of_an_admin_created_outside_the_api_is_a_conflict
     client: httpx.AsyncClient, factory: Factory, glob: Admin
 ) -> None:
     await factory.admin(HELP_DESK_OPERATOR.name, email="bob@example.com")
-    response = await client.post("/api/v1/users", json={"email": "BOB@example.COM"}, headers=glob.headers)
+    response = await client.post("/api/v1/admins", json={"email": "BOB@example.COM"}, headers=glob.headers)
     _problem(response, 409)
 
 
@@ -313,7 +321,7 @@ async def test_weak_password_is_refused(
 ) -> None:
     before = await snapshot(sessionmaker)
     response = await client.post(
-        "/api/v1/users", json={"email": "weak@example.com", "password": password}, headers=glob.headers
+        "/api/v1/admins", json={"email": "weak@example.com", "password": password}, headers=glob.headers
     )
     problem = _problem(response, 422)
     assert password.strip() == "" or password not in response.text
@@ -323,7 +331,7 @@ async def test_weak_password_is_refused(
 
 async def test_good_password_is_accepted_and_never_echoed(client: httpx.AsyncClient, glob: Admin) -> None:
     response = await client.post(
-        "/api/v1/users", json={"email": "good@example.com", "password": PASSWORD}, headers=glob.headers
+        "/api/v1/admins", json={"email": "good@example.com", "password": PASSWORD}, headers=glob.headers
     )
     assert response.status_code == 201
     assert PASSWORD not in response.text
@@ -347,7 +355,7 @@ async def test_invalid_email_is_refused(
     client: httpx.AsyncClient, glob: Admin, sessionmaker: async_sessionmaker[AsyncSession], email: str
 ) -> None:
     before = await snapshot(sessionmaker)
-    response = await client.post("/api/v1/users", json={"email": email}, headers=glob.headers)
+    response = await client.post("/api/v1/admins", json={"email": email}, headers=glob.headers)
     _problem(response, 422)
     assert await snapshot(sessionmaker) == before
 
@@ -458,7 +466,7 @@ async def test_unusual_but_valid_names_round_trip(client: httpx.AsyncClient, glo
         ("POST", "/api/v1/scope-tags", {"name": "Paris\u0000"}),
         ("POST", "/api/v1/roles", {"name": "Lock\u0000ers", "permissions": ["remote:lock"]}),
         ("PATCH", "/api/v1/settings", {"organization_name": "Con\u0000toso"}),
-        ("POST", "/api/v1/users", {"email": "nul\u0000@example.com"}),
+        ("POST", "/api/v1/admins", {"email": "nul\u0000@example.com"}),
     ],
     ids=["tag", "role", "settings", "user-email"],
 )
@@ -510,11 +518,15 @@ ODD_BODIES: list[Any] = [None, [], "", "text", 0, 3.14, True, [[[[[]]]]], {"": N
 def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
     n = next(_counter)
     return {
-        ("POST", "/api/v1/users"): {
+        ("POST", "/api/v1/users"): {"user_principal_name": f"fuzz{n}@example.com", "display_name": "Fuzz"},
+        ("POST", "/api/v1/admins"): {
             "email": f"fuzz{n}@example.com",
             "display_name": "Fuzz",
             "password": PASSWORD,
         },
+        ("POST", "/api/v1/licences"): {"name": f"Fuzz {n}", "sku": f"FUZZ-{n}", "seats": 1},
+        ("PATCH", "/api/v1/licences/{licence_id}"): {"seats": 2},
+        ("POST", "/api/v1/users/{user_id}/licences/{licence_id}"): {},
         ("PATCH", "/api/v1/users/{user_id}"): {"display_name": "Fuzz"},
         ("POST", "/api/v1/users/{user_id}/password-reset"): {},
         ("POST", "/api/v1/roles"): {"name": f"Fuzz {n}", "permissions": ["devices:read"]},

@@ -157,7 +157,7 @@ async def test_serve_over_https_with_its_own_ca_and_bootstrap_admin(db_url: str,
     assert proc.returncode in (0, -signal.SIGTERM), err
     assert "Application shutdown complete" in err
     assert f"Corral is starting on https://127.0.0.1:{port}" in out
-    assert re.search(r"email:\s+admin@corral.local", out)
+    assert re.search(r"sign-in name:\s+admin@corral.local", out)
     assert re.search(r"password:\s+\S{16,}", out)
     assert "SHA-256 fingerprint" in out
     key = tmp_path / "data" / "tls" / "server.key"

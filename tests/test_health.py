@@ -273,7 +273,7 @@ async def test_user_creation_records_the_client_address(
     settings = make_settings(tmp_path, db_url, trusted_proxies=["203.0.113.0/24"] if trusted else [])
     async with running_app(settings, db_url) as app, new_client(app) as client:
         response = await client.post(
-            "/api/v1/users",
+            "/api/v1/admins",
             json={"email": "forwarded@example.com"},
             headers={**admin.headers, "X-Forwarded-For": "198.51.100.23"},
         )

@@ -50,7 +50,7 @@ async def test_wrong_password_and_unknown_account_read_the_same_and_are_audited(
     wrong = await sign_in(client, admin.email, "wrong password entirely")
     unknown = await sign_in(client, "nobody@example.com", "wrong password entirely")
     assert wrong.status_code == unknown.status_code == 401
-    message = "The email address or password is incorrect."
+    message = "The sign-in name or password is incorrect."
     assert message in wrong.text and message in unknown.text
     failures = await count(
         sessionmaker,
@@ -94,7 +94,7 @@ async def test_client_address_is_throttled_across_accounts(app: FastAPI, factory
 
 async def test_sign_in_form_without_its_token_is_refused(client: httpx.AsyncClient, factory: Factory) -> None:
     admin = await factory.admin(token=False)
-    response = await client.post("/portal/sign-in", data={"email": admin.email, "password": PASSWORD})
+    response = await client.post("/portal/sign-in", data={"username": admin.email, "password": PASSWORD})
     assert response.status_code == 403
     assert COOKIE not in response.cookies
 
@@ -192,7 +192,7 @@ async def test_one_time_password_forces_a_change_before_anything_else(
     client: httpx.AsyncClient, factory: Factory
 ) -> None:
     boss = await factory.admin("Global administrator")
-    created = await client.post("/api/v1/users", json={"email": "new@example.com"}, headers=boss.headers)
+    created = await client.post("/api/v1/admins", json={"email": "new@example.com"}, headers=boss.headers)
     one_time = created.json()["one_time_password"]
     response = await sign_in(client, "new@example.com", one_time)
     assert response.headers["location"] == "/portal/account/password"

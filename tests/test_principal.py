@@ -17,7 +17,7 @@ PARIS, BERLIN = uuid.uuid4(), uuid.uuid4()
 def principal(*grants: tuple[frozenset[P], Scope], narrowed: frozenset[P] | None = None) -> Principal:
     return Principal(
         user_id=uuid.uuid4(),
-        email="a@example.com",
+        user_principal_name="a@example.com",
         display_name="A",
         narrowed_to=narrowed,
         grants=tuple(Grant(uuid.uuid4(), "r", uuid.uuid4(), "a", perms, scope) for perms, scope in grants),

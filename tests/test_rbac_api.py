@@ -226,7 +226,7 @@ async def test_read_only_operator_cannot_change_anything(
     tag_id = uuid.uuid4()
     before = {t: await count_rows(sessionmaker, t) for t in ALL_WRITE_TABLES}
     attempts = [
-        ("POST", "/api/v1/users", {"email": "new@example.com", "password": PASSWORD}),
+        ("POST", "/api/v1/admins", {"email": "new@example.com", "password": PASSWORD}),
         ("POST", "/api/v1/roles", {"name": "Mine", "permissions": ["devices:read"]}),
         (
             "POST",
@@ -264,7 +264,7 @@ async def test_global_administrator_can_do_everything(client: httpx.AsyncClient,
     tag = await create_tag(client, glob, "Paris")
     role = await create_role(client, glob, "Wipers", ["devices:read", "remote:wipe"])
     created = await client.post(
-        "/api/v1/users", json={"email": "wiper@example.com", "role_id": role["id"]}, headers=h
+        "/api/v1/admins", json={"email": "wiper@example.com", "role_id": role["id"]}, headers=h
     )
     assert created.status_code == 201, created.text
     user_id = created.json()["user"]["id"]
@@ -454,7 +454,7 @@ async def test_service_admin_cannot_create_a_user_with_global_administrator_role
     service = await factory.admin(SERVICE_ADMINISTRATOR.name)
     before = await count_rows(sessionmaker, "users")
     response = await client.post(
-        "/api/v1/users",
+        "/api/v1/admins",
         json={"email": "sock-puppet@example.com", "role_id": str(GLOBAL_ADMINISTRATOR.id)},
         headers=service.headers,
     )
@@ -777,7 +777,7 @@ async def test_creating_a_user_with_a_role_needs_roles_assign(
     before = await count_rows(sessionmaker, "users")
 
     refused = await client.post(
-        "/api/v1/users",
+        "/api/v1/admins",
         json={"email": "desk@example.com", "role_id": str(HELP_DESK_OPERATOR.id)},
         headers=creator.headers,
     )
@@ -785,7 +785,7 @@ async def test_creating_a_user_with_a_role_needs_roles_assign(
     assert "roles:assign" in refused.json()["detail"]
     assert await count_rows(sessionmaker, "users") == before
 
-    plain = await client.post("/api/v1/users", json={"email": "desk@example.com"}, headers=creator.headers)
+    plain = await client.post("/api/v1/admins", json={"email": "desk@example.com"}, headers=creator.headers)
     assert plain.status_code == 201, plain.text
     assert plain.json()["one_time_password"]
     assert plain.json()["user"]["must_change_password"] is True
@@ -800,12 +800,12 @@ async def test_creating_a_user_with_a_role_beyond_the_creators_rights_is_refused
     )
     hirer = await admin_with_assignment(client, factory, sessionmaker, glob, desk_hiring["id"])
     response = await client.post(
-        "/api/v1/users",
+        "/api/v1/admins",
         json={"email": "desk@example.com", "role_id": str(HELP_DESK_OPERATOR.id)},
         headers=hirer.headers,
     )
     assert response.status_code == 403
-    assert (await client.get("/api/v1/users?search=desk@", headers=glob.headers)).json() == []
+    assert (await client.get("/api/v1/users?search=desk@", headers=glob.headers)).json()["items"] == []
 
 
 async def test_application_manager_cannot_read_audit_or_roles(

@@ -201,7 +201,7 @@ async def test_narrowed_token_has_only_the_narrowed_permissions(
     assert (await client.get("/api/v1/users", headers=bearer(narrowed))).status_code == 200
     assert (await client.get("/api/v1/roles", headers=bearer(narrowed))).status_code == 403
     assert (await client.get("/api/v1/settings", headers=bearer(narrowed))).status_code == 403
-    refused = await client.post("/api/v1/users", json={"email": "x@example.com"}, headers=bearer(narrowed))
+    refused = await client.post("/api/v1/admins", json={"email": "x@example.com"}, headers=bearer(narrowed))
     assert refused.status_code == 403
     # The owner's own (unnarrowed) token still holds everything.
     assert (await client.get("/api/v1/roles", headers=admin.headers)).status_code == 200

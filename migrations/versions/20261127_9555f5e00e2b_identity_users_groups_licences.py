@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "9555f5e00e2b"
 down_revision: str | None = "1137dd312450"
 branch_labels: str | Sequence[str] | None = None
@@ -281,6 +280,9 @@ def upgrade() -> None:
     op.create_index(op.f("ix_users_connection_id"), "users", ["connection_id"], unique=False)
     op.create_index("ix_users_email_lower", "users", [sa.literal_column("lower(email)")], unique=False)
     op.create_index(
+        "ix_users_display_name_lower", "users", [sa.literal_column("lower(display_name)")], unique=False
+    )
+    op.create_index(
         "uq_users_connection_external_id",
         "users",
         ["connection_id", "external_id"],
@@ -310,6 +312,7 @@ def downgrade() -> None:
         table_name="users",
         postgresql_where=sa.text("external_id IS NOT NULL"),
     )
+    op.drop_index("ix_users_display_name_lower", table_name="users")
     op.drop_index("ix_users_email_lower", table_name="users")
     op.drop_index(op.f("ix_users_connection_id"), table_name="users")
     op.execute("UPDATE users SET email = user_principal_name WHERE email IS NULL")

@@ -131,7 +131,9 @@ def _read_password(from_stdin: bool) -> str:
 
 @admin_app.command("create")
 def admin_create(
-    email: Annotated[str, typer.Option(help="Sign-in email address")],
+    email: Annotated[
+        str, typer.Option(help="Email address; it becomes the sign-in name (user principal name)")
+    ],
     role: Annotated[
         str, typer.Option(help="Role name, e.g. 'Global administrator'")
     ] = "Global administrator",
@@ -146,7 +148,7 @@ def admin_create(
 ) -> None:
     """Create a local administrator account with a role over everything."""
     from corral.rbac.service import rbac_service
-    from corral.users.schemas import UserCreate
+    from corral.users.schemas import AdminCreate
     from corral.users.service import user_service
 
     settings = _settings()
@@ -155,8 +157,8 @@ def admin_create(
 
     async def create(session: AsyncSession) -> Any:
         role_row = await rbac_service.role_by_name(session, role)
-        data = UserCreate(email=email, display_name=display_name, password=password, role_id=role_row.id)
-        return await user_service.create_local(session, data)
+        data = AdminCreate(email=email, display_name=display_name, password=password, role_id=role_row.id)
+        return await user_service.create_admin(session, data)
 
     try:
         created = _run_in_session(url, create)
@@ -164,7 +166,7 @@ def admin_create(
         raise _fail(f"invalid input: {exc.errors()[0]['msg']}") from exc
     except CorralError as exc:
         raise _fail(exc.detail) from exc
-    typer.echo(f"created {created.user.email} ({role})")
+    typer.echo(f"created {created.user.user_principal_name} ({role})")
     if created.one_time_password:
         typer.echo(
             f"one-time password (shown once; must be changed at first sign-in): {created.one_time_password}"
@@ -174,7 +176,14 @@ def admin_create(
 # ------------------------------------------------------------------------------------------- tokens
 @token_app.command("create")
 def token_create(
-    email: Annotated[str, typer.Option(help="The administrator the token acts as")],
+    email: Annotated[
+        str,
+        typer.Option(
+            "--user",
+            "--email",
+            help="The administrator the token acts as: their sign-in name (or their own email address)",
+        ),
+    ],
     name: Annotated[str, typer.Option(help="What the token is for")] = "automation",
     days: Annotated[int, typer.Option(help="Days until it expires (1-730)")] = 90,
     permission: Annotated[
@@ -182,18 +191,18 @@ def token_create(
     ] = None,
 ) -> None:
     """Create an API token for an administrator; printed once."""
+    from corral.auth import repository as auth_repository
     from corral.auth.service import auth_service
     from corral.tokens.schemas import ApiTokenCreate
     from corral.tokens.service import token_service
-    from corral.users import repository as users_repository
 
     settings = _settings()
     _handle, url = resolve_database_url(settings)
 
     async def create(session: AsyncSession) -> str:
-        user = await users_repository.by_email(session, email)
+        user = await auth_repository.user_by_sign_in_name(session, email)
         if user is None:
-            raise CorralError(f"No account has the email address {email}.")
+            raise CorralError(f"No account signs in as {email}.")
         principal = await auth_service.principal_for(session, user)
         if not principal.is_admin:
             raise CorralError(f"{email} holds no role; a token would be able to do nothing.")
@@ -378,11 +387,13 @@ def serve(
     if created is not None:
         typer.echo("")
         typer.echo("First start: a Global administrator was created. Sign in with")
-        typer.echo(f"  email:    {created.user.email}")
+        typer.echo(f"  sign-in name: {created.user.user_principal_name}")
         typer.echo(
-            f"  password: {created.one_time_password}   (one-time: you choose a new one at first sign-in;"
+            f"  password:     {created.one_time_password}   (one-time: you choose a new one at first sign-in;"
         )
-        typer.echo("            it is not shown again — `corral admin create` makes another administrator)")
+        typer.echo(
+            "                it is not shown again — `corral admin create` makes another administrator)"
+        )
         typer.echo("")
     if demo:
         _demo_fleet(settings, url, listen, demo)

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.models import AuditEvent, User, UserSession
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR
-from corral.users.schemas import UserCreate
+from corral.users.schemas import AdminCreate
 from corral.users.service import user_service
 from tests.conftest import PASSWORD, Factory
 from tests.portal.conftest import LiveServer, browser_sign_in, shot
@@ -81,8 +81,8 @@ async def test_first_global_admin_creates_help_desk_operator_who_sees_no_roles_o
     page: Page, live_server: LiveServer, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     async with sessionmaker() as session:  # as `corral serve` does on first start
-        bootstrap = await user_service.create_local(
-            session, UserCreate(email="admin@corral.local", role_id=GLOBAL_ADMINISTRATOR.id)
+        bootstrap = await user_service.create_admin(
+            session, AdminCreate(email="admin@corral.local", role_id=GLOBAL_ADMINISTRATOR.id)
         )
         await session.commit()
     assert bootstrap.one_time_password
@@ -122,7 +122,9 @@ async def test_first_global_admin_creates_help_desk_operator_who_sees_no_roles_o
     assert api.status == 403  # the session works for the API too, and is refused just the same
 
     async with sessionmaker() as session:
-        helpdesk = await session.scalar(select(User).where(User.email == "helpdesk@example.com"))
+        helpdesk = await session.scalar(
+            select(User).where(User.user_principal_name == "helpdesk@example.com")
+        )
     assert helpdesk is not None and helpdesk.must_change_password is False
 
 

@@ -55,9 +55,10 @@ def csv_row(event: AuditEvent) -> list[object]:
 
 @router.get("", response_model=AuditPage)
 async def list_audit_events(
-    session: SessionDep, _: AuditRead, filters: Annotated[AuditFilter, Query()]
+    session: SessionDep, principal: AuditRead, filters: Annotated[AuditFilter, Query()]
 ) -> AuditPage:
-    page = await audit_service.search(session, filters)
+    """Audit events, newest first (licence events only for holders of licences:read)."""
+    page = await audit_service.search(session, filters, principal)
     return AuditPage(
         items=[AuditEventOut.model_validate(e) for e in page.items], next_cursor=page.next_cursor
     )
@@ -69,9 +70,9 @@ async def list_audit_events(
     responses={200: {"content": {"text/csv": {}}, "description": "CSV of the filtered events"}},
 )
 async def export_audit_events(
-    session: SessionDep, _: AuditRead, filters: Annotated[AuditFilter, Query()]
+    session: SessionDep, principal: AuditRead, filters: Annotated[AuditFilter, Query()]
 ) -> Response:
-    events = await audit_service.export(session, filters)
+    events = await audit_service.export(session, filters, principal=principal)
     return Response(
         to_csv(CSV_HEADER, (csv_row(e) for e in events)),
         media_type="text/csv; charset=utf-8",

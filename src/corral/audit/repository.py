@@ -9,8 +9,10 @@ from corral.kit.pagination import Page, decode_cursor, encode_cursor
 from corral.models import AuditEvent
 
 
-def _filtered(filters: AuditFilter) -> Select[AuditEvent]:
+def _filtered(filters: AuditFilter, hidden: frozenset[str] = frozenset()) -> Select[AuditEvent]:
     stmt = select(AuditEvent)
+    if hidden:
+        stmt = stmt.where(AuditEvent.category.not_in(hidden))
     if filters.actor:
         stmt = stmt.where(AuditEvent.actor_name.icontains(filters.actor, autoescape=True))
     if filters.activity:
@@ -32,8 +34,10 @@ def _filtered(filters: AuditFilter) -> Select[AuditEvent]:
     return stmt.order_by(AuditEvent.seq.desc())
 
 
-async def list_events(session: AsyncSession, filters: AuditFilter) -> Page[AuditEvent]:
-    stmt = _filtered(filters)
+async def list_events(
+    session: AsyncSession, filters: AuditFilter, hidden: frozenset[str] = frozenset()
+) -> Page[AuditEvent]:
+    stmt = _filtered(filters, hidden)
     cursor = decode_cursor(filters.cursor)
     if cursor is not None:
         # Exactly one sequence number that fits the BIGINT column; anything else is a forged cursor (a value
@@ -48,10 +52,14 @@ async def list_events(session: AsyncSession, filters: AuditFilter) -> Page[Audit
     return Page(items=items, next_cursor=encode_cursor([items[-1].seq]) if more and items else None)
 
 
-async def export_events(session: AsyncSession, filters: AuditFilter, limit: int) -> list[AuditEvent]:
-    return list((await session.scalars(_filtered(filters).limit(limit))).all())
+async def export_events(
+    session: AsyncSession, filters: AuditFilter, limit: int, hidden: frozenset[str] = frozenset()
+) -> list[AuditEvent]:
+    return list((await session.scalars(_filtered(filters, hidden).limit(limit))).all())
 
 
-async def distinct_activities(session: AsyncSession) -> list[str]:
-    rows = await session.scalars(select(AuditEvent.activity).distinct().order_by(AuditEvent.activity))
-    return list(rows.all())
+async def distinct_activities(session: AsyncSession, hidden: frozenset[str] = frozenset()) -> list[str]:
+    stmt = select(AuditEvent.activity).distinct().order_by(AuditEvent.activity)
+    if hidden:
+        stmt = stmt.where(AuditEvent.category.not_in(hidden))
+    return list((await session.scalars(stmt)).all())

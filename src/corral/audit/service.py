@@ -13,11 +13,25 @@ from corral.audit.schemas import AuditFilter
 from corral.kit import context
 from corral.kit.pagination import Page
 from corral.models import AuditEvent
+from corral.rbac.permissions import P
+from corral.rbac.principal import Principal
 
 REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(r"password|secret|token|private|key|totp|otp|credential", re.IGNORECASE)
 
 Change = tuple[str, Any, Any]
+
+# Categories whose events only holders of a permission may read (audit:read alone is not enough).
+RESTRICTED_CATEGORIES: dict[str, P] = {"licence": P.licences_read}
+
+
+def hidden_categories(principal: Principal | None) -> frozenset[str]:
+    """The audit categories this reader may not see."""
+    return frozenset(
+        category
+        for category, permission in RESTRICTED_CATEGORIES.items()
+        if principal is None or not principal.has(permission)
+    )
 
 
 def _json_safe(value: Any) -> Any:
@@ -100,16 +114,26 @@ class AuditService:
             session.add(build_event(**fields))
             await session.commit()
 
-    async def search(self, session: AsyncSession, filters: AuditFilter) -> Page[AuditEvent]:
-        return await repository.list_events(session, filters)
+    async def search(
+        self, session: AsyncSession, filters: AuditFilter, principal: Principal | None = None
+    ) -> Page[AuditEvent]:
+        """The filtered events; with ``principal``, without the categories it may not read."""
+        hidden = hidden_categories(principal) if principal is not None else frozenset()
+        return await repository.list_events(session, filters, hidden)
 
     async def export(
-        self, session: AsyncSession, filters: AuditFilter, limit: int = 100_000
+        self,
+        session: AsyncSession,
+        filters: AuditFilter,
+        limit: int = 100_000,
+        principal: Principal | None = None,
     ) -> list[AuditEvent]:
-        return await repository.export_events(session, filters, limit)
+        hidden = hidden_categories(principal) if principal is not None else frozenset()
+        return await repository.export_events(session, filters, limit, hidden)
 
-    async def activities(self, session: AsyncSession) -> list[str]:
-        return await repository.distinct_activities(session)
+    async def activities(self, session: AsyncSession, principal: Principal | None = None) -> list[str]:
+        hidden = hidden_categories(principal) if principal is not None else frozenset()
+        return await repository.distinct_activities(session, hidden)
 
 
 audit_service = AuditService()

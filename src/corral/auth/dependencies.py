@@ -50,7 +50,10 @@ async def resolve_principal(request: Request, session: SessionDep, settings: Set
             raise NotAuthenticated("The API token is invalid, expired or revoked.")
         context.set_actor(
             context.Actor(
-                type="token", id=principal.user_id, name=principal.email, token_id=principal.token_id
+                type="token",
+                id=principal.user_id,
+                name=principal.user_principal_name,
+                token_id=principal.token_id,
             )
         )
     else:
@@ -68,7 +71,7 @@ async def resolve_principal(request: Request, session: SessionDep, settings: Set
                 else:
                     principal = await auth_service.principal_for(session, user, user_session=user_session)
                     request.state.via_cookie = True
-                    context.set_actor(context.Actor(type="user", id=user.id, name=user.email))
+                    context.set_actor(context.Actor(type="user", id=user.id, name=user.user_principal_name))
     request.state.principal = principal
     return principal
 

@@ -17,7 +17,8 @@ class ScopeOut(BaseModel):
 
 class MeOut(BaseModel):
     user_id: uuid.UUID
-    email: str
+    user_principal_name: str
+    email: str | None
     display_name: str
     via_token: bool
     permissions: dict[str, ScopeOut]
@@ -28,6 +29,7 @@ async def me(principal: SignedIn) -> MeOut:
     """Who the caller is and what they may do, where."""
     return MeOut(
         user_id=principal.user_id,
+        user_principal_name=principal.user_principal_name,
         email=principal.email,
         display_name=principal.display_name,
         via_token=principal.token_id is not None,

@@ -8,11 +8,35 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from corral.models import ApiToken, RoleAssignment, SignInThrottle, User, UserSession, role_assignment_members
+from corral.models import (
+    ApiToken,
+    RoleAssignment,
+    SignInThrottle,
+    User,
+    UserSession,
+    UserSource,
+    role_assignment_members,
+)
 
 
-async def user_by_email(session: AsyncSession, email: str) -> User | None:
-    return await session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+async def user_by_sign_in_name(session: AsyncSession, name: str) -> User | None:
+    """The account a typed sign-in name means: its user principal name (any case) or, failing that, the
+    email address of exactly one local account (never an address that two users share, never an
+    identity-provider account, whose sign-in belongs to the provider)."""
+    needle = name.strip().lower()
+    if not needle:
+        return None
+    user: User | None = await session.scalar(
+        select(User).where(func.lower(User.user_principal_name) == needle)
+    )
+    if user is not None:
+        return user
+    holders = list(
+        (await session.scalars(select(User).where(func.lower(User.email) == needle).limit(2))).all()
+    )
+    if len(holders) == 1 and holders[0].source == UserSource.local:
+        return holders[0]
+    return None
 
 
 async def session_with_user(session: AsyncSession, token_hash: bytes) -> tuple[UserSession, User] | None:

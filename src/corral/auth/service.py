@@ -34,7 +34,7 @@ API_TOKEN_PREFIX = "corral_pat"  # noqa: S105 - a prefix, not a secret
 TOUCH_EVERY = timedelta(seconds=60)
 TOTP_ISSUER = "Corral"
 
-INVALID_CREDENTIALS = "The email address or password is incorrect."
+INVALID_CREDENTIALS = "The sign-in name or password is incorrect."
 
 
 @dataclass
@@ -46,13 +46,13 @@ class SignInResult:
 
 
 def _actor_for(user: User) -> context.Actor:
-    return context.Actor(type="user", id=user.id, name=user.email)
+    return context.Actor(type="user", id=user.id, name=user.user_principal_name)
 
 
 class AuthService:
     # ---------------------------------------------------------------- throttling
-    def _throttle_keys(self, email: str, client_ip: str | None) -> list[str]:
-        keys = [f"account:{email.strip().lower()}"]
+    def _throttle_keys(self, account: str, client_ip: str | None) -> list[str]:
+        keys = [f"account:{account.strip().lower()}"]
         if client_ip:
             keys.append(f"client:{client_ip}")
         return keys
@@ -94,12 +94,15 @@ class AuthService:
         sessionmaker: async_sessionmaker[AsyncSession],
         settings: Settings,
         *,
-        email: str,
+        username: str,
         password: str,
     ) -> SignInResult:
+        """Password sign-in with a user principal name, or a local account's own (unshared) email address.
+        Failures count against the account whichever of its names was typed."""
         ctx = context.current()
-        keys = self._throttle_keys(email, ctx.client_ip)
-        attempted = email.strip()[:320]
+        user = await repository.user_by_sign_in_name(session, username)
+        keys = self._throttle_keys(user.user_principal_name if user else username, ctx.client_ip)
+        attempted = username.strip()[:320]
         try:
             await self._check_throttle(session, keys)
         except TooManyRequests:
@@ -115,7 +118,6 @@ class AuthService:
                 actor=context.Actor(type="anonymous", name=attempted),
             )
             raise
-        user = await repository.user_by_email(session, email)
         ok = verify_password(user.password_hash if user else None, password)
         if not ok or user is None or not user.enabled:
             reason = "unknown account" if user is None else ("account disabled" if ok else "wrong password")
@@ -161,7 +163,7 @@ class AuthService:
                 operation="signin",
                 target_type="user",
                 target_id=user.id,
-                target_name=user.email,
+                target_name=user.user_principal_name,
                 actor=_actor_for(user),
             )
         await session.flush()
@@ -177,7 +179,7 @@ class AuthService:
         user: User,
         code: str,
     ) -> tuple[UserSession, str]:
-        keys = self._throttle_keys(user.email, context.current().client_ip)
+        keys = self._throttle_keys(user.user_principal_name, context.current().client_ip)
         await self._check_throttle(session, keys)
         step = self.totp_step_if_valid(settings, user, code)
         if step is None:
@@ -190,7 +192,7 @@ class AuthService:
                 result="failure",
                 target_type="user",
                 target_id=user.id,
-                target_name=user.email,
+                target_name=user.user_principal_name,
                 detail="wrong second factor",
                 actor=_actor_for(user),
             )
@@ -222,7 +224,7 @@ class AuthService:
             operation="signin",
             target_type="user",
             target_id=user.id,
-            target_name=user.email,
+            target_name=user.user_principal_name,
             detail="with second factor",
             actor=_actor_for(user),
         )
@@ -242,7 +244,7 @@ class AuthService:
             operation="signout",
             target_type="user",
             target_id=user.id,
-            target_name=user.email,
+            target_name=user.user_principal_name,
         )
 
     async def end_all_sessions(self, session: AsyncSession, user: User) -> int:
@@ -274,7 +276,9 @@ class AuthService:
         return pyotp.random_base32()
 
     def totp_uri(self, secret: str, user: User, issuer: str) -> str:
-        return pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=issuer or TOTP_ISSUER)
+        return pyotp.TOTP(secret).provisioning_uri(
+            name=user.user_principal_name, issuer_name=issuer or TOTP_ISSUER
+        )
 
     # ---------------------------------------------------------------- resolving a request
     async def session_from_token(
@@ -354,6 +358,7 @@ class AuthService:
     ) -> Principal:
         return Principal(
             user_id=user.id,
+            user_principal_name=user.user_principal_name,
             email=user.email,
             display_name=user.display_name,
             grants=await self.grants_of(session, user.id),

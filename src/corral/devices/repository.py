@@ -18,6 +18,7 @@ from corral.models import (
     DeviceCertificate,
     DeviceCommand,
     DeviceInventoryChange,
+    ManagementState,
     User,
     device_scope_tags,
 )
@@ -62,7 +63,14 @@ def filtered(filters: DeviceFilter, scope: Scope, stale_days: int) -> Select[Any
                 Device.name.icontains(needle, autoescape=True),
                 Device.serial_number.icontains(needle, autoescape=True),
                 Device.primary_user.icontains(needle, autoescape=True),
-                exists().where(User.id == Device.user_id, User.email.icontains(needle, autoescape=True)),
+                exists().where(
+                    User.id == Device.user_id,
+                    or_(
+                        User.user_principal_name.icontains(needle, autoescape=True),
+                        User.display_name.icontains(needle, autoescape=True),
+                        User.email.icontains(needle, autoescape=True),
+                    ),
+                ),
             )
         )
     for column, value in (
@@ -70,6 +78,7 @@ def filtered(filters: DeviceFilter, scope: Scope, stale_days: int) -> Select[Any
         (Device.ownership, filters.ownership),
         (Device.management_state, filters.management_state),
         (Device.compliance_state, filters.compliance_state),
+        (Device.user_id, filters.user_id),
     ):
         if value is not None:
             stmt = stmt.where(column == value)
@@ -188,6 +197,16 @@ async def replace_apps(
                     set_={"name": stmt.excluded.name, "version": stmt.excluded.version},
                 )
             )
+
+
+async def managed_of_user(session: AsyncSession, user_id: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
+    """(id, name) of the user's devices still under management, whatever anyone's scope."""
+    stmt = (
+        select(Device.id, Device.name)
+        .where(Device.user_id == user_id, Device.management_state == ManagementState.managed)
+        .order_by(Device.id)
+    )
+    return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
 
 
 async def has_open_commands(session: AsyncSession, device_id: uuid.UUID) -> bool:

@@ -124,6 +124,7 @@ class DeviceFilter(BaseModel):
     management_state: ManagementState | None = None
     compliance_state: ComplianceState | None = None
     stale: bool | None = Field(default=None, description="No check-in for the stale threshold (days)")
+    user_id: uuid.UUID | None = Field(default=None, description="Devices enrolled for this user")
     sort: SortKey = "name"
     cursor: str | None = Field(default=None, max_length=400)
     limit: int = Field(default=50, ge=1, le=500)

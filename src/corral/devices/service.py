@@ -351,7 +351,7 @@ class DeviceService:
             status=CommandStatus.queued,
             reason=reason,
             requested_by_id=principal.user_id,
-            requested_by_name=principal.email,
+            requested_by_name=principal.user_principal_name,
             idempotency_key=request.idempotency_key,
             created_at=now,
             expires_at=now + command_type.ttl,
@@ -377,6 +377,11 @@ class DeviceService:
         )
         await wake(session, device.id, "command")
         return command, True
+
+    async def managed_of_user(self, session: AsyncSession, user_id: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
+        """The user's devices under management (every one, whatever the caller's scope): for tenant policies
+        such as retiring a deprovisioned user's devices."""
+        return await repository.managed_of_user(session, user_id)
 
     async def commands(
         self, session: AsyncSession, principal: Principal, device_id: uuid.UUID, limit: int = 200

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import Select, exists, select
+from sqlalchemy import Select, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -74,3 +75,14 @@ async def active_device_with_serial(session: AsyncSession, platform: Platform, s
         Device.management_state.not_in([ManagementState.retired, ManagementState.wiped]),
     )
     return (await session.scalar(stmt.limit(1))) is not None
+
+
+async def revoke_bound_to(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> list[str]:
+    """Revoke the live tokens bound to a user; returns their names."""
+    result = await session.execute(
+        update(EnrollmentToken)
+        .where(EnrollmentToken.user_id == user_id, EnrollmentToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .returning(EnrollmentToken.name)
+    )
+    return sorted(result.scalars().all())

@@ -21,6 +21,7 @@ from corral.groups import membership as group_membership
 from corral.kit import context
 from corral.kit.security import new_token, token_digest
 from corral.kit.time import utcnow
+from corral.licensing.service import licence_service
 from corral.models import (
     Device,
     DeviceCertificate,
@@ -208,6 +209,11 @@ class EnrollmentService:
         await self.get_token(session, principal, token_id)
         return await repository.uses_of(session, token_id)
 
+    async def revoke_tokens_bound_to(self, session: AsyncSession, user_id: uuid.UUID) -> list[str]:
+        """When a user is deleted: their tokens would otherwise enroll devices for nobody. Returns the
+        revoked tokens' names (the caller audits the deletion that caused it)."""
+        return await repository.revoke_bound_to(session, user_id, utcnow())
+
     # ---------------------------------------------------------------- enrolling (devices)
     async def _refuse(
         self,
@@ -281,6 +287,17 @@ class EnrollmentService:
                     f"(allowed: {', '.join(token.platforms)})."
                 ),
             )
+        if token.user_id is not None:
+            # Devices enrolled with a bound token are the user's: the user must be able to hold them.
+            user = await users_repository.get(session, token.user_id)
+            refusal = None
+            if user is None or not user.enabled:
+                name = user.user_principal_name if user else "The bound user"
+                refusal = f"{name} is disabled: their devices cannot enroll."
+            elif not await licence_service.holds_any(session, user.id):
+                refusal = f"{user.user_principal_name} holds no Corral licence."
+            if refusal:
+                raise await self._refuse(sessionmaker, token, facts, Forbidden(refusal))
         try:
             csr = certs.load_csr(csr_pem)
         except certs.CsrRefused as exc:

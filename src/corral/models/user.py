@@ -51,6 +51,8 @@ class User(IdMixin, TimestampMixin, Model):
 # Sign-in names are unique regardless of case; email addresses are looked up the same way.
 Index("uq_users_upn_lower", func.lower(User.user_principal_name), unique=True)
 Index("ix_users_email_lower", func.lower(User.email))
+# The user list sorts by display name by default (keyset pagination on lower(display_name), id).
+Index("ix_users_display_name_lower", func.lower(User.display_name))
 Index(
     "uq_users_connection_external_id",
     User.connection_id,

@@ -30,7 +30,7 @@ from corral.tenant.schemas import TenantSettingsUpdate
 from corral.tenant.service import tenant_service
 from corral.tokens.schemas import ApiTokenCreate
 from corral.tokens.service import token_service
-from corral.users.schemas import UserCreate, UserUpdate
+from corral.users.schemas import AdminCreate, UserUpdate
 from corral.users.service import user_service
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
@@ -110,7 +110,7 @@ async def dashboard(
             )
             or 0
         )
-        recent = (await audit_service.search(session, AuditFilter(limit=8))).items
+        recent = (await audit_service.search(session, AuditFilter(limit=8), principal)).items
     tenant = await tenant_service.get(session)
     return render(request, "home/dashboard.html", {"counts": counts, "recent": recent, "tenant": tenant})
 
@@ -136,12 +136,12 @@ async def create_admin(
     roles = await rbac_service.list_roles(session) if principal.has(P.roles_assign) else []
     form = {"email": email, "display_name": display_name, "role_id": role_id}
     try:
-        data = UserCreate(
+        data = AdminCreate(
             email=email, display_name=display_name, role_id=uuid.UUID(role_id) if role_id else None
         )
         if data.role_id is not None and not principal.has(P.roles_assign):
             raise Forbidden("Giving a role needs the permission roles:assign.")
-        created = await user_service.create_local(session, data, principal=principal)
+        created = await user_service.create_admin(session, data, principal=principal)
     except ValueError as exc:
         message = _first_error(exc) if isinstance(exc, ValidationError) else "Choose a role from the list."
         return render(
@@ -210,11 +210,13 @@ async def set_admin_enabled(
 ) -> Response:
     want = enabled == "true"
     try:
-        user = await user_service.update(session, user_id, UserUpdate(enabled=want), principal)
+        user, outcome = await user_service.update_with_outcome(
+            session, user_id, UserUpdate(enabled=want), principal
+        )
     except CorralError as exc:
         return redirect(request, f"/portal/admins/{user_id}", exc.detail, "error")
-    verb = "enabled" if want else "disabled; their sessions were ended"
-    return redirect(request, f"/portal/admins/{user_id}", f"{user.email} is {verb}.")
+    verb = f"disabled ({outcome.summary()})" if outcome else ("enabled" if want else "disabled")
+    return redirect(request, f"/portal/admins/{user_id}", f"{user.user_principal_name} is {verb}.")
 
 
 @router.post("/admins/{user_id}/password-reset")
@@ -546,7 +548,7 @@ def _audit_filter(params: dict[str, str]) -> AuditFilter:
 
 
 @router.get("/audit")
-async def audit(request: Request, session: SessionDep, _: AuditRead) -> Response:
+async def audit(request: Request, session: SessionDep, principal: AuditRead) -> Response:
     params = dict(request.query_params)
     try:
         filters = _audit_filter(params)
@@ -558,11 +560,11 @@ async def audit(request: Request, session: SessionDep, _: AuditRead) -> Response
                 "page": None,
                 "params": params,
                 "error": _first_error(exc),
-                "activities": await audit_service.activities(session),
+                "activities": await audit_service.activities(session, principal),
             },
             status_code=400,
         )
-    page = await audit_service.search(session, filters)
+    page = await audit_service.search(session, filters, principal)
     next_params = {k: v for k, v in params.items() if k != "cursor" and v}
     return render(
         request,
@@ -571,7 +573,7 @@ async def audit(request: Request, session: SessionDep, _: AuditRead) -> Response
             "page": page,
             "params": params,
             "next_params": next_params,
-            "activities": await audit_service.activities(session),
+            "activities": await audit_service.activities(session, principal),
         },
     )
 
@@ -580,7 +582,7 @@ async def audit(request: Request, session: SessionDep, _: AuditRead) -> Response
 async def audit_csv(
     request: Request,
     session: SessionDep,
-    _: AuditRead,
+    principal: AuditRead,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     try:
@@ -594,7 +596,7 @@ async def audit_csv(
             {"title": "Invalid filter", "detail": _first_error(exc), "status": 400},
             status_code=400,
         )
-    events = await audit_service.export(session, filters)
+    events = await audit_service.export(session, filters, principal=principal)
     return Response(
         to_csv(CSV_HEADER, (csv_row(e) for e in events)),
         media_type="text/csv; charset=utf-8",
@@ -617,13 +619,17 @@ async def save_settings(
     support_email: Annotated[str, Form(max_length=400)] = "",
     support_phone: Annotated[str, Form(max_length=200)] = "",
     support_url: Annotated[str, Form(max_length=1000)] = "",
+    deprovisioned_user_devices: Annotated[str, Form(max_length=16)] = "",
 ) -> Response:
     try:
-        data = TenantSettingsUpdate(
-            organization_name=organization_name,
-            support_email=support_email,
-            support_phone=support_phone,
-            support_url=support_url,
+        data = TenantSettingsUpdate.model_validate(
+            {
+                "organization_name": organization_name,
+                "support_email": support_email,
+                "support_phone": support_phone,
+                "support_url": support_url,
+                "deprovisioned_user_devices": deprovisioned_user_devices or None,
+            }
         )
         await tenant_service.update(session, data)
     except ValidationError as exc:
@@ -633,6 +639,7 @@ async def save_settings(
             "support_email": support_email,
             "support_phone": support_phone,
             "support_url": support_url,
+            "deprovisioned_user_devices": deprovisioned_user_devices or tenant.deprovisioned_user_devices,
         }
         return render(
             request,

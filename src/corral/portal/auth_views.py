@@ -94,7 +94,7 @@ def _sign_in_page(
     settings: Settings,
     *,
     error: str | None = None,
-    email: str = "",
+    username: str = "",
     next_url: str = "/portal",
     status_code: int = 200,
     headers: dict[str, str] | None = None,
@@ -103,7 +103,7 @@ def _sign_in_page(
     response = render(
         request,
         "auth/sign_in.html",
-        {"error": error, "email": email, "next": next_url, "form_token": token},
+        {"error": error, "username": username, "next": next_url, "form_token": token},
         status_code=status_code,
         headers=headers,
     )
@@ -126,7 +126,7 @@ async def sign_in(
     session: SessionDep,
     sessionmaker: SessionMakerDep,
     settings: SettingsDep,
-    email: Annotated[str, Form(max_length=320)] = "",
+    username: Annotated[str, Form(max_length=320)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
     form_token: Annotated[str, Form(max_length=200)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/portal",
@@ -136,27 +136,29 @@ async def sign_in(
         return _sign_in_page(
             request,
             settings,
-            email=email,
+            username=username,
             next_url=next_url,
             status_code=403,
             error="The sign-in form expired. Please try again.",
         )
-    if not email.strip() or not password:
+    if not username.strip() or not password:
         return _sign_in_page(
             request,
             settings,
-            email=email,
+            username=username,
             next_url=next_url,
             status_code=400,
-            error="Enter your email address and password.",
+            error="Enter your sign-in name and password.",
         )
     try:
-        result = await auth_service.sign_in(session, sessionmaker, settings, email=email, password=password)
+        result = await auth_service.sign_in(
+            session, sessionmaker, settings, username=username, password=password
+        )
     except TooManyRequests as exc:
         return _sign_in_page(
             request,
             settings,
-            email=email,
+            username=username,
             next_url=next_url,
             status_code=429,
             error=exc.detail,
@@ -164,7 +166,7 @@ async def sign_in(
         )
     except NotAuthenticated as exc:
         return _sign_in_page(
-            request, settings, email=email, next_url=next_url, status_code=401, error=exc.detail
+            request, settings, username=username, next_url=next_url, status_code=401, error=exc.detail
         )
     if result.needs_second_factor:
         target = f"/portal/sign-in/verify?next={quote(next_url, safe='')}"

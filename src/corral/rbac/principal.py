@@ -40,6 +40,9 @@ class Scope:
 EVERYWHERE = Scope(all=True)
 NOWHERE = Scope()
 
+# Acts for Corral itself (tenant policies applied automatically); never a row in ``users``.
+SYSTEM_USER_ID = uuid.UUID(int=0)
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -56,7 +59,8 @@ class Principal:
     """An authenticated admin (through a session or an API token) and their effective grants."""
 
     user_id: uuid.UUID
-    email: str
+    # The sign-in name: what audit events and command histories call this admin.
+    user_principal_name: str
     display_name: str
     grants: tuple[Grant, ...] = ()
     token_id: uuid.UUID | None = None
@@ -65,6 +69,7 @@ class Principal:
     session_id: uuid.UUID | None = None
     csrf_token: str | None = None
     must_change_password: bool = False
+    email: str | None = None
     _scopes: dict[P, Scope] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,3 +118,17 @@ def authorize_object(
         raise NotFound("No such object.")
     if not principal.scope_for(permission).covers(tags):
         raise Forbidden(f"This needs the permission {permission.value} over this object's scope.")
+
+
+def system_principal(name: str, permissions: frozenset[P]) -> Principal:
+    """Corral itself, applying a tenant policy (for example retiring a deprovisioned user's devices): holds
+    just ``permissions``, everywhere. What it does is still audited under the request's own actor."""
+    grant = Grant(
+        role_id=SYSTEM_USER_ID,
+        role_name="Corral",
+        assignment_id=SYSTEM_USER_ID,
+        assignment_name=name,
+        permissions=permissions,
+        scope=EVERYWHERE,
+    )
+    return Principal(user_id=SYSTEM_USER_ID, user_principal_name=name, display_name=name, grants=(grant,))

@@ -68,7 +68,8 @@ class ScopeTagCreate(BaseModel):
 
 class MemberOut(BaseModel):
     id: uuid.UUID
-    email: str
+    user_principal_name: str
+    email: str | None
     display_name: str
 
 
@@ -110,7 +111,8 @@ class EffectivePermission(BaseModel):
 
 class EffectiveAccess(BaseModel):
     user_id: uuid.UUID
-    email: str
+    user_principal_name: str
+    email: str | None
     display_name: str
     is_admin: bool
     permissions: list[EffectivePermission]

@@ -61,8 +61,10 @@ def assignment_out(assignment: RoleAssignment) -> RoleAssignmentOut:
             ScopeTagOut.model_validate(tag) for tag in sorted(assignment.scope_tags, key=lambda t: t.name)
         ],
         members=[
-            MemberOut(id=m.id, email=m.email, display_name=m.display_name)
-            for m in sorted(assignment.members, key=lambda m: m.email)
+            MemberOut(
+                id=m.id, user_principal_name=m.user_principal_name, email=m.email, display_name=m.display_name
+            )
+            for m in sorted(assignment.members, key=lambda m: m.user_principal_name.lower())
         ],
     )
 
@@ -276,7 +278,7 @@ class RbacService:
             target_name=created.name,
             changes=[
                 ("role", None, role.name),
-                ("members", None, sorted(m.email for m in members)),
+                ("members", None, sorted(m.user_principal_name for m in members)),
                 ("scope", None, "all" if data.scope_all else sorted(t.name for t in tags)),
             ],
         )
@@ -309,7 +311,7 @@ class RbacService:
         members = await repository.users_by_ids(session, member_ids)
         if len(members) != len(set(member_ids)):
             raise ValidationFailed("One or more members do not exist.")
-        before = sorted(m.email for m in assignment.members)
+        before = sorted(m.user_principal_name for m in assignment.members)
         removed = {m.id for m in assignment.members} - {m.id for m in members}
         if assignment.role_id == GLOBAL_ADMINISTRATOR.id and assignment.scope_all and removed:
             await self._guard_last_global_admin(
@@ -325,7 +327,7 @@ class RbacService:
             target_type="role_assignment",
             target_id=assignment.id,
             target_name=assignment.name,
-            changes=[("members", before, sorted(m.email for m in members))],
+            changes=[("members", before, sorted(m.user_principal_name for m in members))],
         )
         return assignment
 
@@ -370,7 +372,7 @@ class RbacService:
             target_name=assignment.name,
             changes=[
                 ("role", assignment.role.name, None),
-                ("members", sorted(m.email for m in assignment.members), None),
+                ("members", sorted(m.user_principal_name for m in assignment.members), None),
             ],
         )
 
@@ -382,7 +384,7 @@ class RbacService:
         for grant in await auth_service.grants_of(session, user.id):
             if not principal.can_grant(grant.permissions, grant.scope):
                 raise Forbidden(
-                    f"{user.email} holds rights you do not ({grant.role_name}); "
+                    f"{user.user_principal_name} holds rights you do not ({grant.role_name}); "
                     "only an administrator holding them can do this."
                 )
 
@@ -390,7 +392,11 @@ class RbacService:
     async def effective_access(self, session: AsyncSession, user: User) -> EffectiveAccess:
         grants = await auth_service.grants_of(session, user.id)
         principal = Principal(
-            user_id=user.id, email=user.email, display_name=user.display_name, grants=grants
+            user_id=user.id,
+            user_principal_name=user.user_principal_name,
+            email=user.email,
+            display_name=user.display_name,
+            grants=grants,
         )
         tag_names = {t.id: t.name for t in await repository.list_scope_tags(session)}
         rows = []
@@ -413,6 +419,7 @@ class RbacService:
             )
         return EffectiveAccess(
             user_id=user.id,
+            user_principal_name=user.user_principal_name,
             email=user.email,
             display_name=user.display_name,
             is_admin=principal.is_admin,

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+DeprovisionedUserDevices = Literal["keep", "retire"]
 
 
 class TenantSettingsOut(BaseModel):
@@ -10,6 +14,10 @@ class TenantSettingsOut(BaseModel):
     support_email: str
     support_phone: str
     support_url: str
+    deprovisioned_user_devices: DeprovisionedUserDevices = Field(
+        description="What happens to a user's managed devices when the user is disabled or deleted: "
+        "'keep' (managed as before) or 'retire' (a retire is queued for each)"
+    )
 
 
 class TenantSettingsUpdate(BaseModel):
@@ -21,3 +29,4 @@ class TenantSettingsUpdate(BaseModel):
     )
     support_phone: str | None = Field(default=None, max_length=64)
     support_url: str | None = Field(default=None, max_length=512, pattern=r"^$|^https?://\S+$")
+    deprovisioned_user_devices: DeprovisionedUserDevices | None = None

@@ -9,7 +9,13 @@ from corral.audit.service import audit_service, diff
 from corral.models import TenantSettings
 from corral.tenant.schemas import TenantSettingsUpdate
 
-FIELDS = ("organization_name", "support_email", "support_phone", "support_url")
+FIELDS = (
+    "organization_name",
+    "support_email",
+    "support_phone",
+    "support_url",
+    "deprovisioned_user_devices",
+)
 
 
 class TenantService:

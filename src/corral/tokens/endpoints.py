@@ -29,8 +29,8 @@ async def list_own_tokens(session: SessionDep, principal: SignedIn) -> list[ApiT
 @router.get("/all", response_model=list[ApiTokenOwnedOut])
 async def list_all_tokens(session: SessionDep, _: ManageTokens) -> list[ApiTokenOwnedOut]:
     return [
-        ApiTokenOwnedOut(**ApiTokenOut.model_validate(t).model_dump(), owner_email=email)
-        for t, email in await token_service.list_all(session)
+        ApiTokenOwnedOut(**ApiTokenOut.model_validate(t).model_dump(), owner_user_principal_name=upn)
+        for t, upn in await token_service.list_all(session)
     ]
 
 

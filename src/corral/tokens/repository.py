@@ -15,7 +15,7 @@ async def list_for_user(session: AsyncSession, user_id: uuid.UUID) -> list[ApiTo
 
 async def list_all(session: AsyncSession) -> list[tuple[ApiToken, str]]:
     stmt = (
-        select(ApiToken, User.email)
+        select(ApiToken, User.user_principal_name)
         .join(User, User.id == ApiToken.user_id)
         .order_by(ApiToken.created_at.desc())
     )

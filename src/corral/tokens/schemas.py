@@ -23,7 +23,7 @@ class ApiTokenOut(BaseModel):
 
 
 class ApiTokenOwnedOut(ApiTokenOut):
-    owner_email: str
+    owner_user_principal_name: str
 
 
 class ApiTokenCreate(BaseModel):

@@ -50,7 +50,7 @@ class TokenService:
             operation="create",
             target_type="api_token",
             target_id=api_token.id,
-            target_name=f"{owner.email}: {api_token.name}",
+            target_name=f"{owner.user_principal_name}: {api_token.name}",
             changes=[
                 ("name", None, api_token.name),
                 ("permissions", None, api_token.permissions or "all"),

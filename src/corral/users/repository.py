@@ -1,35 +1,147 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import ColumnElement, Select, exists, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.errors import BadRequest
+from corral.kit.pagination import decode_cursor, encode_cursor
 from corral.models import User, role_assignment_members
+from corral.users.schemas import UserFilter
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TEXT_SORTS = {"display_name", "user_principal_name"}
 
 
-async def get(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+async def get(session: AsyncSession, user_id: uuid.UUID, *, for_update: bool = False) -> User | None:
+    if for_update:
+        result: User | None = await session.scalar(select(User).where(User.id == user_id).with_for_update())
+        return result
     return await session.get(User, user_id)
 
 
-async def by_email(session: AsyncSession, email: str) -> User | None:
-    return await session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+async def by_upn(session: AsyncSession, upn: str) -> User | None:
+    return await session.scalar(
+        select(User).where(func.lower(User.user_principal_name) == upn.strip().lower())
+    )
+
+
+def _is_admin() -> ColumnElement[bool]:
+    return exists().where(role_assignment_members.c.user_id == User.id)
+
+
+async def is_admin(session: AsyncSession, user_id: uuid.UUID) -> bool:
+    stmt = select(exists().where(role_assignment_members.c.user_id == user_id))
+    return bool(await session.scalar(stmt))
+
+
+async def admin_ids(session: AsyncSession, user_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    stmt = select(role_assignment_members.c.user_id).where(role_assignment_members.c.user_id.in_(user_ids))
+    return set((await session.scalars(stmt)).all())
 
 
 async def list_admins(session: AsyncSession) -> list[User]:
-    is_member = exists().where(role_assignment_members.c.user_id == User.id)
-    return list((await session.scalars(select(User).where(is_member).order_by(User.email))).all())
+    stmt = select(User).where(_is_admin()).order_by(func.lower(User.user_principal_name))
+    return list((await session.scalars(stmt)).all())
 
 
 async def list_all(session: AsyncSession, search: str | None = None, limit: int = 200) -> list[User]:
-    stmt = select(User).order_by(User.email).limit(limit)
+    """A short list for pickers (role assignment members): administrators first, then by name."""
+    stmt = select(User).order_by(_is_admin().desc(), func.lower(User.user_principal_name)).limit(limit)
     if search:
-        stmt = stmt.where(
-            User.email.icontains(search, autoescape=True)
-            | User.display_name.icontains(search, autoescape=True)
-        )
+        stmt = stmt.where(_search(search))
     return list((await session.scalars(stmt)).all())
 
 
 async def count(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(User)) or 0)
+
+
+# ------------------------------------------------------------------------------------------- the user list
+def _search(needle: str) -> ColumnElement[bool]:
+    needle = needle.strip()
+    return or_(
+        User.user_principal_name.icontains(needle, autoescape=True),
+        User.display_name.icontains(needle, autoescape=True),
+        User.email.icontains(needle, autoescape=True),
+    )
+
+
+def _sort_expr(sort: str) -> tuple[ColumnElement[Any], bool]:
+    descending = sort.startswith("-")
+    key = sort.lstrip("-")
+    expr: ColumnElement[Any]
+    if key == "display_name":
+        expr = func.lower(User.display_name)
+    elif key == "user_principal_name":
+        expr = func.lower(User.user_principal_name)
+    elif key == "last_sign_in_at":
+        expr = func.coalesce(User.last_sign_in_at, EPOCH)
+    else:
+        expr = User.created_at.expression
+    return expr, descending
+
+
+def filtered(filters: UserFilter) -> Select[Any]:
+    stmt = select(User)
+    if filters.search and filters.search.strip():
+        stmt = stmt.where(_search(filters.search))
+    if filters.source is not None:
+        stmt = stmt.where(User.source == filters.source)
+    if filters.enabled is not None:
+        stmt = stmt.where(User.enabled.is_(filters.enabled))
+    if filters.department:
+        stmt = stmt.where(func.lower(User.department) == filters.department.strip().lower())
+    return stmt
+
+
+async def page(session: AsyncSession, filters: UserFilter) -> tuple[list[User], str | None, int]:
+    base = filtered(filters)
+    total = int(await session.scalar(select(func.count()).select_from(base.subquery())) or 0)
+    expr, descending = _sort_expr(filters.sort)
+    stmt = base
+    cursor = decode_cursor(filters.cursor)
+    if cursor is not None:
+        try:
+            value, last_id = cursor
+            if filters.sort.lstrip("-") not in TEXT_SORTS:
+                value = datetime.fromisoformat(value)
+            elif not isinstance(value, str):
+                raise TypeError("not a text key")
+            last_uuid = uuid.UUID(str(last_id))
+        except (ValueError, TypeError) as exc:
+            raise BadRequest("The pagination cursor is malformed; start again from the first page.") from exc
+        key = tuple_(expr, User.id)
+        stmt = stmt.where(key < tuple_(value, last_uuid) if descending else key > tuple_(value, last_uuid))
+    order = (expr.desc(), User.id.desc()) if descending else (expr.asc(), User.id.asc())
+    # The cursor holds the sort key as the database computed it (its lower() is what it compares).
+    rows = (await session.execute(stmt.add_columns(expr).order_by(*order).limit(filters.limit + 1))).all()
+    more = len(rows) > filters.limit
+    items = [row[0] for row in rows[: filters.limit]]
+    next_cursor = None
+    if more and items:
+        last_key: Any = rows[filters.limit - 1][1]
+        if isinstance(last_key, datetime):
+            last_key = last_key.isoformat()
+        next_cursor = encode_cursor([last_key, str(items[-1].id)])
+    return items, next_cursor, total
+
+
+async def export(session: AsyncSession, filters: UserFilter, limit: int = 100_000) -> list[User]:
+    expr, descending = _sort_expr(filters.sort)
+    stmt = filtered(filters).order_by(expr.desc() if descending else expr.asc(), User.id).limit(limit)
+    return list((await session.scalars(stmt)).all())
+
+
+async def departments(session: AsyncSession, limit: int = 500) -> list[str]:
+    stmt = (
+        select(User.department)
+        .where(User.department.isnot(None), User.department != "")
+        .group_by(User.department)
+        .order_by(func.lower(User.department))
+        .limit(limit)
+    )
+    return [d for d in (await session.scalars(stmt)).all() if d]

@@ -2,35 +2,140 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from corral.devices.schemas import DeviceOut
+from corral.groups.schemas import GroupMembership
+from corral.licensing.schemas import UserLicenceOut
+from corral.models import UserSource
 
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}$"
+# A user principal name is an Internet-style name, alias@domain (the domain need not receive mail).
+UPN_PATTERN = EMAIL_PATTERN
+
+
+PROPERTY_LABELS: dict[str, str] = {
+    "user_principal_name": "User principal name",
+    "display_name": "Display name",
+    "email": "Email address",
+    "given_name": "First name",
+    "surname": "Last name",
+    "department": "Department",
+    "job_title": "Job title",
+}
 
 
 def normalise_email(value: str) -> str:
     return value.strip().lower()
 
 
+def _blank_to_none(value: Any) -> Any:
+    """Optional text left empty (as forms send it) means "none"."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+OptionalText = Annotated[Annotated[str, Field(max_length=128)] | None, BeforeValidator(_blank_to_none)]
+OptionalEmail = Annotated[
+    Annotated[str, Field(max_length=320, pattern=EMAIL_PATTERN)] | None, BeforeValidator(_blank_to_none)
+]
+
+
 class UserOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
-    email: str
+    user_principal_name: str = Field(description="The sign-in name")
+    email: str | None
     display_name: str
-    source: str
+    given_name: str | None
+    surname: str | None
+    department: str | None
+    job_title: str | None
+    source: UserSource = Field(description="local, or provisioned by an identity provider (oidc, scim)")
+    connection_id: uuid.UUID | None = Field(description="The identity connection that provisioned the user")
+    external_id: str | None
     enabled: bool
     must_change_password: bool
     totp_enabled: bool
     last_sign_in_at: datetime | None
     created_at: datetime
+    updated_at: datetime
 
 
 class AdminOut(UserOut):
     roles: list[str]
 
 
+class UserDetail(UserOut):
+    is_admin: bool = Field(description="Holds at least one role assignment")
+    devices: list[DeviceOut] = Field(
+        description="Devices enrolled for the user, within your devices:read scope"
+    )
+    devices_total: int
+    groups: list[GroupMembership] = Field(
+        description="The groups the user belongs to, directly or through nested groups (with groups:read; "
+        "else empty)"
+    )
+
+
+class UserDetailLicensed(UserDetail):
+    """The detail as a holder of licences:read sees it."""
+
+    licences: list[UserLicenceOut]
+
+
 class UserCreate(BaseModel):
+    """A local user (an end user): no password, so no local sign-in. Administrators are created with
+    ``POST /api/v1/admins``; users from an identity provider sign in there."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    user_principal_name: str = Field(max_length=320, pattern=UPN_PATTERN, description="alias@domain")
+    display_name: str = Field(min_length=1, max_length=256)
+    email: OptionalEmail = None
+    given_name: OptionalText = None
+    surname: OptionalText = None
+    department: OptionalText = None
+    job_title: OptionalText = None
+
+    @field_validator("email")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return normalise_email(value) if value else None
+
+
+class UserUpdate(BaseModel):
+    """Send only what changes; ``null`` clears an optional property. Users provisioned by an identity
+    provider can only be enabled or disabled here: their properties belong to the provider."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    user_principal_name: str | None = Field(default=None, max_length=320, pattern=UPN_PATTERN)
+    display_name: str | None = Field(default=None, min_length=1, max_length=256)
+    email: OptionalEmail = None
+    given_name: OptionalText = None
+    surname: OptionalText = None
+    department: OptionalText = None
+    job_title: OptionalText = None
+    enabled: bool | None = Field(
+        default=None,
+        description="false ends all of the user's sessions at once and applies the tenant setting "
+        "deprovisioned_user_devices to their devices",
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return normalise_email(value) if value else None
+
+
+class AdminCreate(BaseModel):
+    """A local administrator account: signs in with its email address (its user principal name)."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     email: str = Field(max_length=320, pattern=EMAIL_PATTERN)
@@ -50,16 +155,39 @@ class UserCreate(BaseModel):
         return normalise_email(value)
 
 
-class UserCreated(BaseModel):
+class AdminCreated(BaseModel):
     user: UserOut
     one_time_password: str | None = Field(description="Shown once; the user must change it at first sign-in.")
 
 
-class UserUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+SortKey = Literal[
+    "display_name",
+    "-display_name",
+    "user_principal_name",
+    "-user_principal_name",
+    "last_sign_in_at",
+    "-last_sign_in_at",
+    "created_at",
+    "-created_at",
+]
 
-    display_name: str | None = Field(default=None, min_length=1, max_length=256)
+
+class UserFilter(BaseModel):
+    search: str | None = Field(
+        default=None, max_length=200, description="User principal name, display name or email contains"
+    )
+    source: UserSource | None = None
     enabled: bool | None = None
+    department: str | None = Field(default=None, max_length=128, description="Exactly (any case)")
+    sort: SortKey = "display_name"
+    cursor: str | None = Field(default=None, max_length=400)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class UserPage(BaseModel):
+    items: list[UserOut]
+    next_cursor: str | None
+    total: int
 
 
 class PasswordReset(BaseModel):

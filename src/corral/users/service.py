@@ -1,9 +1,13 @@
-"""Local accounts: create, enable/disable (ending sessions), passwords, second factor, the bootstrap admin."""
+"""Users: the people Corral knows (end users, and administrators: users holding role assignments). Local
+ones are created here; others come from an identity provider. Disabling or deleting a user ends their sessions
+and applies the tenant's policy to their devices. Also local passwords, the second factor and the bootstrap
+administrator."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -11,16 +15,92 @@ from corral.audit.service import audit_service, diff
 from corral.auth import repository as auth_repository
 from corral.auth.service import auth_service
 from corral.config import Settings
-from corral.errors import Conflict, NotFound, ValidationFailed
+from corral.devices.schemas import DeviceFilter
+from corral.devices.service import IssueRequest, device_out, device_service
+from corral.enrollment.service import enrollment_service
+from corral.errors import Conflict, CorralError, NotFound, ValidationFailed
+from corral.groups import membership as group_membership
+from corral.groups.service import group_service
+from corral.kit.csvexport import to_csv
 from corral.kit.security import SecretBox, generate_password, hash_password, password_problem, verify_password
 from corral.kit.time import utcnow
+from corral.licensing.service import licence_service
 from corral.models import RoleAssignment, User, UserSource
 from corral.rbac import repository as rbac_repository
-from corral.rbac.principal import EVERYWHERE, Principal
+from corral.rbac.permissions import P
+from corral.rbac.principal import EVERYWHERE, Principal, system_principal
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR
 from corral.rbac.service import rbac_service, role_permissions
+from corral.tenant.service import tenant_service
 from corral.users import repository
-from corral.users.schemas import UserCreate, UserUpdate, normalise_email
+from corral.users.schemas import (
+    AdminCreate,
+    UserCreate,
+    UserDetail,
+    UserDetailLicensed,
+    UserFilter,
+    UserOut,
+    UserUpdate,
+    normalise_email,
+)
+
+DEPROVISION_REASON = "User deprovisioned"
+# Who asks for the retire of a deprovisioned user's devices: Corral applying the tenant setting (the audit
+# events still name the administrator or identity provider who disabled or deleted the user).
+DEPROVISIONING = system_principal(
+    "Corral (deprovisioned user's devices)", frozenset({P.devices_read, P.remote_retire})
+)
+DETAIL_DEVICES = 100
+
+PROPERTIES = (
+    "user_principal_name",
+    "email",
+    "display_name",
+    "given_name",
+    "surname",
+    "department",
+    "job_title",
+)
+CSV_HEADER = [
+    "id",
+    "user_principal_name",
+    "display_name",
+    "email",
+    "given_name",
+    "surname",
+    "department",
+    "job_title",
+    "source",
+    "enabled",
+    "last_sign_in_at",
+    "created_at",
+]
+CSV_LICENCES = "licences"
+
+
+def user_out(user: User) -> UserOut:
+    return UserOut.model_validate(user)
+
+
+def csv_row(user: User) -> list[object]:
+    return [
+        user.id,
+        user.user_principal_name,
+        user.display_name,
+        user.email,
+        user.given_name,
+        user.surname,
+        user.department,
+        user.job_title,
+        user.source.value,
+        user.enabled,
+        user.last_sign_in_at.isoformat() if user.last_sign_in_at else "",
+        user.created_at.isoformat(),
+    ]
+
+
+def _snapshot(user: User) -> dict[str, object]:
+    return {**{name: getattr(user, name) for name in PROPERTIES}, "enabled": user.enabled}
 
 
 @dataclass
@@ -29,16 +109,72 @@ class CreatedUser:
     one_time_password: str | None
 
 
-def _snapshot(user: User) -> dict[str, object]:
-    return {"display_name": user.display_name, "enabled": user.enabled}
+@dataclass
+class Deprovisioned:
+    """What disabling or deleting a user did beyond the user row."""
+
+    sessions_ended: int = 0
+    policy: str = "keep"
+    retire_queued: list[str] = field(default_factory=list)
+    retire_skipped: list[str] = field(default_factory=list)
+    tokens_revoked: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.sessions_ended} session(s) ended"]
+        if self.policy == "retire":
+            parts.append(f"retire queued for {len(self.retire_queued)} device(s)")
+            if self.retire_skipped:
+                parts.append("not retired: " + "; ".join(self.retire_skipped))
+        else:
+            parts.append("devices kept (tenant setting)")
+        if self.tokens_revoked:
+            parts.append("enrollment token(s) revoked: " + ", ".join(self.tokens_revoked))
+        return "; ".join(parts)
 
 
 class UserService:
+    # ---------------------------------------------------------------- reads
     async def get(self, session: AsyncSession, user_id: uuid.UUID) -> User:
         user = await repository.get(session, user_id)
         if user is None:
             raise NotFound("No such user.")
         return user
+
+    async def page(self, session: AsyncSession, filters: UserFilter) -> tuple[list[User], str | None, int]:
+        return await repository.page(session, filters)
+
+    async def export_csv(self, session: AsyncSession, principal: Principal, filters: UserFilter) -> str:
+        """The filtered users as CSV, for the API and the admin center; the licences column only for
+        holders of licences:read."""
+        users = await repository.export(session, filters)
+        if not principal.has(P.licences_read):
+            return to_csv(CSV_HEADER, (csv_row(u) for u in users))
+        held = await licence_service.skus_by_user(session, [u.id for u in users])
+        rows = ([*csv_row(u), " ".join(held.get(u.id, []))] for u in users)
+        return to_csv([*CSV_HEADER, CSV_LICENCES], rows)
+
+    async def departments(self, session: AsyncSession) -> list[str]:
+        return await repository.departments(session)
+
+    async def detail(
+        self, session: AsyncSession, settings: Settings, principal: Principal, user: User
+    ) -> UserDetail:
+        """The user with their devices (those in the caller's devices:read scope), direct groups (with
+        groups:read) and, only for holders of licences:read, their licences."""
+        devices, _cursor, total = await device_service.page(
+            session, settings, principal, DeviceFilter(user_id=user.id, limit=DETAIL_DEVICES)
+        )
+        groups = await group_service.groups_of_user(session, user.id) if principal.has(P.groups_read) else []
+        values: dict[str, Any] = {
+            **user_out(user).model_dump(),
+            "is_admin": await repository.is_admin(session, user.id),
+            "devices": [device_out(d, settings.stale_device_days) for d in devices],
+            "devices_total": total,
+            "groups": groups,
+        }
+        if principal.has(P.licences_read):
+            return UserDetailLicensed(**values, licences=await licence_service.of_user(session, user.id))
+        return UserDetail(**values)
 
     async def list_admins(self, session: AsyncSession) -> list[User]:
         return await repository.list_admins(session)
@@ -53,12 +189,57 @@ class UserService:
     async def list_all(self, session: AsyncSession, search: str | None = None) -> list[User]:
         return await repository.list_all(session, search)
 
-    async def create_local(
-        self, session: AsyncSession, data: UserCreate, *, principal: Principal | None = None
+    async def is_admin(self, session: AsyncSession, user_id: uuid.UUID) -> bool:
+        return await repository.is_admin(session, user_id)
+
+    async def admin_ids(self, session: AsyncSession, user_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these users hold a role assignment."""
+        return await repository.admin_ids(session, user_ids)
+
+    # ---------------------------------------------------------------- creating
+    async def _check_upn_free(self, session: AsyncSession, upn: str, own_id: uuid.UUID | None = None) -> None:
+        other = await repository.by_upn(session, upn)
+        if other is not None and other.id != own_id:
+            raise Conflict(f"A user with the user principal name {upn} already exists.")
+
+    async def create_user(self, session: AsyncSession, principal: Principal, data: UserCreate) -> User:
+        """A local end user: no password, so no local sign-in (they sign in through an identity provider
+        once one is connected); devices can be enrolled for them."""
+        await self._check_upn_free(session, data.user_principal_name)
+        user = User(
+            id=uuid.uuid4(),
+            user_principal_name=data.user_principal_name,
+            email=data.email,
+            display_name=data.display_name,
+            given_name=data.given_name,
+            surname=data.surname,
+            department=data.department,
+            job_title=data.job_title,
+            source=UserSource.local,
+        )
+        session.add(user)
+        await session.flush()
+        await session.refresh(user)
+        await audit_service.record(
+            session,
+            activity="user.create",
+            category="user",
+            operation="create",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.user_principal_name,
+            changes=[(name, None, value) for name, value in _snapshot(user).items() if value is not None],
+        )
+        await group_membership.refresh_user(session, user)
+        return user
+
+    async def create_admin(
+        self, session: AsyncSession, data: AdminCreate, *, principal: Principal | None = None
     ) -> CreatedUser:
-        """Create a local account; ``principal`` None means the command line (a machine operator)."""
-        if await repository.by_email(session, data.email):
-            raise Conflict(f"An account with the email address {data.email} already exists.")
+        """A local account that signs in with a password, its email address being its user principal name;
+        optionally with a role over everything. ``principal`` None means the command line (a machine
+        operator)."""
+        await self._check_upn_free(session, data.email)
         one_time = None
         if data.password is None:
             one_time = generate_password()
@@ -73,10 +254,12 @@ class UserService:
             role = await rbac_service.get_role(session, data.role_id)
             if principal is not None:
                 rbac_service.check_can_grant(principal, role_permissions(role), EVERYWHERE)
+        email = normalise_email(data.email)
         user = User(
             id=uuid.uuid4(),
-            email=normalise_email(data.email),
-            display_name=data.display_name or data.email.split("@")[0],
+            user_principal_name=email,
+            email=email,
+            display_name=data.display_name or email.split("@")[0],
             source=UserSource.local,
             password_hash=hash_password(password),
             must_change_password=one_time is not None,
@@ -90,8 +273,9 @@ class UserService:
             operation="create",
             target_type="user",
             target_id=user.id,
-            target_name=user.email,
+            target_name=user.user_principal_name,
             changes=[
+                ("user_principal_name", None, user.user_principal_name),
                 ("email", None, user.email),
                 ("display_name", None, user.display_name),
                 ("password", None, "set"),
@@ -100,7 +284,7 @@ class UserService:
         if role is not None:
             assignment = RoleAssignment(
                 id=uuid.uuid4(),
-                name=f"{role.name}: {user.email}",
+                name=f"{role.name}: {user.user_principal_name}",
                 description="",
                 role_id=role.id,
                 scope_all=True,
@@ -117,32 +301,55 @@ class UserService:
                 target_type="role_assignment",
                 target_id=assignment.id,
                 target_name=assignment.name,
-                changes=[("role", None, role.name), ("members", None, [user.email]), ("scope", None, "all")],
+                changes=[
+                    ("role", None, role.name),
+                    ("members", None, [user.user_principal_name]),
+                    ("scope", None, "all"),
+                ],
             )
         await session.refresh(user)
+        await group_membership.refresh_user(session, user)
         return CreatedUser(user, one_time)
 
+    # ---------------------------------------------------------------- changing
     async def update(
         self, session: AsyncSession, user_id: uuid.UUID, data: UserUpdate, principal: Principal
     ) -> User:
+        user, _outcome = await self.update_with_outcome(session, user_id, data, principal)
+        return user
+
+    async def update_with_outcome(
+        self, session: AsyncSession, user_id: uuid.UUID, data: UserUpdate, principal: Principal
+    ) -> tuple[User, Deprovisioned | None]:
+        """Returns the user and, when this disabled them, what that did (sessions, devices)."""
         user = await self.get(session, user_id)
         before = _snapshot(user)
-        if data.enabled is False and user.enabled:
-            if user.id == principal.user_id:
-                raise Conflict("You cannot disable your own account.")
+        rule_inputs = group_membership.user_rule_inputs(user)
+        given = {name: getattr(data, name) for name in PROPERTIES if name in data.model_fields_set}
+        # A property sent as null clears it; the two that cannot be empty are left alone instead.
+        for required in ("user_principal_name", "display_name"):
+            if given.get(required, "") is None:
+                given.pop(required)
+        changing = {name: value for name, value in given.items() if value != getattr(user, name)}
+        if changing and user.source != UserSource.local:
+            raise Conflict(
+                f"{user.user_principal_name} is provisioned by an identity provider ({user.source.value}): "
+                "change their properties there. Here they can only be enabled or disabled."
+            )
+        if "user_principal_name" in changing or "email" in changing:
+            # The names an account signs in with: changing them is taking the account over.
             await rbac_service.guard_manage_user(session, principal, user)
-            await rbac_service.guard_disable(session, user)
-            user.enabled = False
-            ended = await auth_service.end_all_sessions(session, user)
-            detail = f"{ended} session(s) ended"
-        else:
-            detail = None
-            if data.enabled is True and not user.enabled:
-                # Re-enabling revives the account and its API tokens: it needs every right the account holds.
-                await rbac_service.guard_manage_user(session, principal, user)
-                user.enabled = True
-        if data.display_name is not None:
-            user.display_name = data.display_name
+        if "user_principal_name" in changing:
+            await self._check_upn_free(session, changing["user_principal_name"], user.id)
+        outcome = None
+        if data.enabled is False and user.enabled:
+            outcome = await self._disable(session, principal, user)
+        elif data.enabled is True and not user.enabled:
+            # Re-enabling revives the account and its API tokens: it needs every right the account holds.
+            await rbac_service.guard_manage_user(session, principal, user)
+            user.enabled = True
+        for name, value in changing.items():
+            setattr(user, name, value)
         changes = diff(before, _snapshot(user))
         if changes:
             await session.flush()
@@ -154,16 +361,90 @@ class UserService:
                 operation="update",
                 target_type="user",
                 target_id=user.id,
-                target_name=user.email,
+                target_name=user.user_principal_name,
                 changes=changes,
-                detail=detail,
+                detail=outcome.summary() if outcome else None,
             )
-        return user
+            await group_membership.refresh_user(session, user, unless=rule_inputs)
+        return user, outcome
 
+    async def _disable(self, session: AsyncSession, principal: Principal, user: User) -> Deprovisioned:
+        if user.id == principal.user_id:
+            raise Conflict("You cannot disable your own account.")
+        await rbac_service.guard_manage_user(session, principal, user)
+        await rbac_service.guard_disable(session, user)
+        user.enabled = False
+        outcome = await self._apply_device_policy(session, user)
+        outcome.sessions_ended = await auth_service.end_all_sessions(session, user)
+        return outcome
+
+    async def _apply_device_policy(self, session: AsyncSession, user: User) -> Deprovisioned:
+        """The tenant setting ``deprovisioned_user_devices``: "retire" queues a retire for each of the user's
+        managed devices (asked for by Corral itself, whatever the acting administrator's device scope);
+        "keep" leaves them managed as they are."""
+        tenant = await tenant_service.get(session)
+        outcome = Deprovisioned(policy=tenant.deprovisioned_user_devices)
+        if outcome.policy != "retire":
+            return outcome
+        for device_id, name in await device_service.managed_of_user(session, user.id):
+            request = IssueRequest(type="retire", params={}, reason=DEPROVISION_REASON, confirm=name)
+            try:
+                await device_service.issue(session, DEPROVISIONING, device_id, request)
+            except CorralError as exc:  # refused before any change: report it, go on with the others
+                outcome.retire_skipped.append(f"{name}: {exc.detail}")
+            else:
+                outcome.retire_queued.append(name)
+        return outcome
+
+    async def delete(self, session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> Deprovisioned:
+        """Local and OpenID Connect users only (SCIM users are deprovisioned by their identity provider);
+        never an administrator (take their roles first). Their devices stay, without a user, or are retired,
+        per the tenant setting; enrollment tokens bound to them are revoked."""
+        user = await self.get(session, user_id)
+        if user.id == principal.user_id:
+            raise Conflict("You cannot delete your own account.")
+        if user.source == UserSource.scim:
+            raise Conflict(
+                f"{user.user_principal_name} is provisioned by SCIM: remove them at the identity provider, "
+                "which deprovisions them here. You can disable them meanwhile."
+            )
+        if await repository.is_admin(session, user.id):
+            raise Conflict(
+                f"{user.user_principal_name} is an administrator: remove them from their role assignments "
+                "first."
+            )
+        await rbac_service.guard_manage_user(session, principal, user)
+        outcome = await self._apply_device_policy(session, user)
+        outcome.sessions_ended = await auth_service.end_all_sessions(session, user)
+        outcome.tokens_revoked = await enrollment_service.revoke_tokens_bound_to(session, user.id)
+        snapshot = _snapshot(user)
+        await session.delete(user)
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="user.delete",
+            category="user",
+            operation="delete",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.user_principal_name,
+            changes=[(name, value, None) for name, value in snapshot.items() if value is not None],
+            detail=outcome.summary(),
+        )
+        return outcome
+
+    # ---------------------------------------------------------------- passwords
     async def reset_password(self, session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> str:
+        """A one-time password for a local account (also gives one to a local user who had none, e.g. an
+        end user made an administrator)."""
         user = await self.get(session, user_id)
         if user.id == principal.user_id:
             raise Conflict("Change your own password from your account page.")
+        if user.source != UserSource.local:
+            raise Conflict(
+                f"{user.user_principal_name} signs in through their identity provider: Corral holds no "
+                "password for them."
+            )
         await rbac_service.guard_manage_user(session, principal, user)
         one_time = generate_password()
         user.password_hash = hash_password(one_time)
@@ -176,7 +457,7 @@ class UserService:
             operation="update",
             target_type="user",
             target_id=user.id,
-            target_name=user.email,
+            target_name=user.user_principal_name,
             changes=[("password", "set", "reset")],
             detail=f"{ended} session(s) ended",
         )
@@ -210,7 +491,7 @@ class UserService:
             operation="update",
             target_type="user",
             target_id=user.id,
-            target_name=user.email,
+            target_name=user.user_principal_name,
             changes=[("password", "set", "changed")],
         )
 
@@ -235,7 +516,7 @@ class UserService:
             operation="update",
             target_type="user",
             target_id=user.id,
-            target_name=user.email,
+            target_name=user.user_principal_name,
             changes=[("totp", None, "enabled")],
         )
 
@@ -252,7 +533,7 @@ class UserService:
             operation="update",
             target_type="user",
             target_id=user.id,
-            target_name=user.email,
+            target_name=user.user_principal_name,
             changes=[("totp", "enabled", None)],
         )
 
@@ -260,10 +541,10 @@ class UserService:
     async def ensure_bootstrap_admin(self, session: AsyncSession, email: str) -> CreatedUser | None:
         """On first start (no Global administrator at all), create one with a one-time password."""
         holders = await rbac_repository.enabled_members_of_role(session, GLOBAL_ADMINISTRATOR.id)
-        if holders or await repository.by_email(session, email):
+        if holders or await repository.by_upn(session, email):
             return None
-        return await self.create_local(
-            session, UserCreate(email=email, display_name="Administrator", role_id=GLOBAL_ADMINISTRATOR.id)
+        return await self.create_admin(
+            session, AdminCreate(email=email, display_name="Administrator", role_id=GLOBAL_ADMINISTRATOR.id)
         )
 
 

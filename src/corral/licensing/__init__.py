@@ -1,0 +1,1 @@
+"""Licences: products the organisation holds seats of, and which users hold one (needed to enroll devices)."""
