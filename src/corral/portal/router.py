@@ -8,12 +8,14 @@ from corral.portal.admin_views import router as admin_router
 from corral.portal.auth_views import router as auth_router
 from corral.portal.device_views import router as device_router
 from corral.portal.group_views import router as group_router
+from corral.portal.user_views import router as user_router
 
 portal_router = APIRouter()
 portal_router.include_router(auth_router)
 portal_router.include_router(admin_router)
 portal_router.include_router(device_router)
 portal_router.include_router(group_router)
+portal_router.include_router(user_router)
 
 
 @portal_router.get("/", dependencies=[PUBLIC], include_in_schema=False)
