@@ -195,8 +195,11 @@ async def admin_detail(
         if principal.has(P.roles_read)
         else []
     )
+    device_policy = (await tenant_service.get(session)).deprovisioned_user_devices
     return render(
-        request, "admins/admin_detail.html", {"user": user, "access": access, "assignments": assignments}
+        request,
+        "admins/admin_detail.html",
+        {"user": user, "access": access, "assignments": assignments, "device_policy": device_policy},
     )
 
 
