@@ -23,7 +23,7 @@ from tests.portal.conftest import (  # noqa: F401 - pytest fixtures
 )
 
 
-async def top_shot(page: Page, name: str) -> None:
+async def top_shot(page: Page, name: str) -> None:  # noqa: F811
     await page.evaluate("window.scrollTo(0, 0)")  # the sticky top bar belongs at the top of a full-page shot
     await shot(page, name)
 

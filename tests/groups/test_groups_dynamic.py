@@ -513,3 +513,36 @@ async def test_incremental_refresh_agrees_with_full_evaluation(
                 await membership.refresh_user(session, row)
         await session.commit()
     assert [await stored(sessionmaker, g["id"]) for g in groups] == full
+
+
+async def test_a_rule_change_waits_for_a_device_refresh_in_flight_and_leaves_no_stale_membership(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A check-in has moved a device into a group under the old rule but not committed yet; the admin's rule
+    change must not evaluate around it (the device's membership would then outlive the rule)."""
+    import asyncio
+
+    admin = await factory.admin()
+    (device_id,) = await insert_devices(sessionmaker, [{"model": "Model B"}])
+    group = await dynamic_group(client, admin, "Model A", 'device.deviceModel -eq "Model A"')
+    context.set_current(context.RequestContext(correlation_id="test", actor=context.SYSTEM))
+    async with sessionmaker() as checkin:
+        device = await checkin.get_one(Device, device_id, with_for_update=True)
+        before = membership.device_rule_inputs(device)
+        device.model = "Model A"
+        change = await membership.refresh_device(checkin, device, unless=before)
+        assert change is not None and [g.display_name for g in change.added] == ["Model A"]
+        rule_change = asyncio.create_task(
+            client.patch(
+                f"/api/v1/groups/{group['id']}",
+                json={"rule": 'device.deviceModel -eq "Model C"'},
+                headers=admin.headers,
+            )
+        )
+        await asyncio.sleep(0.5)
+        assert not rule_change.done()  # waiting for the check-in's FOR SHARE on the group
+        await checkin.commit()
+    response = await asyncio.wait_for(rule_change, 10)
+    assert response.status_code == 200, response.text
+    assert response.json()["evaluation"]["removed"] == 1
+    assert await stored_device_members(sessionmaker, group["id"]) == set()

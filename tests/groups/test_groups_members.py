@@ -22,7 +22,7 @@ from tests.groups.helpers import (
     member_ids,
     remove,
 )
-from tests.test_rbac_api import admin_with_assignment, create_tag
+from tests.test_rbac_api import admin_with_assignment, create_role, create_tag
 
 
 async def test_users_devices_and_groups_are_added_listed_and_removed_with_audit_events(
@@ -291,3 +291,23 @@ async def test_deleting_a_nested_group_removes_it_from_its_parents(
     assert (await client.delete(f"/api/v1/groups/{child['id']}", headers=admin.headers)).status_code == 204
     detail = (await client.get(f"/api/v1/groups/{parent['id']}", headers=admin.headers)).json()
     assert detail["members"]["groups"] == 0
+
+
+async def test_users_are_counted_but_not_shown_to_a_reader_without_users_read(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    admin = await factory.admin()
+    person = await factory.admin(None, token=False)
+    (device,) = await insert_devices(sessionmaker, [{"name": "shared-ipad"}])
+    group = await create_group(client, admin, "Front desk")
+    await add(client, admin, group["id"], "user", person.id)
+    await add(client, admin, group["id"], "device", device)
+    role = await create_role(client, admin, "Device and group reader", ["groups:read", "devices:read"])
+    reader = await admin_with_assignment(client, factory, sessionmaker, admin, role["id"])
+    page = (await client.get(f"/api/v1/groups/{group['id']}/members", headers=reader.headers)).json()
+    assert [m["type"] for m in page["items"]] == ["device"]
+    assert (page["total"], page["hidden"]) == (1, 1)
+    users_only = await client.get(
+        f"/api/v1/groups/{group['id']}/members", params={"type": "user"}, headers=reader.headers
+    )
+    assert users_only.json()["items"] == [] and users_only.json()["hidden"] == 1

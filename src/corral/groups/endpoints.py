@@ -93,6 +93,7 @@ async def explain_rule(data: ExplainRequest, session: SessionDep, principal: Gro
 
 @router.get("/groups/{group_id}", response_model=GroupDetail, responses=NOT_FOUND)
 async def get_group(group_id: uuid.UUID, session: SessionDep, _: GroupsRead) -> GroupDetail:
+    """A group with its direct member counts, the groups it is nested in and the role assignments using it."""
     return await group_service.detail(session, await group_service.get(session, group_id))
 
 
@@ -127,8 +128,9 @@ async def list_members(
     principal: GroupsRead,
     filters: Annotated[MemberFilter, Query()],
 ) -> MemberPage:
-    """Direct members (nested groups, users, devices), or with transitive=true the users and devices
-    reached through nested groups too; paged."""
+    """Members, paged: direct (nested groups, users, devices) or, with transitive=true, through nesting too.
+
+    Devices outside your devices:read scope, and users without users:read, are only counted (hidden)."""
     return await group_service.members(session, principal, group_id, filters)
 
 

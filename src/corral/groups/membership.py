@@ -40,7 +40,7 @@ from sqlalchemy import (
     literal,
     select,
 )
-from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit.service import audit_service
@@ -73,6 +73,12 @@ def schema_of(kind: DynamicKind) -> EntitySchema:
 def parsed(kind: DynamicKind, text: str) -> Rule:
     """The rule parsed against the bound schema of ``kind`` (cached: rules are immutable values)."""
     return parse_rule(text, schema_of(kind))
+
+
+@lru_cache(maxsize=4096)
+def compiled(kind: DynamicKind, text: str) -> ColumnElement[bool]:
+    """The rule as a SQL expression (cached too: building the expression costs more than running it)."""
+    return compile_rule(parsed(kind, text), schema_of(kind))
 
 
 def active_device() -> ColumnElement[bool]:
@@ -134,9 +140,9 @@ async def evaluate_group(session: AsyncSession, group: Group) -> Evaluation:
         match,
         ~exists().where(existing.c.group_id == group.id, existing.c[target.member] == entity.id),
     )
-    added = await session.execute(
-        insert(table).from_select(["group_id", target.member], new_rows).on_conflict_do_nothing()
-    )
+    # No ON CONFLICT clause (it doubles the cost of a large insert): the NOT EXISTS above leaves out the
+    # current members, and nothing else adds to this group meanwhile (its row is locked: refreshes wait).
+    added = await session.execute(insert(table).from_select(["group_id", target.member], new_rows))
     members = int(
         await session.scalar(select(func.count()).select_from(table).where(table.c.group_id == group.id)) or 0
     )
@@ -194,28 +200,34 @@ async def _refresh(
     columns: list[ColumnElement[Any]] = []
     for group in groups:
         try:
-            rule = parsed(kind, group.rule or "")
+            columns.append(compiled(kind, group.rule or ""))
         except RuleError as exc:  # saved under an older schema: keep its members as they are
             log.warning("dynamic group %s has a rule that no longer parses: %s", group.id, exc)
             continue
         evaluated.append(group)
-        columns.append(compile_rule(rule, schema_of(kind)))
     ids = [g.id for g in evaluated]
-    current = set(
-        (
-            await session.scalars(
-                select(table.c.group_id).where(member == object_id, table.c.group_id.in_(ids))
-            )
-        ).all()
+    # Its current memberships in these groups, in the same round trip as the first batch of rules.
+    current_ids = (
+        select(func.coalesce(func.array_agg(table.c.group_id), literal([], ARRAY(UUID(as_uuid=True)))))
+        .where(member == object_id, table.c.group_id.in_(ids))
+        .scalar_subquery()
     )
     wanted: set[uuid.UUID] = set()
-    if active:
-        for start in range(0, len(evaluated), BATCH):
-            chunk = columns[start : start + BATCH]
-            row = (await session.execute(select(*chunk).where(entity.id == object_id))).first()
-            if row is None:  # deleted meanwhile: its memberships went with it
-                return None
-            wanted.update(g.id for g, ok in zip(evaluated[start : start + BATCH], row, strict=True) if ok)
+    current: set[uuid.UUID] = set()
+    for start in range(0, len(evaluated), BATCH):
+        chunk = columns[start : start + BATCH] if active else []
+        first = start == 0
+        stmt = select(*chunk, *([current_ids] if first else [])).where(entity.id == object_id)
+        row = (await session.execute(stmt)).first()
+        if row is None:  # deleted meanwhile: its memberships went with it
+            return None
+        results = tuple(row)
+        if first:
+            current = set(results[-1])
+            results = results[:-1]
+        wanted.update(g.id for g, ok in zip(evaluated[start : start + BATCH], results, strict=False) if ok)
+        if not active:
+            break
     to_add, to_remove = wanted - current, current - wanted
     if to_remove:
         await session.execute(delete(table).where(member == object_id, table.c.group_id.in_(to_remove)))

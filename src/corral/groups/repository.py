@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    any_,
     case,
     delete,
     exists,
@@ -22,7 +24,8 @@ from sqlalchemy import (
     type_coerce,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.devices import repository as devices_repository
@@ -233,23 +236,55 @@ def _user_state(enabled: Any) -> ColumnElement[str]:
     return case((enabled.is_(True), "enabled"), else_="disabled")
 
 
-def _member_selects(
-    group_id: uuid.UUID, transitive: bool, kind: MemberType | None, device_scope: Scope, see_users: bool
-) -> tuple[list[Select[Any]], list[Select[Any]]]:
-    """(visible, all) member selects with columns rank, type, id, name, detail, state, sort."""
-    if transitive:
-        tree = descendants(group_id)
-        in_user = exists().where(
-            group_users.c.user_id == User.id, group_users.c.group_id.in_(select(tree.c.id))
+async def descendant_ids(session: AsyncSession, group_id: uuid.UUID) -> list[uuid.UUID]:
+    """The group and every group nested in it, at any depth."""
+    tree = descendants(group_id)
+    return list((await session.scalars(select(tree.c.id))).all())
+
+
+def _any(ids: list[uuid.UUID]) -> Any:
+    """``= ANY(:ids)`` with the ids as one array parameter: the planner sees how many there are."""
+    return any_(literal(ids, ARRAY(PG_UUID(as_uuid=True))))
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """One kind of member: its rows (rank, type, id, name, detail, state, sort), whether the caller sees
+    them, and how to count them (all, and visible)."""
+
+    rank: int
+    rows: Select[Any] | None  # None: hidden from the caller
+    count_all: Any
+    count_visible: Any
+
+
+def _branches(
+    group_id: uuid.UUID, ids: list[uuid.UUID], kind: MemberType | None, device_scope: Scope, see_users: bool
+) -> list[_Branch]:
+    """The kinds of member to list, in order: nested groups (direct listing only), users, devices. ``ids``
+    are the groups whose members count (the group alone, or with every group nested in it)."""
+    in_groups = _any(ids)
+    user_ids = select(group_users.c.user_id).where(group_users.c.group_id == in_groups)
+    device_ids = select(group_devices.c.device_id).where(group_devices.c.group_id == in_groups)
+    branches: list[tuple[MemberType, _Branch]] = []
+    if len(ids) == 1 or kind is MemberType.group:  # nested groups are listed only as direct members
+        children = (
+            select(
+                literal(0).label("rank"),
+                literal("group", String).label("type"),
+                Group.id.label("id"),
+                _s(Group.display_name).label("name"),
+                _s(Group.membership_type).label("detail"),
+                literal(None, String).label("state"),
+                func.lower(Group.display_name).label("sort"),
+            )
+            .join(group_children, group_children.c.child_id == Group.id)
+            .where(group_children.c.parent_id == group_id)
         )
-        in_device = exists().where(
-            group_devices.c.device_id == Device.id, group_devices.c.group_id.in_(select(tree.c.id))
-        )
-    else:
-        in_user = exists().where(group_users.c.user_id == User.id, group_users.c.group_id == group_id)
-        in_device = exists().where(
-            group_devices.c.device_id == Device.id, group_devices.c.group_id == group_id
-        )
+        count = (
+            select(func.count()).select_from(group_children).where(group_children.c.parent_id == group_id)
+        ).scalar_subquery()
+        branches.append((MemberType.group, _Branch(0, children, count, count)))
     users = select(
         literal(1).label("rank"),
         literal("user", String).label("type"),
@@ -258,7 +293,14 @@ def _member_selects(
         _s(User.user_principal_name).label("detail"),
         _user_state(User.enabled).label("state"),
         func.lower(User.display_name).label("sort"),
-    ).where(in_user)
+    ).where(User.id.in_(user_ids))
+    count_users = select(func.count(func.distinct(user_ids.selected_columns[0]))).scalar_subquery()
+    branches.append(
+        (
+            MemberType.user,
+            _Branch(1, users if see_users else None, count_users, count_users if see_users else literal(0)),
+        )
+    )
     devices = select(
         literal(2).label("rank"),
         literal("device", String).label("type"),
@@ -267,70 +309,61 @@ def _member_selects(
         _s(Device.serial_number).label("detail"),
         _s(Device.management_state).label("state"),
         func.lower(Device.name).label("sort"),
-    ).where(in_device)
-    children = (
-        select(
-            literal(0).label("rank"),
-            literal("group", String).label("type"),
-            Group.id.label("id"),
-            _s(Group.display_name).label("name"),
-            _s(Group.membership_type).label("detail"),
-            literal(None, String).label("state"),
-            func.lower(Group.display_name).label("sort"),
-        )
-        .join(group_children, group_children.c.child_id == Group.id)
-        .where(group_children.c.parent_id == group_id)
+    ).where(Device.id.in_(device_ids))
+    count_devices = select(func.count(func.distinct(device_ids.selected_columns[0]))).scalar_subquery()
+    visible_devices = devices_repository.scoped(devices, device_scope)
+    count_visible = (
+        count_devices
+        if visible_devices is devices
+        else select(func.count()).select_from(visible_devices.subquery()).scalar_subquery()
     )
-    every: list[tuple[MemberType, Select[Any], Select[Any] | None]] = [
-        (MemberType.user, users, users if see_users else None),
-        (MemberType.device, devices, devices_repository.scoped(devices, device_scope)),
-    ]
-    if not transitive:
-        every.insert(0, (MemberType.group, children, children))
-    chosen = [(all_, visible) for t, all_, visible in every if kind is None or kind is t]
-    return [v for _, v in chosen if v is not None], [a for a, _ in chosen]
-
-
-async def _count(session: AsyncSession, selects: list[Select[Any]]) -> int:
-    if not selects:
-        return 0
-    total = 0
-    for stmt in selects:
-        total += int(await session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
-    return total
+    branches.append((MemberType.device, _Branch(2, visible_devices, count_devices, count_visible)))
+    return [b for t, b in branches if kind is None or kind is t]
 
 
 async def member_page(
     session: AsyncSession, group_id: uuid.UUID, filters: MemberFilter, device_scope: Scope, see_users: bool
 ) -> tuple[list[dict[str, Any]], str | None, int, int]:
     """A page of members (nested groups first, then users, then devices, each by name), the next cursor,
-    how many the caller may see and how many are hidden from them."""
-    visible, every = _member_selects(group_id, filters.transitive, filters.type, device_scope, see_users)
-    total = await _count(session, visible)
-    hidden = await _count(session, every) - total
-    if not visible:
-        return [], None, 0, hidden
-    members = (visible[0] if len(visible) == 1 else union_all(*visible)).subquery("members")
-    key = tuple_(members.c.rank, members.c.sort, members.c.id)
-    stmt = select(members)
+    how many the caller may see and how many are hidden from them.
+
+    Each kind is read by its own keyset query ordered by (lower(name), id), so a page of a group with
+    100,000 members walks the name index instead of sorting them all; the counts come in one round trip."""
+    ids = await descendant_ids(session, group_id) if filters.transitive else [group_id]
+    branches = _branches(group_id, ids, filters.type, device_scope, see_users)
+    if not branches:
+        return [], None, 0, 0
+    counts = (
+        await session.execute(select(*(b.count_all for b in branches), *(b.count_visible for b in branches)))
+    ).one()
+    total_all = sum(int(c or 0) for c in counts[: len(branches)])
+    total = sum(int(c or 0) for c in counts[len(branches) :])
     cursor = decode_cursor(filters.cursor)
+    after: tuple[int, str, uuid.UUID] | None = None
     if cursor is not None:
         try:
-            rank, sort, last = int(cursor[0]), str(cursor[1]), uuid.UUID(str(cursor[2]))
+            after = (int(cursor[0]), str(cursor[1]), uuid.UUID(str(cursor[2])))
         except (ValueError, TypeError, IndexError) as exc:
             raise BadRequest(BAD_CURSOR) from exc
-        stmt = stmt.where(key > tuple_(rank, sort, last))
-    rows = (
-        await session.execute(
-            stmt.order_by(members.c.rank, members.c.sort, members.c.id).limit(filters.limit + 1)
-        )
-    ).all()
-    items = [dict(row._mapping) for row in rows[: filters.limit]]
+    rows: list[dict[str, Any]] = []
+    for branch in branches:
+        if branch.rows is None or (after is not None and branch.rank < after[0]):
+            continue
+        members = branch.rows.subquery("members")
+        stmt = select(members)
+        if after is not None and branch.rank == after[0]:
+            stmt = stmt.where(tuple_(members.c.sort, members.c.id) > tuple_(after[1], after[2]))
+        wanted = filters.limit + 1 - len(rows)
+        found = await session.execute(stmt.order_by(members.c.sort, members.c.id).limit(wanted))
+        rows.extend(dict(row._mapping) for row in found.all())
+        if len(rows) > filters.limit:
+            break
+    items = rows[: filters.limit]
     next_cursor = None
     if len(rows) > filters.limit and items:
-        last_row = items[-1]
-        next_cursor = encode_cursor([last_row["rank"], last_row["sort"], str(last_row["id"])])
-    return items, next_cursor, total, hidden
+        last = items[-1]
+        next_cursor = encode_cursor([last["rank"], last["sort"], str(last["id"])])
+    return items, next_cursor, total, total_all - total
 
 
 # ------------------------------------------------------------------------------------- member-of (upwards)
