@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tests.conftest import Factory
 from tests.groups.helpers import insert_devices
 from tests.portal.conftest import (  # noqa: F401 - pytest fixtures
+    SHOTS,
     LiveServer,
     browser,
     browser_sign_in,
@@ -115,4 +116,40 @@ async def test_rule_editor_previews_live_points_at_mistakes_and_explains_a_devic
     await page.get_by_role("button", name="Check").click()
     await expect(page.locator("#rule-explain")).to_contain_text("does not match the rule")
     await top_shot(page, "group-detail")
+
+    # An assigned group holding the dynamic one and a device added by name.
+    await nav.get_by_role("link", name="All groups").click()
+    await page.get_by_role("link", name="New assigned group").click()
+    await page.get_by_label("Name", exact=True).fill("Berlin office")
+    await page.get_by_role("button", name="Create group").click()
+    await page.get_by_label("Add").select_option("device")
+    await page.get_by_label("Name (sign-in name").fill("berlin-mac-01")
+    await page.get_by_role("button", name="Add member").click()
+    await expect(page.get_by_role("status")).to_contain_text("berlin-mac-01 added.")
+    await page.get_by_label("Add").select_option("group")
+    await page.get_by_label("Name (sign-in name").fill("Corporate Windows 11")
+    await page.get_by_role("button", name="Add member").click()
+    await page.get_by_role("link", name="All, through nested groups").click()
+    await expect(page.get_by_role("heading", name=re.compile("Members"))).to_contain_text("(15)")
+    await top_shot(page, "group-assigned-all")
+    await page.get_by_role("link", name="Direct", exact=True).click()
+    await expect(page.get_by_role("heading", name=re.compile("Members"))).to_contain_text("(2)")
+    await page.get_by_role("row", name=re.compile("berlin-mac-01")).locator("summary").click()
+    await top_shot(page, "group-assigned")
+
+    # The list, and the device's own page naming its groups.
+    await nav.get_by_role("link", name="All groups").click()
+    row = page.get_by_role("row", name=re.compile("Corporate Windows 11"))
+    await expect(row).to_contain_text("Dynamic devices")
+    await expect(row).to_contain_text("14")
+    await expect(page.get_by_role("row", name=re.compile("Berlin office"))).to_contain_text("Assigned")
+    await top_shot(page, "group-list")
+    await row.get_by_role("link", name="Corporate Windows 11").click()
+    await page.get_by_role("link", name="berlin-win-00").click()
+    groups = page.get_by_role("region", name=re.compile("^Groups"))
+    await expect(groups.get_by_role("row", name=re.compile("^Corporate Windows 11"))).to_contain_text(
+        "Direct member"
+    )
+    await groups.scroll_into_view_if_needed()
+    await page.screenshot(path=str(SHOTS / "device-groups.png"))
     assert not errors, errors

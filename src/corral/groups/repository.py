@@ -294,7 +294,7 @@ def _branches(
         _user_state(User.enabled).label("state"),
         func.lower(User.display_name).label("sort"),
     ).where(User.id.in_(user_ids))
-    count_users = select(func.count(func.distinct(user_ids.selected_columns[0]))).scalar_subquery()
+    count_users = _count_members(user_ids, transitive=len(ids) > 1)
     branches.append(
         (
             MemberType.user,
@@ -310,7 +310,7 @@ def _branches(
         _s(Device.management_state).label("state"),
         func.lower(Device.name).label("sort"),
     ).where(Device.id.in_(device_ids))
-    count_devices = select(func.count(func.distinct(device_ids.selected_columns[0]))).scalar_subquery()
+    count_devices = _count_members(device_ids, transitive=len(ids) > 1)
     visible_devices = devices_repository.scoped(devices, device_scope)
     count_visible = (
         count_devices
@@ -319,6 +319,12 @@ def _branches(
     )
     branches.append((MemberType.device, _Branch(2, visible_devices, count_devices, count_visible)))
     return [b for t, b in branches if kind is None or kind is t]
+
+
+def _count_members(member_ids: Select[Any], *, transitive: bool) -> Any:
+    """How many distinct members: through nesting a member may come twice (a hash aggregate, not a sort)."""
+    rows = member_ids.distinct() if transitive else member_ids
+    return select(func.count()).select_from(rows.subquery()).scalar_subquery()
 
 
 async def member_page(
@@ -333,11 +339,17 @@ async def member_page(
     branches = _branches(group_id, ids, filters.type, device_scope, see_users)
     if not branches:
         return [], None, 0, 0
-    counts = (
-        await session.execute(select(*(b.count_all for b in branches), *(b.count_visible for b in branches)))
-    ).one()
-    total_all = sum(int(c or 0) for c in counts[: len(branches)])
-    total = sum(int(c or 0) for c in counts[len(branches) :])
+    # Each count once, in one round trip (the visible count is often the same expression).
+    expressions: list[Any] = []
+    for b in branches:
+        expressions.extend(e for e in (b.count_all, b.count_visible) if not any(e is x for x in expressions))
+    values = (await session.execute(select(*expressions))).one()
+
+    def value(expression: Any) -> int:
+        return int(values[next(i for i, x in enumerate(expressions) if x is expression)] or 0)
+
+    total_all = sum(value(b.count_all) for b in branches)
+    total = sum(value(b.count_visible) for b in branches)
     cursor = decode_cursor(filters.cursor)
     after: tuple[int, str, uuid.UUID] | None = None
     if cursor is not None:
