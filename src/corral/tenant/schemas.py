@@ -10,6 +10,9 @@ class TenantSettingsOut(BaseModel):
     support_email: str
     support_phone: str
     support_url: str
+    wipe_requires_approval: bool = Field(
+        description="A wipe, single or in a bulk action, waits until a second administrator approves it"
+    )
 
 
 class TenantSettingsUpdate(BaseModel):
@@ -21,3 +24,6 @@ class TenantSettingsUpdate(BaseModel):
     )
     support_phone: str | None = Field(default=None, max_length=64)
     support_url: str | None = Field(default=None, max_length=512, pattern=r"^$|^https?://\S+$")
+    wipe_requires_approval: bool | None = Field(
+        default=None, strict=True, description="Wipes need a second administrator's approval"
+    )

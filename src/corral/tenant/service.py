@@ -9,7 +9,7 @@ from corral.audit.service import audit_service, diff
 from corral.models import TenantSettings
 from corral.tenant.schemas import TenantSettingsUpdate
 
-FIELDS = ("organization_name", "support_email", "support_phone", "support_url")
+FIELDS = ("organization_name", "support_email", "support_phone", "support_url", "wipe_requires_approval")
 
 
 class TenantService:
