@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Corral's container image: one process, `corral serve`, plain HTTP on port 8000 behind a TLS proxy, against
-# an external PostgreSQL (CORRAL_DATABASE_URL). See docs/operations.md and docker-compose.yml.
+# an external PostgreSQL (CORRAL_DATABASE_URL); it also runs the background jobs unless
+# CORRAL_EMBEDDED_WORKER=false, in which case run the same image with `corral worker` as well (no port, no
+# health check). See docs/operations.md and docker-compose.yml.
 #
 #   docker build -t corral .
 #
@@ -51,6 +53,7 @@ USER corral
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('CORRAL_PORT', '8000'), timeout=4)"]
-# On SIGTERM uvicorn drains in-flight requests for up to 15 s: run with `docker stop -t 20` (compose sets
-# stop_grace_period) so the container is not killed first.
+# On SIGTERM uvicorn drains in-flight requests for up to 15 s, then the embedded worker gives running jobs up
+# to CORRAL_WORKER_SHUTDOWN_SECONDS (10 s): run with `docker stop -t 30` (compose sets stop_grace_period) so
+# the container is not killed first.
 CMD ["corral", "serve", "--host", "0.0.0.0"]

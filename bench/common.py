@@ -118,12 +118,12 @@ def corral_env(db_url: str, base_url: str, data_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_corral(db_url: str, data_dir: Path) -> Server:
+def start_corral(db_url: str, data_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "corral.cli", "serve", "--http", "--port", str(port)],
-        env=corral_env(db_url, url, data_dir),
+        env=corral_env(db_url, url, data_dir) | (extra_env or {}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -185,16 +185,90 @@ class LoadResult:
     errors: int
     seconds: float
     latencies: list[float]
+    # CPU seconds the server process and the PostgreSQL cluster spent during the run (see CpuMeter).
+    server_cpu: float | None = None
+    database_cpu: float | None = None
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
 
     def line(self) -> str:
-        return (
+        text = (
             f"{self.name:<28} {self.rate:9.1f} req/s   p50 {percentile(self.latencies, 50) * 1000:7.1f} ms   "
             f"p99 {percentile(self.latencies, 99) * 1000:7.1f} ms   errors {self.errors}"
         )
+        if self.server_cpu is not None and self.database_cpu is not None and self.requests:
+            text += (
+                f"   CPU/request: server {self.server_cpu / self.requests * 1000:.2f} ms, "
+                f"PostgreSQL {self.database_cpu / self.requests * 1000:.2f} ms"
+            )
+        return text
+
+
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU time of a process so far (Linux /proc), 0 if it is gone; with ``reaped_children``,
+    plus that of its children that have exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(value) for value in fields[11 : 15 if reaped_children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+class CpuMeter:
+    """CPU spent by one server process and by the whole PostgreSQL cluster (postmaster and every child: the
+    backends, WAL writer, checkpointer, autovacuum) between ``start`` and ``stop``. Far steadier than rates on
+    a shared machine: another tenant's load slows a request down but hardly changes the CPU it costs."""
+
+    def __init__(self, server_pid: int, admin_url: str) -> None:
+        self.server_pid, self.admin_url = server_pid, admin_url
+        self.postmaster = -1
+
+    async def _database_cpu(self) -> float:
+        if self.postmaster < 0:
+            conn = await asyncpg.connect(self.admin_url)
+            try:
+                self.postmaster = _parent(int(await conn.fetchval("SELECT pg_backend_pid()")))
+            finally:
+                await conn.close()
+        children = [
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and _parent(int(entry.name)) == self.postmaster
+        ]
+        # Backends that exit (pool overflow) hand their CPU time to the postmaster's reaped-children total.
+        return cpu_seconds(self.postmaster, reaped_children=True) + sum(cpu_seconds(pid) for pid in children)
+
+    async def measure(self, run: Awaitable[LoadResult]) -> LoadResult:
+        server, database = cpu_seconds(self.server_pid), await self._database_cpu()
+        result = await run
+        result.server_cpu = cpu_seconds(self.server_pid) - server
+        result.database_cpu = await self._database_cpu() - database
+        return result
+
+
+async def _attempt(call: Callable[[int], Awaitable[bool]], index: int) -> bool:
+    """``call(index)``; a transport error (e.g. a keep-alive connection the server closed while idle)
+    counts as a failed request instead of ending the run."""
+    try:
+        return await call(index)
+    except (OSError, ConnectionError) as exc:
+        print(f"request {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+    except Exception as exc:  # httpx's transport errors, without importing httpx here
+        if type(exc).__module__.startswith(("httpx", "httpcore")):
+            print(f"request {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return False
+        raise
 
 
 async def load(
@@ -217,13 +291,48 @@ async def load(
             index = counter
             counter += 1
             started = time.perf_counter()
-            ok = await call(index)
+            ok = await _attempt(call, index)
             latencies.append(time.perf_counter() - started)
             if not ok:
                 errors += 1
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return LoadResult(name, len(latencies), errors, time.perf_counter() - started, latencies)
+
+
+async def load_at_rate(
+    name: str,
+    call: Callable[[int], Awaitable[bool]],
+    *,
+    rate: float,
+    seconds: float,
+    max_in_flight: int = 512,
+) -> LoadResult:
+    """Open loop: start ``call(i)`` every ``1 / rate`` seconds whether or not earlier calls finished (at most
+    ``max_in_flight`` at once), for ``seconds``. Each latency runs from the call's scheduled start, so a
+    server (or a load generator) that falls behind shows in the percentiles instead of lowering the rate."""
+    latencies: list[float] = []
+    errors = 0
+    gate = asyncio.Semaphore(max_in_flight)
+
+    async def one(index: int, scheduled: float) -> None:
+        nonlocal errors
+        async with gate:
+            ok = await _attempt(call, index)
+        latencies.append(time.perf_counter() - scheduled)
+        if not ok:
+            errors += 1
+
+    tasks: list[asyncio.Task[None]] = []
+    started = time.perf_counter()
+    for index in range(max(1, int(rate * seconds))):
+        scheduled = started + index / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(index, scheduled)))
+    await asyncio.gather(*tasks)
     return LoadResult(name, len(latencies), errors, time.perf_counter() - started, latencies)
 
 

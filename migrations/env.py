@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from corral import models  # noqa: F401 - registers every table on the metadata
 from corral.kit.db import Model, async_url
+from corral.worker import JOB_QUEUE_SCHEMA
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("database_url"):
@@ -33,9 +34,21 @@ def database_url() -> str:
     return str(url)
 
 
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Leave the job queue (procrastinate's objects, created by their own migration) out of autogenerate and
+    `alembic check`: its schema, and any procrastinate_* object that ended up elsewhere."""
+    if type_ == "schema":
+        return name != JOB_QUEUE_SCHEMA
+    return not (name or "").startswith("procrastinate_")
+
+
 def run_migrations_offline() -> None:
     context.configure(
-        url=async_url(database_url()), target_metadata=target_metadata, literal_binds=True, compare_type=True
+        url=async_url(database_url()),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -46,6 +59,7 @@ def do_run_migrations(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        include_name=include_name,
         transaction_per_migration=True,
     )
     with context.begin_transaction():

@@ -372,5 +372,59 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-rule-editor]").forEach(ruleEditor);
+// Bulk selection on the device list: <form data-bulk-form> holds the rows' checkboxes (name="device_ids"),
+// a "select all on this page" box (data-bulk-all, hidden without this script), the action (data-bulk-type)
+// and parts shown only for one action (data-bulk-for="<action>", or "destructive" for wipe and retire).
+// Counts (data-bulk-count) follow the selection. Without this script every part shows; the server checks.
+(function () {
+  function bulkForm(form) {
+    const all = form.querySelector("[data-bulk-all]");
+    const type = form.querySelector("[data-bulk-type]");
+    const submit = form.querySelector("[data-bulk-submit]");
+    const boxes = function () {
+      return Array.prototype.slice.call(form.querySelectorAll('input[type="checkbox"][name="device_ids"]'));
+    };
+
+    function update() {
+      const list = boxes();
+      const selected = list.filter(function (box) { return box.checked; }).length;
+      list.forEach(function (box) {
+        const row = box.closest("tr");
+        if (row) row.classList.toggle("is-selected", box.checked);
+      });
+      form.querySelectorAll("[data-bulk-count]").forEach(function (el) { el.textContent = String(selected); });
+      if (all) {
+        all.checked = selected > 0 && selected === list.length;
+        all.indeterminate = selected > 0 && selected < list.length;
+      }
+      const chosen = type ? type.value : "";
+      const option = type && type.selectedOptions ? type.selectedOptions[0] : null;
+      const destructive = Boolean(option && option.dataset.destructive === "true");
+      form.querySelectorAll("[data-bulk-for]").forEach(function (part) {
+        const show = part.dataset.bulkFor === chosen || (part.dataset.bulkFor === "destructive" && destructive);
+        part.hidden = !show;
+        // Hidden inputs are not sent and do not block the form.
+        part.querySelectorAll("input, select, textarea").forEach(function (input) { input.disabled = !show; });
+      });
+      if (submit) {
+        submit.disabled = selected === 0 || !chosen;
+        submit.classList.toggle("btn-danger", destructive);
+        submit.classList.toggle("btn-primary", !destructive);
+      }
+    }
+
+    if (all) {
+      all.hidden = false;
+      all.addEventListener("change", function () {
+        boxes().forEach(function (box) { box.checked = all.checked; });
+        update();
+      });
+    }
+    form.addEventListener("change", update);
+    update();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("form[data-bulk-form]").forEach(bulkForm);
   });
 })();

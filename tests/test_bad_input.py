@@ -544,6 +544,11 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
         # validation and the 404, not the command logic.
         ("PATCH", "/api/v1/devices/{device_id}"): {"ownership": "company"},
         ("POST", "/api/v1/devices/{device_id}/commands/{command_id}/cancel"): {},
+        ("POST", "/api/v1/devices/{device_id}/commands/clear"): {},
+        ("POST", "/api/v1/devices/{device_id}/commands/{command_id}/approve"): {"comment": "fuzz"},
+        ("POST", "/api/v1/devices/{device_id}/commands/{command_id}/reject"): {"reason": "fuzz reason"},
+        ("POST", "/api/v1/devices/bulk-actions"): {"type": "sync", "device_ids": [UNKNOWN]},
+        ("POST", "/api/v1/devices/bulk-actions/{bulk_action_id}/cancel"): {},
         ("POST", "/api/v1/enrollment-tokens"): {"name": f"Fuzz {n}", "platforms": ["linux"]},
         ("POST", "/api/v1/enrollment-tokens/{token_id}/revoke"): {},
         **{

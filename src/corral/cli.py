@@ -402,6 +402,10 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     application = create_app(settings, database_url=url)
     application.state.database_handle = handle
+    if settings.embedded_worker:
+        from corral.worker.runner import embed_worker
+
+        embed_worker(application, settings, url)
     uvicorn.run(
         application,
         host=host,
@@ -412,6 +416,48 @@ def serve(
         timeout_graceful_shutdown=15,
         **ssl,
     )
+
+
+# ------------------------------------------------------------------------------------------- worker
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Jobs run at the same time (CORRAL_WORKER_CONCURRENCY)")
+    ] = None,
+) -> None:
+    """Run background jobs and housekeeping until SIGTERM or Ctrl-C (then finish running jobs and exit)."""
+    from corral.kit.migrations import is_current
+    from corral.worker.runner import WorkerStopped, run_worker
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    _handle, url = resolve_database_url(settings)
+    concurrency = concurrency or settings.worker_concurrency
+
+    async def main() -> bool:
+        engine = create_engine(url, pool_size=concurrency, max_overflow=settings.db_max_overflow)
+        try:
+            if not await is_current(engine):
+                return False
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            logging.getLogger("corral.worker").info("worker starting (concurrency %d)", concurrency)
+            await run_worker(settings, url, create_sessionmaker(engine), stop, concurrency=concurrency)
+            return True
+        finally:
+            await engine.dispose()
+
+    try:
+        migrated = asyncio.run(main())
+    except WorkerStopped as exc:
+        raise _fail(f"worker failed: {exc}") from exc
+    except Exception as exc:  # e.g. the database cannot be reached: logged, then exit 1 for the supervisor
+        logging.getLogger("corral.worker").exception("worker failed")
+        raise _fail(f"worker failed: {type(exc).__name__}: {exc}") from exc
+    if not migrated:
+        raise _fail("The database schema is not current: run 'corral db upgrade' first.")
 
 
 def main() -> None:

@@ -73,9 +73,34 @@ class Settings(BaseSettings):
     checkin_interval_seconds: int = 8 * 3600
     # Wake-up stream (GET /device/v1/events): seconds between heartbeat comments.
     push_heartbeat_seconds: int = Field(default=25, ge=1)
+    # A check-in that changes nothing else records the device's last check-in time and address in memory;
+    # they are written for all such devices at once every this many seconds (0: in each check-in's own
+    # transaction). The admin center shows a last check-in at most this late.
+    last_seen_flush_seconds: float = Field(default=5, ge=0, le=300)
+    # Authenticate devices by an RFC 9440 Client-Cert header (the certificate a TLS-terminating proxy
+    # verified), as an alternative to request signatures; honoured only from CORRAL_TRUSTED_PROXIES.
+    client_cert_header: bool = False
 
     db_pool_size: int = 10
     db_max_overflow: int = 10
+
+    # Background jobs (procrastinate, corral.worker): `corral serve` also runs a worker unless this is false.
+    embedded_worker: bool = True
+    # Jobs one worker process runs at the same time, and how long it waits for them at shutdown (seconds)
+    # before aborting them.
+    worker_concurrency: int = Field(default=4, ge=1, le=64)
+    worker_shutdown_seconds: float = Field(default=10, ge=0)
+    # Housekeeping schedules (cron: minute hour day month weekday, UTC; an optional sixth field for seconds).
+    housekeeping_nonces_cron: str = "*/10 * * * *"
+    housekeeping_sessions_cron: str = "*/15 * * * *"
+    housekeeping_signin_throttles_cron: str = "*/15 * * * *"
+    housekeeping_commands_cron: str = "*/5 * * * *"
+    housekeeping_stalled_jobs_cron: str = "*/5 * * * *"
+    housekeeping_finished_jobs_cron: str = "17 * * * *"
+    # Rows deleted or updated per statement, so a large backlog never holds locks for long.
+    housekeeping_batch_size: int = Field(default=5000, ge=1, le=100_000)
+    # Finished jobs (succeeded, failed, aborted, cancelled) are kept this long for inspection.
+    job_retention_hours: int = Field(default=168, ge=1)
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -92,6 +117,23 @@ class Settings(BaseSettings):
     def _valid_networks(cls, value: list[str]) -> list[str]:
         for item in value:
             ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator(
+        "housekeeping_nonces_cron",
+        "housekeeping_sessions_cron",
+        "housekeeping_signin_throttles_cron",
+        "housekeeping_commands_cron",
+        "housekeeping_stalled_jobs_cron",
+        "housekeeping_finished_jobs_cron",
+    )
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        value = " ".join(value.split())
+        if not croniter.is_valid(value):
+            raise ValueError(f"not a cron expression: {value!r} (e.g. '*/15 * * * *')")
         return value
 
     @field_validator("base_url")

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from corral import error_handlers
 from corral.api import api_router
 from corral.checkin.endpoints import router as device_router
+from corral.checkin.last_seen import LastSeenBuffer
 from corral.config import Settings, get_settings
 from corral.health.endpoints import router as health_router
 from corral.kit.db import asyncpg_dsn, create_engine, create_sessionmaker
@@ -57,11 +58,16 @@ def create_app(
         # Wake-ups for devices connected to this process, from any replica (LISTEN), and their heartbeats.
         hub = PushHub(asyncpg_dsn(url), heartbeat_seconds=settings.push_heartbeat_seconds)
         app.state.push_hub = hub
+        # Last check-in times of check-ins that change nothing else, written in batches (checkin/last_seen).
+        last_seen = LastSeenBuffer(app.state.sessionmaker, settings.last_seen_flush_seconds)
+        app.state.last_seen = last_seen
         try:
             await hub.start()
+            last_seen.start()
             yield
         finally:
             await hub.stop()
+            await last_seen.stop()
             await engine.dispose()
 
     app = FastAPI(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import func, select, update
+from fastapi import FastAPI
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.models import (
@@ -20,7 +22,7 @@ from corral.models import (
     EnrollmentToken,
     EnrollmentTokenUse,
 )
-from tests.conftest import Admin, Factory
+from tests.conftest import Admin, Factory, make_settings, new_client, running_app
 from tests.devices.device import TestDevice, canonical_hash, csr_for, inventory, rsa_csr
 
 
@@ -326,3 +328,105 @@ async def test_malformed_and_oversized_check_ins_change_nothing(
     async with sessionmaker() as session:
         stored = await session.get(Device, uuid.UUID(str(device.device_id)))
         assert stored is not None and stored.last_checkin_at is None and stored.inventory == {}
+
+
+# ------------------------------------------------------------------------------------------- last seen
+async def last_seen_of(sessionmaker: async_sessionmaker[AsyncSession], device: TestDevice) -> tuple[Any, Any]:
+    async with sessionmaker() as session:
+        stored = await session.get(Device, uuid.UUID(str(device.device_id)))
+        assert stored is not None
+        return stored.last_checkin_at, stored.last_checkin_ip
+
+
+async def test_steady_check_in_is_seen_at_the_next_flush_not_at_once(
+    tmp_path: Path, db_url: str, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = make_settings(tmp_path, db_url, last_seen_flush_seconds=300)
+    async with running_app(settings, db_url) as app, new_client(app) as client:
+        admin = await factory.admin("Global administrator")
+        device = await enrolled(client, admin)
+        data = inventory()
+        # The first check-in (and any that changes something) is written in its own transaction.
+        assert (await device.checkin({"inventory": data})).status_code == 200
+        first, ip = await last_seen_of(sessionmaker, device)
+        assert first is not None and ip == "203.0.113.7"
+        steady = await device.checkin({"inventory_hash": canonical_hash(data)})
+        assert steady.status_code == 200 and steady.json()["inventory"] == "unchanged"
+        assert (await last_seen_of(sessionmaker, device))[0] == first
+        assert len(app.state.last_seen) == 1
+        assert await app.state.last_seen.flush() == 1
+        seen, _ip = await last_seen_of(sessionmaker, device)
+        assert seen > first
+        assert seen == dt.datetime.fromisoformat(steady.json()["server_time"])
+        # The portal and the API read the flushed time.
+        detail = (await client.get(f"/api/v1/devices/{device.device_id}", headers=admin.headers)).json()
+        assert dt.datetime.fromisoformat(detail["last_checkin_at"]) == seen
+        # Another steady check-in, still pending at shutdown, is written when the application stops.
+        assert (await device.checkin({"inventory_hash": canonical_hash(data)})).status_code == 200
+    assert (await last_seen_of(sessionmaker, device))[0] > seen
+
+
+async def test_a_flush_never_moves_the_last_check_in_back(
+    app: FastAPI, client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    admin = await factory.admin("Global administrator")
+    device = await enrolled(client, admin)
+    assert (await device.checkin({})).status_code == 200
+    assert (await device.checkin({})).status_code == 200  # steady: buffered
+    assert len(app.state.last_seen) == 1
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    async with sessionmaker() as session:
+        await session.execute(
+            update(Device).where(Device.id == uuid.UUID(str(device.device_id))).values(last_checkin_at=later)
+        )
+        await session.commit()
+    assert await app.state.last_seen.flush() == 0
+    assert (await last_seen_of(sessionmaker, device))[0] == later
+
+
+async def test_without_batching_every_check_in_writes_its_time(
+    tmp_path: Path, db_url: str, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = make_settings(tmp_path, db_url, last_seen_flush_seconds=0)
+    async with running_app(settings, db_url) as app, new_client(app) as client:
+        device = await enrolled(client, await factory.admin("Global administrator"))
+        assert (await device.checkin({})).status_code == 200
+        first = (await last_seen_of(sessionmaker, device))[0]
+        response = await device.checkin({})
+        assert response.status_code == 200
+        assert len(app.state.last_seen) == 0
+        seen = (await last_seen_of(sessionmaker, device))[0]
+        assert seen > first and seen == dt.datetime.fromisoformat(response.json()["server_time"])
+
+
+async def test_steady_check_in_does_not_wait_for_a_lock_on_the_device_row(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    import asyncio
+
+    device = await enrolled(client, await factory.admin("Global administrator"))
+    assert (await device.checkin({})).status_code == 200
+    async with sessionmaker() as holder:
+        # What another writer of the device row holds (e.g. an UPDATE of its name or the last-seen flush).
+        await holder.execute(
+            text("SELECT 1 FROM devices WHERE id = :id FOR NO KEY UPDATE"),
+            {"id": uuid.UUID(str(device.device_id))},
+        )
+        response = await asyncio.wait_for(device.checkin({}), timeout=10)
+        assert response.status_code == 200
+        await holder.rollback()
+
+
+async def test_check_in_with_a_pending_command_takes_it_even_when_nothing_else_changed(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    admin = await factory.admin("Global administrator")
+    device = await enrolled(client, admin)
+    assert (await device.checkin({})).status_code == 200
+    assert (await device.checkin({})).json()["commands"] == []
+    issued = await client.post(
+        f"/api/v1/devices/{device.device_id}/actions/sync", json={}, headers=admin.headers
+    )
+    assert issued.status_code in (200, 201, 202), issued.text
+    commands = (await device.checkin({})).json()["commands"]
+    assert [c["type"] for c in commands] == ["sync"]

@@ -1,29 +1,45 @@
-"""Device authentication: an RFC 9421 signature by the device key on every request, looked up by the
-certificate fingerprint in the database, with a replay window and a nonce store."""
+"""Device authentication (docs/device-protocol.md §3): an RFC 9421 signature by the device key on every
+request, or, behind a trusted TLS-terminating proxy that verified the device's client certificate, an RFC 9440
+``Client-Cert`` header. Either way the device is identified by its certificate's fingerprint, looked up in the
+database together with the device (revocation, validity, lifecycle), and every refusal is audited."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated, Any
 
 import http_sf
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, Request
 from http_message_signatures import HTTPMessageVerifier, HTTPSignatureKeyResolver, algorithms
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, exists, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import defer
 
 from corral.audit.service import audit_service
+from corral.config import Settings
 from corral.errors import NotAuthenticated, PayloadTooLarge
 from corral.kit import context
 from corral.kit.db import SessionDep
-from corral.kit.deps import SessionMakerDep, SettingsDep
+from corral.kit.middleware import is_trusted_proxy
 from corral.kit.time import utcnow
-from corral.models import Device, DeviceCertificate, DeviceNonce, ManagementState
+from corral.models import (
+    CertificateAuthority,
+    Device,
+    DeviceCertificate,
+    DeviceCommand,
+    DeviceNonce,
+    ManagementState,
+)
+from corral.models.device_command import OPEN_STATUSES
+from corral.pki import certs
+from corral.pki.service import DEVICE as DEVICE_CA
 
 SIGNATURE_LABEL = "corral"
 SIGNATURE_TAG = "corral-device"
@@ -31,6 +47,34 @@ MAX_AGE = dt.timedelta(seconds=300)
 CLOCK_SKEW = dt.timedelta(seconds=60)
 MAX_BODY = 2 * 1024 * 1024
 ENDED_STATES = frozenset({ManagementState.retired, ManagementState.wiped})
+#: RFC 9440: the client certificate a trusted TLS-terminating proxy verified, as structured-field bytes.
+CLIENT_CERT = "client-cert"
+MAX_CLIENT_CERT = 16 * 1024
+VERIFIED_CLIENT_CERTS = 16_384
+
+# Whether commands wait for the device, in the same statement as the certificate lookup. The statuses are
+# rendered as literals: PostgreSQL can then always use the partial index ix_device_commands_pending.
+_PENDING = exists().where(
+    DeviceCommand.device_id == Device.id,
+    DeviceCommand.status.in_(
+        bindparam("open_statuses", [s.value for s in OPEN_STATUSES], expanding=True, literal_execute=True)
+    ),
+)
+# The certificate, its device (without the inventory document: only an inventory upload needs it) and whether
+# commands are pending: one indexed lookup per request. Built once; SQLAlchemy caches its compiled form.
+_LOOKUP = (
+    select(DeviceCertificate, Device, _PENDING.label("pending"))
+    .join(Device, Device.id == DeviceCertificate.device_id)
+    .where(DeviceCertificate.fingerprint_sha256 == bindparam("fingerprint"))
+    .options(defer(Device.inventory, raiseload=True))
+)
+_NONCES: Any = DeviceNonce.__table__
+_USE_NONCE = (
+    insert(_NONCES)
+    .values(device_id=bindparam("device_id"), nonce=bindparam("nonce"), expires_at=bindparam("expires_at"))
+    .on_conflict_do_nothing()
+    .returning(_NONCES.c.nonce)
+)
 
 
 class _Verifier(HTTPMessageVerifier):
@@ -57,6 +101,16 @@ class AuthenticatedDevice:
     device: Device
     certificate: DeviceCertificate
     body: bytes
+    #: Whether commands waited for the device when it was authenticated (queued, sent, or "not now").
+    pending_commands: bool = False
+    #: "signature" (RFC 9421) or "client-cert" (RFC 9440, from a trusted proxy).
+    method: str = "signature"
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, device: Device | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.device = reason, device
 
 
 def _key_id(signature_input: str) -> str:
@@ -69,6 +123,145 @@ def _key_id(signature_input: str) -> str:
     if not isinstance(key_id, str) or not key_id:
         raise ValueError("the signature has no keyid")
     return key_id
+
+
+@lru_cache(maxsize=16_384)
+def _public_key(certificate_pem: str) -> ec.EllipticCurvePublicKey:
+    """The device key of a stored certificate. Keyed by the certificate itself, so always right; revocation
+    and the device's state are still read from the database on every request."""
+    key = x509.load_pem_x509_certificate(certificate_pem.encode()).public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("the device certificate does not hold an EC key")
+    return key
+
+
+def client_certificate(value: str) -> x509.Certificate:
+    """The certificate of an RFC 9440 ``Client-Cert`` field: a structured-field byte sequence (``:base64:``)
+    holding the DER certificate. Raises ValueError when malformed."""
+    if len(value) > MAX_CLIENT_CERT:
+        raise ValueError("too long")
+    try:
+        parsed: Any = http_sf.parse(value.encode("ascii"), tltype="item")
+    except Exception as exc:  # the parser raises ValueError, but be certain nothing else becomes a 500
+        raise ValueError("not a structured-field item") from exc
+    item = parsed[0] if isinstance(parsed, tuple) else parsed
+    if not isinstance(item, bytes) or not item:
+        raise ValueError("not a byte sequence (:base64-DER:)")
+    return x509.load_der_x509_certificate(item)
+
+
+async def _device_cas(request: Request, session: AsyncSession, reload: bool) -> list[x509.Certificate]:
+    """The certificates of every device CA this installation has had (a device certificate stays valid across
+    a CA rotation until it expires or is revoked), kept per application: a CA row never changes."""
+    cache: list[x509.Certificate] | None = getattr(request.app.state, "device_cas", None)
+    if cache is None or reload:
+        pems = await session.scalars(
+            select(CertificateAuthority.certificate_pem).where(CertificateAuthority.purpose == DEVICE_CA)
+        )
+        cache = [x509.load_pem_x509_certificate(pem.encode()) for pem in pems]
+        request.app.state.device_cas = cache
+    return cache
+
+
+async def _issued_by_device_ca(request: Request, session: AsyncSession, cert: x509.Certificate) -> bool:
+    for reload in (
+        False,
+        True,
+    ):  # a CA created since the cache was filled (the first enrollment) is read once
+        for ca in await _device_cas(request, session, reload):
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+    return False
+
+
+async def _lookup(session: AsyncSession, fingerprint: str) -> tuple[DeviceCertificate, Device, bool]:
+    """The certificate and its device, refused when either may not be used now."""
+    row = (await session.execute(_LOOKUP, {"fingerprint": fingerprint})).first()
+    if row is None:
+        raise _Refused("unknown device certificate")
+    certificate, device, pending = row[0], row[1], bool(row[2])
+    now = utcnow()
+    if certificate.revoked_at is not None:
+        raise _Refused("the device certificate is revoked", device)
+    if not certificate.not_before <= now <= certificate.not_after:
+        raise _Refused("the device certificate is not valid now", device)
+    if device.management_state in ENDED_STATES:
+        raise _Refused(f"the device is {device.management_state}", device)
+    return certificate, device, pending
+
+
+async def _read_body(request: Request) -> bytes:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise PayloadTooLarge(f"Device requests carry at most {MAX_BODY // (1024 * 1024)} MiB.")
+    return body
+
+
+async def _by_signature(
+    request: Request, session: AsyncSession, settings: Settings, signature_input: str
+) -> AuthenticatedDevice:
+    try:
+        key_id = _key_id(signature_input)
+    except (ValueError, TypeError) as exc:
+        raise _Refused(f"malformed Signature-Input ({exc})") from exc
+    certificate, device, pending = await _lookup(session, key_id.lower())
+    body = await _read_body(request)
+    try:
+        public_key = _public_key(certificate.certificate_pem)
+    except ValueError as exc:
+        raise _Refused(str(exc), device) from exc
+    target = settings.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    required = ("@method", "@target-uri", "content-digest") if body else ("@method", "@target-uri")
+    try:
+        results = _Verifier(
+            signature_algorithm=algorithms.ECDSA_P256_SHA256, key_resolver=_OneKey(key_id, public_key)
+        ).verify(
+            _Message(request.method, target, request.headers),
+            max_age=MAX_AGE,
+            expect_tag=SIGNATURE_TAG,
+            expect_label=SIGNATURE_LABEL,
+            require_components=required,
+            body=body,
+        )
+    except HTTPMessageSignaturesException as exc:
+        raise _Refused(f"bad signature ({exc})", device) from exc
+    nonce = results[0].nonce
+    if not nonce or not 16 <= len(nonce) <= 128:
+        raise _Refused("the signature needs a nonce of 16 to 128 characters", device)
+    inserted = await session.execute(
+        _USE_NONCE, {"device_id": device.id, "nonce": nonce, "expires_at": utcnow() + MAX_AGE + CLOCK_SKEW}
+    )
+    if inserted.first() is None:
+        raise _Refused("replayed request (nonce already used)", device)
+    return AuthenticatedDevice(device, certificate, body, pending)
+
+
+async def _by_client_certificate(request: Request, session: AsyncSession, value: str) -> AuthenticatedDevice:
+    """RFC 9440: the proxy verified the TLS client certificate (possession of the device key included); the
+    certificate must be one Corral's device CA issued and is then treated exactly as a signature's keyid."""
+    # Certificates already found issued by a device CA, by header value: the outcome depends only on the
+    # certificate's bytes and on CA rows, which never change. Revocation and state are looked up every time.
+    verified: dict[str, str] | None = getattr(request.app.state, "device_client_certs", None)
+    if verified is None:
+        verified = request.app.state.device_client_certs = {}
+    fingerprint = verified.get(value)
+    if fingerprint is None:
+        try:
+            cert = client_certificate(value)
+        except ValueError as exc:
+            raise _Refused(f"malformed Client-Cert header ({exc})") from exc
+        if not await _issued_by_device_ca(request, session, cert):
+            raise _Refused("the Client-Cert certificate was not issued by Corral's device CA")
+        fingerprint = certs.fingerprint(cert)  # as at enrollment: SHA-256 of the DER certificate
+        if len(verified) >= VERIFIED_CLIENT_CERTS:
+            verified.clear()
+        verified[value] = fingerprint
+    certificate, device, pending = await _lookup(session, fingerprint)
+    body = await _read_body(request)
+    return AuthenticatedDevice(device, certificate, body, pending, method="client-cert")
 
 
 async def _refuse(
@@ -92,72 +285,33 @@ async def _refuse(
     return NotAuthenticated(f"Device authentication failed: {reason}.")
 
 
-async def authenticate_device(
-    request: Request, session: SessionDep, settings: SettingsDep, sessionmaker: SessionMakerDep
-) -> AuthenticatedDevice:
+def _client_cert_allowed(request: Request, settings: Settings) -> bool:
+    peer = request.client.host if request.client else None
+    return settings.client_cert_header and is_trusted_proxy(peer, settings.trusted_proxy_networks)
+
+
+async def authenticate_device(request: Request, session: SessionDep) -> AuthenticatedDevice:
+    # Application state read directly: plain-function dependencies would each cost a thread-pool hop.
+    settings: Settings = request.app.state.settings
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     declared = request.headers.get("content-length", "0")
     if not declared.isdigit() or int(declared) > MAX_BODY:
         raise PayloadTooLarge(f"Device requests carry at most {MAX_BODY // (1024 * 1024)} MiB.")
     signature_input = request.headers.get("signature-input")
-    if not signature_input or not request.headers.get("signature"):
-        raise await _refuse(sessionmaker, request, "the request is not signed")
+    signature = request.headers.get("signature")
+    client_cert = request.headers.get(CLIENT_CERT)
     try:
-        key_id = _key_id(signature_input)
-    except (ValueError, TypeError) as exc:
-        raise await _refuse(sessionmaker, request, f"malformed Signature-Input ({exc})") from exc
-    row = (
-        await session.execute(
-            select(DeviceCertificate, Device)
-            .join(Device, Device.id == DeviceCertificate.device_id)
-            .where(DeviceCertificate.fingerprint_sha256 == key_id.lower())
-        )
-    ).first()
-    if row is None:
-        raise await _refuse(sessionmaker, request, "unknown device certificate")
-    certificate, device = row[0], row[1]
-    now = utcnow()
-    if certificate.revoked_at is not None:
-        raise await _refuse(sessionmaker, request, "the device certificate is revoked", device)
-    if not certificate.not_before <= now <= certificate.not_after:
-        raise await _refuse(sessionmaker, request, "the device certificate is not valid now", device)
-    if device.management_state in ENDED_STATES:
-        raise await _refuse(sessionmaker, request, f"the device is {device.management_state}", device)
-
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise PayloadTooLarge(f"Device requests carry at most {MAX_BODY // (1024 * 1024)} MiB.")
-    public_key = x509.load_pem_x509_certificate(certificate.certificate_pem.encode()).public_key()
-    assert isinstance(public_key, ec.EllipticCurvePublicKey)
-    target = settings.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    required = ("@method", "@target-uri", "content-digest") if body else ("@method", "@target-uri")
-    try:
-        results = _Verifier(
-            signature_algorithm=algorithms.ECDSA_P256_SHA256, key_resolver=_OneKey(key_id, public_key)
-        ).verify(
-            _Message(request.method, target, request.headers),
-            max_age=MAX_AGE,
-            expect_tag=SIGNATURE_TAG,
-            expect_label=SIGNATURE_LABEL,
-            require_components=required,
-            body=body,
-        )
-    except HTTPMessageSignaturesException as exc:
-        raise await _refuse(sessionmaker, request, f"bad signature ({exc})", device) from exc
-    nonce = results[0].nonce
-    if not nonce or not 16 <= len(nonce) <= 128:
-        raise await _refuse(
-            sessionmaker, request, "the signature needs a nonce of 16 to 128 characters", device
-        )
-    inserted = await session.execute(
-        insert(DeviceNonce)
-        .values(device_id=device.id, nonce=nonce, expires_at=now + MAX_AGE + CLOCK_SKEW)
-        .on_conflict_do_nothing()
-        .returning(DeviceNonce.nonce)
-    )
-    if inserted.first() is None:
-        raise await _refuse(sessionmaker, request, "replayed request (nonce already used)", device)
+        if signature_input and signature:
+            authenticated = await _by_signature(request, session, settings, signature_input)
+        elif client_cert is not None and not signature_input and _client_cert_allowed(request, settings):
+            authenticated = await _by_client_certificate(request, session, client_cert)
+        else:
+            raise _Refused("the request is not signed")
+    except _Refused as refused:
+        raise await _refuse(sessionmaker, request, refused.reason, refused.device) from None
+    device = authenticated.device
     context.set_actor(context.Actor(type="device", id=device.id, name=device.name))
-    return AuthenticatedDevice(device, certificate, body)
+    return authenticated
 
 
 async def purge_nonces(session: AsyncSession) -> int:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from corral.auth.dependencies import PUBLIC
 from corral.checkin.auth import MAX_BODY, CurrentDevice
+from corral.checkin.last_seen import LastSeenBuffer
 from corral.checkin.schemas import (
     CheckinRequest,
     CheckinResponse,
@@ -20,6 +21,7 @@ from corral.checkin.schemas import (
     RenewResponse,
 )
 from corral.checkin.service import checkin_service
+from corral.config import Settings
 from corral.enrollment.service import DeviceFacts, enrollment_service
 from corral.errors import PayloadTooLarge, ValidationFailed
 from corral.kit.db import SessionDep
@@ -84,11 +86,27 @@ async def enroll(
     return JSONResponse(body.model_dump(mode="json"), status_code=201)
 
 
+async def get_last_seen(request: Request) -> LastSeenBuffer | None:
+    buffer: LastSeenBuffer | None = getattr(request.app.state, "last_seen", None)
+    return buffer
+
+
+async def get_settings(request: Request) -> Settings:
+    """The settings without a thread-pool hop (a plain function dependency takes one on every request)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 @router.post("/checkin")
-async def checkin(session: SessionDep, settings: SettingsDep, device: CurrentDevice) -> CheckinResponse:
+async def checkin(
+    session: SessionDep,
+    settings: Annotated[Settings, Depends(get_settings)],
+    device: CurrentDevice,
+    last_seen: Annotated[LastSeenBuffer | None, Depends(get_last_seen)],
+) -> CheckinResponse:
     data = parse(CheckinRequest, device.body)
     raw = json.loads(device.body).get("inventory") if data.inventory is not None else None
-    return await checkin_service.checkin(session, settings, device, data, raw)
+    return await checkin_service.checkin(session, settings, device, data, raw, last_seen)
 
 
 @router.post("/renew")

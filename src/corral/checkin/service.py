@@ -10,11 +10,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit.service import audit_service
 from corral.checkin.auth import AuthenticatedDevice
+from corral.checkin.last_seen import LastSeenBuffer
 from corral.checkin.schemas import CheckinRequest, CheckinResponse, CommandResult, PendingCommand
 from corral.config import Settings
 from corral.devices import repository as devices_repository
@@ -101,6 +102,8 @@ class CheckinService:
         new_hash = canonical_hash(raw)
         if new_hash == device.inventory_hash:
             return "unchanged"
+        if "inventory" in inspect(device).unloaded:  # authentication does not load the document
+            await session.refresh(device, ["inventory"])
         old_flat, new_flat = flatten(device.inventory or {}), flatten(data)
         history: list[DeviceInventoryChange] = []
         for path in sorted(set(old_flat) | set(new_flat)):
@@ -229,11 +232,28 @@ class CheckinService:
         auth: AuthenticatedDevice,
         request: CheckinRequest,
         raw_inventory: dict[str, Any] | None = None,
+        last_seen: LastSeenBuffer | None = None,
     ) -> CheckinResponse:
         now = utcnow()
         device = auth.device
         rule_inputs = group_membership.device_rule_inputs(device)
-        await self.apply_results(session, device, request.command_results, now)
+        client_ip = context.current().client_ip
+        pending: list[PendingCommand] = []
+        steady = last_seen is not None and last_seen.enabled and self.is_steady(device, auth, request)
+        if steady:
+            # Nothing changes but the last-seen time, written later with others (last_seen.py); no row is
+            # locked and nothing is written in this transaction but the signature's nonce.
+            assert last_seen is not None
+            last_seen.note(device.id, now, client_ip)
+        else:
+            # The device row first (the UPDATE locks it), then its commands: the order admin actions take
+            # them (devices/service.py), so a check-in and a command or a cancellation cannot deadlock.
+            device.last_checkin_at = now
+            device.last_checkin_ip = client_ip
+            if request.agent_version:
+                device.agent_version = request.agent_version
+            await session.flush()
+            await self.apply_results(session, device, request.command_results, now)
         if request.inventory is not None:
             raw = raw_inventory if raw_inventory is not None else request.inventory.model_dump(mode="json")
             inventory_state = await self.ingest_inventory(session, device, request.inventory, raw, now)
@@ -241,14 +261,11 @@ class CheckinService:
             inventory_state = "unchanged"
         else:
             inventory_state = "needed"
-        device.last_checkin_at = now
-        device.last_checkin_ip = context.current().client_ip
-        if request.agent_version:
-            device.agent_version = request.agent_version
-        # Dynamic groups follow new inventory, a rename, a retire or wipe: in this transaction. When nothing
-        # a rule can read changed (the usual check-in), this returns without a query.
-        await group_membership.refresh_device(session, device, unless=rule_inputs)
-        pending = await self.deliver(session, device, now)
+        if not steady:
+            # Dynamic groups follow new inventory, a rename, a retire or wipe: in this transaction. When
+            # nothing a rule can read changed, this returns without a query.
+            await group_membership.refresh_device(session, device, unless=rule_inputs)
+            pending = await self.deliver(session, device, now)
         certificate = auth.certificate
         lifetime = certificate.not_after - certificate.not_before
         renew = certificate.not_after - now < lifetime / 3
@@ -260,12 +277,29 @@ class CheckinService:
             renew_certificate=renew,
         )
 
+    def is_steady(self, device: Device, auth: AuthenticatedDevice, request: CheckinRequest) -> bool:
+        """A check-in that changes nothing: no result, no inventory, the same agent version, no command
+        waiting (seen by authentication through the partial index of open commands), a device in plain
+        ``managed`` state (pending wipes and retirements have their own bookkeeping in ``deliver``) that has
+        checked in before (the first check-in is written at once)."""
+        return (
+            not request.command_results
+            and request.inventory is None
+            and (not request.agent_version or request.agent_version == device.agent_version)
+            and not auth.pending_commands
+            and device.management_state is ManagementState.managed
+            and device.last_checkin_at is not None
+        )
+
     async def deliver(self, session: AsyncSession, device: Device, now: datetime) -> list[PendingCommand]:
         """Open commands, oldest first; expired ones are closed. At least once: unacknowledged ones go
         again."""
         if device.management_state in (ManagementState.retired, ManagementState.wiped):
             return []
         await session.flush()  # results applied in this check-in must count before choosing what to send
+        if device.management_state == ManagementState.wipe_pending:
+            # A wipe waiting for a second administrator is never delivered; past its deadline it expires here.
+            await device_service.expire_approvals(session, device, now)
         commands = list(
             (
                 await session.scalars(

@@ -9,8 +9,13 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.auth.dependencies import Require
+from corral.devices.bulk import BULK_PERMISSIONS, bulk_service
 from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import (
+    BulkActionCreate,
+    BulkActionDetail,
+    BulkActionPage,
+    CancelCounts,
     DeviceAppOut,
     DeviceDetail,
     DeviceFilter,
@@ -51,6 +56,10 @@ class CommandOut(BaseModel):
     delivery_count: int
     result: dict[str, Any] | None
     error: str | None
+    reviewed_by_name: str | None = Field(
+        default=None, description="The second administrator who approved or rejected it, when it needed one"
+    )
+    reviewed_at: datetime | None = None
 
 
 class ActionRequest(BaseModel):
@@ -127,6 +136,80 @@ async def list_remote_actions(_: DevicesRead) -> list[ActionOut]:
     ]
 
 
+class PendingApprovalOut(CommandOut):
+    device_name: str
+    device_serial_number: str
+    can_approve: bool = Field(description="False for your own requests: a second administrator must approve")
+
+
+# Before "/{device_id}", which would take "approvals" for a device id.
+@router.get("/approvals", response_model=list[PendingApprovalOut])
+async def list_pending_approvals(
+    session: SessionDep, principal: Annotated[Principal, Depends(Require(P.remote_approve))]
+) -> list[PendingApprovalOut]:
+    """Wipes waiting for a second administrator's approval, oldest first, on devices in your scope.
+
+    With the tenant setting wipe_requires_approval on; your own requests are listed with can_approve false."""
+    return [
+        PendingApprovalOut.model_validate(
+            {
+                **CommandOut.model_validate(command).model_dump(),
+                "device_name": device.name,
+                "device_serial_number": device.serial_number,
+                "can_approve": device_service.can_approve(principal, device, command),
+            }
+        )
+        for command, device in await device_service.pending_approvals(session, principal)
+    ]
+
+
+# ------------------------------------------------------------------------------------------- bulk actions
+# Before the /{device_id} routes: "bulk-actions" is not a device id.
+BulkSender = Annotated[Principal, Depends(Require(*BULK_PERMISSIONS, any_of=True))]
+
+
+@router.post(
+    "/bulk-actions",
+    response_model=BulkActionDetail,
+    status_code=status.HTTP_201_CREATED,
+    responses={403: {"description": "Without the chosen action's permission"}},
+)
+async def create_bulk_action(
+    data: BulkActionCreate, session: SessionDep, settings: SettingsDep, principal: BulkSender
+) -> BulkActionDetail:
+    """Send one remote action to a selection of devices (needs the action's own permission)."""
+    return await bulk_service.create(session, settings, principal, data)
+
+
+@router.get("/bulk-actions", response_model=BulkActionPage)
+async def list_bulk_actions(
+    session: SessionDep,
+    principal: DevicesRead,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> BulkActionPage:
+    """Bulk actions, newest first, with their progress counts (keyset pagination)."""
+    items, next_cursor = await bulk_service.page(session, cursor, limit)
+    return BulkActionPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/bulk-actions/{bulk_action_id}", response_model=BulkActionDetail, responses=NOT_FOUND)
+async def get_bulk_action(
+    bulk_action_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> BulkActionDetail:
+    """A bulk action's progress: counts by state, skipped devices, one row per device you can see."""
+    return await bulk_service.show(session, principal, bulk_action_id)
+
+
+@router.post("/bulk-actions/{bulk_action_id}/cancel", response_model=CancelCounts, responses=NOT_FOUND)
+async def cancel_bulk_action(
+    bulk_action_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> CancelCounts:
+    """Cancel a bulk action's commands not yet delivered (needs the permission of the action itself)."""
+    canceled, kept = await bulk_service.cancel(session, principal, bulk_action_id)
+    return CancelCounts(canceled=canceled, kept=kept)
+
+
 @router.get("/{device_id}", response_model=DeviceDetail, responses=NOT_FOUND)
 async def get_device(
     device_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: DevicesRead
@@ -189,6 +272,15 @@ async def cancel_command(
     return CommandOut.model_validate(await device_service.cancel(session, principal, device_id, command_id))
 
 
+@router.post("/{device_id}/commands/clear", response_model=CancelCounts, responses=NOT_FOUND)
+async def clear_command_queue(
+    device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> CancelCounts:
+    """Cancel every open command you may cancel (wipe and retire only until delivered); the others stay."""
+    canceled, kept = await device_service.clear_queue(session, principal, device_id)
+    return CancelCounts(canceled=canceled, kept=kept)
+
+
 def _action_endpoint(command_type: CommandType) -> Callable[..., Awaitable[Response]]:
     guard = Annotated[Principal, Depends(Require(command_type.permission))]
 
@@ -231,3 +323,57 @@ for _command in REGISTRY.values():
     )
 
 __all__ = ["DeviceCommand", "router"]
+
+
+# ------------------------------------------------------------------------------- multi administrator approval
+RemoteApprove = Annotated[Principal, Depends(Require(P.remote_approve))]
+REVIEW_ERRORS: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
+    403: {"description": "No remote:approve over the device, or you requested it yourself"},
+    409: {"description": "Not waiting for approval (already approved, rejected, canceled or expired)"},
+}
+
+
+class ApproveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str | None = Field(default=None, max_length=1024, description="Recorded in the audit log")
+
+
+class RejectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(max_length=900, description="Why (at least 5 characters): shown on the command")
+
+
+@router.post("/{device_id}/commands/{command_id}/approve", response_model=CommandOut, responses=REVIEW_ERRORS)
+async def approve_command(
+    device_id: uuid.UUID,
+    command_id: uuid.UUID,
+    session: SessionDep,
+    principal: RemoteApprove,
+    data: ApproveRequest | None = None,
+) -> CommandOut:
+    """Approve a wipe another administrator requested: it is queued and the device woken to fetch it.
+
+    Its lifetime (expires_at) starts again from the approval. Needs remote:approve over the device."""
+    command = await device_service.approve(
+        session, principal, device_id, command_id, data.comment if data else None
+    )
+    return CommandOut.model_validate(command)
+
+
+@router.post("/{device_id}/commands/{command_id}/reject", response_model=CommandOut, responses=REVIEW_ERRORS)
+async def reject_command(
+    device_id: uuid.UUID,
+    command_id: uuid.UUID,
+    data: RejectRequest,
+    session: SessionDep,
+    principal: RemoteApprove,
+) -> CommandOut:
+    """Reject a wipe another administrator requested: it is canceled, never sent; the device is managed.
+
+    The reason is kept on the command (its error) and in the audit log."""
+    return CommandOut.model_validate(
+        await device_service.reject(session, principal, device_id, command_id, data.reason)
+    )

@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from corral.devices.schemas import DeviceFilter
+from corral.devices.schemas import MAX_BULK_DEVICES, DeviceFilter
 from corral.errors import BadRequest
 from corral.kit.pagination import decode_cursor, encode_cursor
 from corral.models import (
@@ -137,6 +138,35 @@ async def get(session: AsyncSession, device_id: uuid.UUID, *, for_update: bool =
         stmt = stmt.with_for_update(of=Device)
     result: Device | None = await session.scalar(stmt)
     return result
+
+
+async def lock_many(
+    session: AsyncSession, device_ids: Sequence[uuid.UUID], scopes: Sequence[Scope]
+) -> list[Device]:
+    """Those of the devices inside every one of ``scopes``, with their scope tags, locked in id order (the
+    order every multi-device writer takes them in, so two of them cannot deadlock; check-in locks one)."""
+    if not device_ids:
+        return []
+    stmt = select(Device)
+    for scope in scopes:
+        stmt = scoped(stmt, scope)
+    stmt = (
+        stmt.options(selectinload(Device.scope_tags))
+        .where(Device.id.in_(device_ids))
+        .order_by(Device.id)
+        .with_for_update(of=Device)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+async def names(session: AsyncSession, scope: Scope, device_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Names of those devices the scope can read (the others do not exist for the caller)."""
+    out: dict[uuid.UUID, str] = {}
+    for start in range(0, len(device_ids), MAX_BULK_DEVICES):
+        chunk = device_ids[start : start + MAX_BULK_DEVICES]
+        stmt = scoped(cast("Select[Any]", select(Device.id, Device.name)), scope).where(Device.id.in_(chunk))
+        out.update({row[0]: row[1] for row in (await session.execute(stmt)).all()})
+    return out
 
 
 async def current_certificate(session: AsyncSession, device_id: uuid.UUID) -> DeviceCertificate | None:

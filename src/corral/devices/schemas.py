@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.models import ComplianceState, ManagementState, Ownership, Platform
 
@@ -158,3 +158,97 @@ class DeviceAppOut(BaseModel):
     name: str
     version: str | None
     identifier: str
+
+
+# ------------------------------------------------------------------------------------------- bulk actions
+MAX_BULK_DEVICES = 1000
+
+
+class BulkDeviceFilter(BaseModel):
+    """The device list's filter, as a selection: every matching device in your scope (at most 1000)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    search: str | None = Field(default=None, max_length=200)
+    platform: Platform | None = None
+    ownership: Ownership | None = None
+    management_state: ManagementState | None = None
+    compliance_state: ComplianceState | None = None
+    stale: bool | None = None
+
+
+class BulkActionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(max_length=32, description="A remote action's name, e.g. lock, sync, wipe")
+    device_ids: list[uuid.UUID] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_BULK_DEVICES,
+        description="The selected devices (repeated ids count once); or give filter instead",
+    )
+    filter: BulkDeviceFilter | None = Field(
+        default=None, description="Select every device in your scope matching this filter (at most 1000)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="The action's parameters")
+    reason: str | None = Field(default=None, max_length=1024, description="Required for wipe and retire")
+    confirm: str | None = Field(
+        default=None,
+        max_length=16,
+        description="For wipe and retire: the number of devices, typed to confirm",
+    )
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> BulkActionCreate:
+        if (self.device_ids is None) == (self.filter is None):
+            raise ValueError("Select the devices either by device_ids or by filter (one of the two).")
+        return self
+
+
+class BulkSkipped(BaseModel):
+    device_id: str
+    device_name: str | None = Field(description="Only for devices you can see")
+    reason: str
+
+
+class BulkActionOut(BaseModel):
+    id: uuid.UUID
+    type: str
+    label: str
+    destructive: bool
+    params: dict[str, Any]
+    reason: str | None
+    requested_by_name: str | None
+    created_at: datetime
+    requested_count: int = Field(description="Devices selected")
+    queued_count: int = Field(description="Devices that took the action (a command each)")
+    skipped_count: int = Field(description="Devices that could not take it")
+    counts: dict[str, int] = Field(description="The commands by state (queued, sent, succeeded…)")
+    finished_count: int = Field(description="Commands with nothing more to wait for")
+    done: bool = Field(description="No command is waiting for a device or an approval any more")
+
+
+class BulkActionItem(BaseModel):
+    device_id: uuid.UUID
+    device_name: str
+    command_id: uuid.UUID
+    status: str
+    error: str | None
+    sent_at: datetime | None
+    completed_at: datetime | None
+
+
+class BulkActionDetail(BulkActionOut):
+    skipped: list[BulkSkipped]
+    items: list[BulkActionItem] = Field(description="One row per device you can see, by device name")
+    hidden_count: int = Field(description="Commands on devices outside your scope: counted, not listed")
+
+
+class BulkActionPage(BaseModel):
+    items: list[BulkActionOut]
+    next_cursor: str | None
+
+
+class CancelCounts(BaseModel):
+    canceled: int = Field(description="Commands canceled")
+    kept: int = Field(description="Open commands left alone: already delivered, or not yours to cancel")

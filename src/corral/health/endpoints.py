@@ -11,6 +11,7 @@ from corral.auth.dependencies import PUBLIC, Require
 from corral.kit.migrations import is_current
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
+from corral.worker import metrics as worker_metrics
 
 router = APIRouter(tags=["operations"])
 
@@ -40,6 +41,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(_: Annotated[Principal, Depends(Require(P.system_metrics))]) -> Response:
+async def metrics(request: Request, _: Annotated[Principal, Depends(Require(P.system_metrics))]) -> Response:
     """Prometheus metrics; scrape with an API token holding system:metrics."""
+    await worker_metrics.refresh(request.app.state.engine)  # job queue depth, shared by all replicas
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

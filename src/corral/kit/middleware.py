@@ -36,16 +36,21 @@ CSP = (
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def is_trusted_proxy(address: str | None, trusted: Sequence[Network]) -> bool:
+    """Whether ``address`` (a peer or a hop) is one of the configured trusted proxies."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
 def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str | None:
     """The client's address: the peer, unless the peer is a trusted proxy, then the right-most address in
     X-Forwarded-For that is not itself a trusted proxy."""
 
     def is_trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in trusted)
+        return is_trusted_proxy(address, trusted)
 
     if peer is None or not forwarded_for or not is_trusted(peer):
         return peer

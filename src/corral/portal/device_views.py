@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -13,18 +14,19 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from corral.auth.dependencies import Require
+from corral.devices.bulk import BULK_PERMISSIONS, bulk_service, bulk_types_for, segments
 from corral.devices.commands import REGISTRY, CommandType
-from corral.devices.schemas import DeviceFilter
+from corral.devices.schemas import BulkActionCreate, DeviceFilter
 from corral.devices.service import MIN_REASON, IssueRequest, device_service, is_stale
 from corral.enrollment.schemas import EnrollmentTokenCreate
 from corral.enrollment.service import enrollment_service, qr_svg, token_status
-from corral.errors import CorralError
+from corral.errors import CorralError, ValidationFailed
 from corral.groups.schemas import MemberType
 from corral.groups.service import group_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.time import utcnow
-from corral.models import ComplianceState, Device, ManagementState, Ownership, Platform
+from corral.models import CommandStatus, ComplianceState, Device, ManagementState, Ownership, Platform
 from corral.models.device_command import FINAL_STATUSES
 from corral.portal.rendering import (
     clear_reveal,
@@ -65,11 +67,33 @@ def _device_filter(params: dict[str, str]) -> DeviceFilter:
     return DeviceFilter.model_validate(clean)
 
 
-@router.get("/devices")
-async def devices(
-    request: Request, session: SessionDep, settings: SettingsDep, principal: DevicesRead
+def _list_params(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {k: v for k, v in items if k in DeviceFilter.model_fields}
+
+
+def _bulk_bar(principal: Principal, params: dict[str, str]) -> dict[str, Any]:
+    """The list's bulk action bar: the actions this admin holds, their parameters, nothing selected."""
+    types = bulk_types_for(principal)
+    return {
+        "types": types,
+        "fields": {c.name: action_fields(c) for c in types},
+        "selected": set(),
+        "form": {},
+        "error": None,
+        "list_query": urlencode(params),
+    }
+
+
+async def _device_list(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Principal,
+    params: dict[str, str],
+    *,
+    bulk: dict[str, Any] | None = None,
+    status_code: int = 200,
 ) -> Response:
-    params = {k: v for k, v in request.query_params.items() if k in DeviceFilter.model_fields}
     filters_in_use = {k: v for k, v in params.items() if v and k != "cursor"}
     ctx: dict[str, Any] = {
         "params": params,
@@ -80,6 +104,8 @@ async def devices(
         "management_states": list(ManagementState),
         "compliance_states": list(ComplianceState),
         "stale_days": settings.stale_device_days,
+        "bulk": {**_bulk_bar(principal, params), **(bulk or {})},
+        "min_reason": MIN_REASON,
     }
     try:
         filters = _device_filter(params)
@@ -96,7 +122,16 @@ async def devices(
             "stale": {d.id for d in items if is_stale(d, settings.stale_device_days)},
         }
     )
-    return render(request, "devices/device_list.html", ctx)
+    return render(request, "devices/device_list.html", ctx, status_code=status_code)
+
+
+@router.get("/devices")
+async def devices(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: DevicesRead
+) -> Response:
+    return await _device_list(
+        request, session, settings, principal, _list_params(request.query_params.items())
+    )
 
 
 @router.get("/devices/export.csv")
@@ -167,6 +202,7 @@ async def _commands_context(session: SessionDep, principal: Principal, device: D
         "commands": commands,
         "registry": REGISTRY,
         "cancelable": {c.id for c in commands if device_service.can_cancel(principal, device, c)},
+        "approvable": {c.id for c in commands if device_service.can_approve(principal, device, c)},
         "in_progress": any(c.status not in FINAL_STATUSES for c in commands),
         "now_ms": int(utcnow().timestamp() * 1000),
     }
@@ -204,6 +240,116 @@ async def _detail_context(
         }
     )
     return ctx
+
+
+# ------------------------------------------------------------------------------------------- bulk actions
+BulkSender = Annotated[Principal, Depends(Require(*BULK_PERMISSIONS, any_of=True))]
+BULK_FRAGMENT = "bulk-progress"
+
+
+def _bulk_params(command_type: CommandType, form: FormData) -> dict[str, Any]:
+    """The chosen action's parameters from the bulk bar, whose inputs are named "<action>.<field>"."""
+    prefixed = {k.split(".", 1)[1]: v for k, v in form.multi_items() if k.startswith(f"{command_type.name}.")}
+    params: dict[str, Any] = {}
+    for field in action_fields(command_type):
+        value = prefixed.get(field.name)
+        if field.kind == "checkbox":
+            params[field.name] = value in {"on", "true", "yes", "1"}
+        elif isinstance(value, str) and value.strip():
+            params[field.name] = value.strip()
+    return params
+
+
+@router.post("/devices/bulk-actions")
+async def create_bulk_action(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: BulkSender
+) -> Response:
+    """From the device list's bulk bar; a refusal shows the list again with the selection kept."""
+    form = await request.form()
+    type_name = str(form.get("type") or "")
+    device_ids = [str(v) for v in form.getlist("device_ids")]
+    try:
+        if not device_ids:
+            raise ValidationFailed("Select at least one device first.")
+        if not type_name:
+            raise ValidationFailed("Choose the action to send to the selected devices.")
+        command_type = bulk_service.command_type(type_name)
+        data = BulkActionCreate.model_validate(
+            {
+                "type": type_name,
+                "device_ids": device_ids,
+                "params": _bulk_params(command_type, form),
+                "reason": str(form.get("reason") or "") or None,
+                "confirm": str(form.get("confirm") or "")[:16] or None,
+            }
+        )
+        created = await bulk_service.create(session, settings, principal, data)
+    except (CorralError, ValidationError) as exc:
+        error = _first_error(exc) if isinstance(exc, ValidationError) else exc.detail
+        status_code = 422 if isinstance(exc, ValidationError) else exc.status_code
+        params = _list_params(parse_qsl(str(form.get("list_query") or "")))
+        kept = {k: v for k, v in form.items() if isinstance(v, str) and k not in {"csrf_token", "confirm"}}
+        bulk = {"selected": set(device_ids), "form": kept, "error": error}
+        return await _device_list(
+            request, session, settings, principal, params, bulk=bulk, status_code=status_code
+        )
+    message = f"{created.label} queued for {created.queued_count} of {created.requested_count} device(s)."
+    if created.skipped_count:
+        message += f" {created.skipped_count} skipped: the reasons are listed below."
+    kind = "success" if created.queued_count else "warning"
+    return redirect(request, f"/portal/devices/bulk-actions/{created.id}", message, kind)
+
+
+@router.get("/devices/bulk-actions")
+async def bulk_actions(request: Request, session: SessionDep, principal: DevicesRead) -> Response:
+    cursor = request.query_params.get("cursor") or None
+    items, next_cursor = await bulk_service.page(session, cursor[:400] if cursor else None, 50)
+    return render(
+        request,
+        "devices/bulk_list.html",
+        {
+            "items": items,
+            "bars": {b.id: segments(b) for b in items},
+            "next_cursor": next_cursor,
+            "cursor": cursor,
+            "can_send": bool(bulk_types_for(principal)),
+        },
+        headers=PAGE_HEADERS,
+    )
+
+
+@router.get("/devices/bulk-actions/{bulk_action_id}")
+async def bulk_action_detail(
+    request: Request, bulk_action_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> Response:
+    detail = await bulk_service.show(session, principal, bulk_action_id)
+    ctx: dict[str, Any] = {
+        "bulk": detail,
+        "bar": segments(detail),
+        "can_cancel": bulk_service.can_cancel(principal, detail),
+        "now_ms": int(utcnow().timestamp() * 1000),
+    }
+    if request.headers.get(FRAGMENT_HEADER) == BULK_FRAGMENT:
+        return render_fragment(request, "devices/bulk_progress.html", ctx, headers=PAGE_HEADERS)
+    return render(request, "devices/bulk_detail.html", ctx, headers=PAGE_HEADERS)
+
+
+@router.post("/devices/bulk-actions/{bulk_action_id}/cancel")
+async def cancel_bulk_action(
+    request: Request, bulk_action_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> Response:
+    """Needs the permission of the action itself (checked by the service), as the API does."""
+    back = f"/portal/devices/bulk-actions/{bulk_action_id}"
+    try:
+        canceled, kept = await bulk_service.cancel(session, principal, bulk_action_id)
+    except CorralError as exc:
+        if exc.status_code == 404:
+            raise
+        return redirect(request, back, exc.detail, "error")
+    message = f"{canceled} queued command(s) canceled."
+    if kept:
+        message += f" {kept} could not be: outside your scope, or delivered meanwhile."
+    return redirect(request, back, message, "success" if canceled or not kept else "warning")
 
 
 @router.get("/devices/{device_id}")
@@ -276,6 +422,11 @@ def _action_view(command_type: CommandType) -> Callable[..., Awaitable[Response]
             if created
             else f"{command_type.label} was already queued (this form was sent twice)."
         )
+        if created and command.status is CommandStatus.pending_approval:
+            message = (
+                f"{command_type.label} requested. It waits for a second administrator's approval "
+                "(Approvals page) before it is sent to the device."
+            )
         return redirect(request, f"/portal/devices/{command.device_id}", message)
 
     # The guard differs per action; with postponed annotations the name ``guard`` would not resolve.
@@ -307,6 +458,24 @@ async def cancel_command(
         return redirect(request, back, exc.detail, "error")
     label = REGISTRY[command.type].label if command.type in REGISTRY else command.type
     return redirect(request, back, f"{label} canceled.")
+
+
+@router.post("/devices/{device_id}/commands/clear")
+async def clear_command_queue(
+    request: Request, device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> Response:
+    """Cancel every open command this admin may cancel, as the API does."""
+    back = f"/portal/devices/{device_id}"
+    try:
+        canceled, kept = await device_service.clear_queue(session, principal, device_id)
+    except CorralError as exc:
+        if exc.status_code == 404:
+            raise
+        return redirect(request, back, exc.detail, "error")
+    message = f"Queue cleared: {canceled} action(s) canceled."
+    if kept:
+        message += f" {kept} kept (already delivered, or not yours to cancel)."
+    return redirect(request, back, message)
 
 
 @router.post("/devices/{device_id}/delete")

@@ -5,6 +5,7 @@ from fastapi.responses import RedirectResponse
 
 from corral.auth.dependencies import PUBLIC
 from corral.portal.admin_views import router as admin_router
+from corral.portal.approval_views import router as approval_router
 from corral.portal.auth_views import router as auth_router
 from corral.portal.device_views import router as device_router
 from corral.portal.group_views import router as group_router
@@ -16,6 +17,7 @@ portal_router.include_router(admin_router)
 portal_router.include_router(device_router)
 portal_router.include_router(group_router)
 portal_router.include_router(user_router)
+portal_router.include_router(approval_router)
 
 
 @portal_router.get("/", dependencies=[PUBLIC], include_in_schema=False)

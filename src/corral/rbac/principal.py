@@ -5,8 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from corral.rbac.permissions import P
+
+if TYPE_CHECKING:
+    from corral.errors import Forbidden
 
 
 @dataclass(frozen=True)
@@ -111,13 +115,13 @@ def authorize_object(
 ) -> None:
     """The guard for one scoped object, fetched first: outside the caller's read scope it does not exist for
     them (404, so scope does not leak existence); visible but not actionable is 403."""
-    from corral.errors import Forbidden, NotFound
+    from corral.errors import NotFound
 
     tags = frozenset(object_tag_ids)
     if not principal.scope_for(read_permission).covers(tags):
         raise NotFound("No such object.")
     if not principal.scope_for(permission).covers(tags):
-        raise Forbidden(f"This needs the permission {permission.value} over this object's scope.")
+        raise not_permitted(permission)
 
 
 def system_principal(name: str, permissions: frozenset[P]) -> Principal:
@@ -132,3 +136,10 @@ def system_principal(name: str, permissions: frozenset[P]) -> Principal:
         scope=EVERYWHERE,
     )
     return Principal(user_id=SYSTEM_USER_ID, user_principal_name=name, display_name=name, grants=(grant,))
+
+
+def not_permitted(permission: P) -> Forbidden:
+    """The refusal for an object the caller can see but not act on with ``permission`` (its scope)."""
+    from corral.errors import Forbidden
+
+    return Forbidden(f"This needs the permission {permission.value} over this object's scope.")

@@ -18,6 +18,9 @@ class TenantSettingsOut(BaseModel):
         description="What happens to a user's managed devices when the user is disabled or deleted: "
         "'keep' (managed as before) or 'retire' (a retire is queued for each)"
     )
+    wipe_requires_approval: bool = Field(
+        description="A wipe, single or in a bulk action, waits until a second administrator approves it"
+    )
 
 
 class TenantSettingsUpdate(BaseModel):
@@ -30,3 +33,6 @@ class TenantSettingsUpdate(BaseModel):
     support_phone: str | None = Field(default=None, max_length=64)
     support_url: str | None = Field(default=None, max_length=512, pattern=r"^$|^https?://\S+$")
     deprovisioned_user_devices: DeprovisionedUserDevices | None = None
+    wipe_requires_approval: bool | None = Field(
+        default=None, strict=True, description="Wipes need a second administrator's approval"
+    )

@@ -15,6 +15,7 @@ FIELDS = (
     "support_phone",
     "support_url",
     "deprovisioned_user_devices",
+    "wipe_requires_approval",
 )
 
 
