@@ -372,6 +372,9 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-rule-editor]").forEach(ruleEditor);
+  });
+})();
+
 // Bulk selection on the device list: <form data-bulk-form> holds the rows' checkboxes (name="device_ids"),
 // a "select all on this page" box (data-bulk-all, hidden without this script), the action (data-bulk-type)
 // and parts shown only for one action (data-bulk-for="<action>", or "destructive" for wipe and retire).
