@@ -551,6 +551,18 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/api/v1/devices/bulk-actions/{bulk_action_id}/cancel"): {},
         ("POST", "/api/v1/enrollment-tokens"): {"name": f"Fuzz {n}", "platforms": ["linux"]},
         ("POST", "/api/v1/enrollment-tokens/{token_id}/revoke"): {},
+        # Groups: the group routes reach validation and the 404 (no group arranged); create and the rule
+        # preview run for real.
+        ("POST", "/api/v1/groups"): {"display_name": f"Fuzz {n}"},
+        ("POST", "/api/v1/groups/preview"): {"dynamic_kind": "device", "rule": 'device.displayName -eq "x"'},
+        ("POST", "/api/v1/groups/preview/explain"): {
+            "dynamic_kind": "user",
+            "rule": 'user.displayName -eq "x"',
+            "user_id": ids["user_id"],
+        },
+        ("PATCH", "/api/v1/groups/{group_id}"): {"display_name": "Fuzz"},
+        ("POST", "/api/v1/groups/{group_id}/evaluate"): {},
+        ("POST", "/api/v1/groups/{group_id}/members"): {"type": "user", "id": ids["user_id"]},
         **{
             ("POST", info.path): {"reason": "fuzz", "idempotency_key": f"fuzz-{n}"}
             for info in ROUTES

@@ -381,7 +381,7 @@ async def remove_member(
 ) -> Response:
     form = await request.form()
     try:
-        ref = MemberRef(type=str(form.get("type") or ""), id=str(form.get("id") or ""))  # type: ignore[arg-type]
+        ref = MemberRef.model_validate({"type": form.get("type"), "id": form.get("id")})
         member = await group_service.remove_member(session, principal, group_id, ref)
     except ValidationError:
         return redirect(request, f"/portal/groups/{group_id}", "That member reference is not valid.", "error")
