@@ -539,6 +539,7 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
         ("PUT", "/api/v1/role-assignments/{assignment_id}/members"): {"member_ids": [ids["user_id"]]},
         ("POST", "/api/v1/scope-tags"): {"name": f"Fuzz {n}"},
         ("POST", "/api/v1/api-tokens"): {"name": f"fuzz {n}"},
+        ("POST", "/api/v1/identity-connections/{connection_id}/scim-token"): {},
         ("PATCH", "/api/v1/settings"): {"organization_name": "Fuzz"},
         # Device routes: no device is arranged here (tests/devices enrolls real ones), so these reach
         # validation and the 404, not the command logic.

@@ -31,6 +31,10 @@ try:  # the device protocol's guard: the caller proves a device key (HTTP messag
     GUARD_TYPES = (*GUARD_TYPES, DeviceSigned)
 except ImportError:  # pragma: no cover - before the device protocol exists
     pass
+# SCIM: the identity connection's bearer token (tests/scim checks missing, wrong and other tokens).
+from corral.scim.auth import ScimBearer  # noqa: E402
+
+GUARD_TYPES = (*GUARD_TYPES, ScimBearer)
 
 PUBLIC_ALLOW_LIST = {
     ("GET", "/healthz"),
@@ -183,7 +187,11 @@ async def test_anonymous_caller_is_refused(
     response = await anonymous_client.request(method, path, **kwargs)
     assert response.status_code < 500, response.text
     assert not 200 <= response.status_code < 300, f"{method} {path} answered {response.status_code}"
-    if path.startswith(MACHINE_PREFIXES):  # /api/, /metrics, /device/, …: machine clients
+    if path.startswith("/scim/"):  # SCIM clients get SCIM error bodies
+        assert response.status_code == 401, response.text
+        assert response.headers["content-type"].startswith("application/scim+json")
+        assert response.json()["status"] == "401"
+    elif path.startswith(MACHINE_PREFIXES):  # /api/, /metrics, /device/, …: machine clients
         assert response.status_code == 401, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
         if path.startswith(("/api/", "/metrics")):

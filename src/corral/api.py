@@ -9,6 +9,7 @@ from corral.enrollment.endpoints import router as enrollment_router
 from corral.groups.endpoints import router as groups_router
 from corral.licensing.endpoints import router as licensing_router
 from corral.rbac.endpoints import router as rbac_router
+from corral.scim.endpoints import api_router as scim_admin_router
 from corral.tenant.endpoints import router as tenant_router
 from corral.tokens.endpoints import router as tokens_router
 from corral.users.endpoints import router as users_router
@@ -25,5 +26,6 @@ for router in (
     enrollment_router,
     groups_router,
     licensing_router,
+    scim_admin_router,
 ):
     api_router.include_router(router)

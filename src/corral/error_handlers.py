@@ -17,10 +17,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corral.auth.dependencies import PasswordChangeRequired
 from corral.errors import CorralError, NotAuthenticated
 from corral.kit import context
+from corral.scim.errors import scim_error_response
 
 log = logging.getLogger("corral.errors")
 
 MACHINE_PREFIXES = ("/api/", "/device/", "/mam/", "/scim/", "/metrics", "/healthz", "/readyz")
+SCIM_PREFIX = "/scim/"
+
+
+def is_scim(request: Request) -> bool:
+    """SCIM clients get SCIM error bodies (RFC 7644 §3.12), not Problem Details."""
+    return request.url.path.startswith(SCIM_PREFIX)
 
 
 def wants_problem(request: Request) -> bool:
@@ -59,6 +66,17 @@ def portal_error(
 
 async def corral_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
+    if is_scim(request):
+        headers = dict(exc.headers)
+        if isinstance(exc, NotAuthenticated):
+            headers.setdefault("WWW-Authenticate", 'Bearer realm="SCIM"')
+        scim_type = getattr(exc, "scim_type", None)
+        status = exc.status_code
+        if scim_type is None and status == 409:
+            scim_type = "uniqueness"
+        if status == 422:  # a domain rule refused the value (e.g. a cycle of nested groups)
+            status, scim_type = 400, scim_type or "invalidValue"
+        return scim_error_response(status, exc.detail, scim_type, headers)
     if wants_problem(request):
         headers = dict(exc.headers)
         if isinstance(exc, NotAuthenticated):
@@ -83,6 +101,8 @@ async def validation_error(request: Request, exc: Exception) -> Response:
         for e in exc.errors()
     ]
     summary = "; ".join(f"{e['location']}: {e['message']}" for e in errors[:5])
+    if is_scim(request):
+        return scim_error_response(400, summary or "The request is not valid.", "invalidValue")
     if wants_problem(request):
         return problem(422, "Validation failed", summary or "The request is not valid.", errors=errors)
     return portal_error(request, 400, "That request was not valid", summary)
@@ -95,6 +115,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else title
     if exc.status_code == 404:
         detail = "There is nothing at this address."
+    if is_scim(request):
+        return scim_error_response(exc.status_code, detail, headers=dict(exc.headers or {}))
     if wants_problem(request):
         return problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
     return portal_error(request, exc.status_code, title, detail)
@@ -109,6 +131,8 @@ async def database_error(request: Request, exc: Exception) -> Response:
     if getattr(exc.orig, "sqlstate", None) not in UNSTORABLE_TEXT_SQLSTATES:
         return await unexpected_error(request, exc)
     detail = "Text cannot contain NUL (\\u0000) or other unstorable characters; nothing was changed."
+    if is_scim(request):
+        return scim_error_response(400, detail, "invalidValue")
     if wants_problem(request):
         return problem(422, "Validation failed", detail)
     return portal_error(request, 400, "That request was not valid", detail)
@@ -120,6 +144,8 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
         "Something went wrong on our side; nothing was changed. Quote the correlation id "
         f"{context.current().correlation_id} when you report it."
     )
+    if is_scim(request):
+        return scim_error_response(500, detail)
     if wants_problem(request):
         return problem(500, "Internal error", detail)
     return portal_error(request, 500, "Something went wrong", detail)

@@ -26,6 +26,7 @@ from corral.portal.router import portal_router
 from corral.push.endpoints import router as push_router
 from corral.push.hub import PushHub
 from corral.push.stream import StreamHandoff
+from corral.scim.endpoints import router as scim_router
 
 log = logging.getLogger("corral")
 
@@ -85,6 +86,7 @@ def create_app(
     app.include_router(api_router)
     app.include_router(device_router)
     app.include_router(push_router)
+    app.include_router(scim_router)
     app.include_router(portal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.route_templates = route_templates(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,12 @@ def group_member(group: Group) -> MemberOut:
     return MemberOut(
         type=MemberType.group, id=group.id, name=group.display_name, detail=group.membership_type.value
     )
+
+
+def _member_label(member: User | Group) -> str:
+    if isinstance(member, Group):
+        return f"group {member.display_name} ({member.id})"
+    return f"{member.user_principal_name} ({member.id})"
 
 
 def evaluation_detail(evaluation: Evaluation) -> str:
@@ -466,6 +473,134 @@ class GroupService:
                 f"{len(found)} {kind.value}s are called {lookup!r}; use the ID or the serial number instead."
             )
         return MemberRef(type=kind, id=found[0].id)
+
+    # ---------------------------------------------------------------- provisioned by an identity provider
+    async def create_provisioned(
+        self,
+        session: AsyncSession,
+        *,
+        source: GroupSource,
+        connection_id: uuid.UUID,
+        display_name: str,
+        external_id: str | None,
+    ) -> Group:
+        """An assigned group pushed by an identity provider (SCIM): only the provider changes it."""
+        group = Group(
+            id=uuid.uuid4(),
+            display_name=display_name,
+            description="",
+            membership_type=MembershipType.assigned,
+            source=source,
+            connection_id=connection_id,
+            external_id=external_id,
+        )
+        session.add(group)
+        await session.flush()
+        await session.refresh(group)
+        await audit_service.record(
+            session,
+            activity="group.create",
+            category="group",
+            operation="create",
+            target_type="group",
+            target_id=group.id,
+            target_name=group.display_name,
+            changes=[
+                ("display_name", None, group.display_name),
+                ("external_id", None, external_id),
+                ("source", None, source.value),
+            ],
+        )
+        return group
+
+    async def update_provisioned(
+        self, session: AsyncSession, group: Group, *, display_name: str, external_id: str | None
+    ) -> Group:
+        changes: list[tuple[str, Any, Any]] = []
+        if display_name != group.display_name:
+            changes.append(("display_name", group.display_name, display_name))
+            group.display_name = display_name
+        if external_id != group.external_id:
+            changes.append(("external_id", group.external_id, external_id))
+            group.external_id = external_id
+        if changes:
+            await session.flush()
+            await session.refresh(group)
+            await audit_service.record(
+                session,
+                activity="group.update",
+                category="group",
+                operation="update",
+                target_type="group",
+                target_id=group.id,
+                target_name=group.display_name,
+                changes=changes,
+            )
+        return group
+
+    async def change_provisioned_members(
+        self,
+        session: AsyncSession,
+        group: Group,
+        *,
+        add: Sequence[User | Group] = (),
+        remove: Sequence[User | Group] = (),
+    ) -> None:
+        """Add and remove direct members (users and nested groups) of a provisioned group; nesting that would
+        close a cycle is refused (nothing changes). One audit event per direction."""
+        if any(isinstance(m, Group) for m in [*add, *remove]):
+            await repository.lock_nesting(session)
+        added: list[str] = []
+        removed: list[str] = []
+        for member in remove:
+            kind = MemberType.group if isinstance(member, Group) else MemberType.user
+            if await repository.remove_member(session, group.id, kind, member.id):
+                removed.append(_member_label(member))
+        for member in add:
+            if isinstance(member, Group):
+                if member.id == group.id or await repository.reachable(session, member.id, group.id):
+                    raise ValidationFailed(
+                        f"Adding {member.display_name} to {group.display_name} would make a cycle of nested "
+                        "groups."
+                    )
+                kind = MemberType.group
+            else:
+                kind = MemberType.user
+            if await repository.add_member(session, group.id, kind, member.id):
+                added.append(_member_label(member))
+        for activity, names, old_new in (
+            ("group.member_add", added, lambda n: (None, n)),
+            ("group.member_remove", removed, lambda n: (n, None)),
+        ):
+            if names:
+                old, new = old_new(sorted(names))
+                await audit_service.record(
+                    session,
+                    activity=activity,
+                    category="group",
+                    operation="update",
+                    target_type="group",
+                    target_id=group.id,
+                    target_name=group.display_name,
+                    changes=[("members", old, new)],
+                )
+
+    async def delete_provisioned(self, session: AsyncSession, group: Group) -> None:
+        usage = await repository.role_assignment_usage(session, group.id)
+        if usage:
+            raise Conflict(self._usage_message(group, usage))
+        await audit_service.record(
+            session,
+            activity="group.delete",
+            category="group",
+            operation="delete",
+            target_type="group",
+            target_id=group.id,
+            target_name=group.display_name,
+            changes=[("display_name", group.display_name, None), ("external_id", group.external_id, None)],
+        )
+        await session.delete(group)
+        await session.flush()
 
     # ---------------------------------------------------------------- dynamic membership
     async def evaluate(self, session: AsyncSession, group_id: uuid.UUID) -> EvaluationOut:

@@ -372,6 +372,10 @@ class UserService:
         if user.id == principal.user_id:
             raise Conflict("You cannot disable your own account.")
         await rbac_service.guard_manage_user(session, principal, user)
+        return await self._deprovision(session, user)
+
+    async def _deprovision(self, session: AsyncSession, user: User) -> Deprovisioned:
+        """Disable: never the last Global administrator; ends all sessions, applies the device policy."""
         await rbac_service.guard_disable(session, user)
         user.enabled = False
         outcome = await self._apply_device_policy(session, user)
@@ -414,6 +418,9 @@ class UserService:
                 "first."
             )
         await rbac_service.guard_manage_user(session, principal, user)
+        return await self._remove(session, user)
+
+    async def _remove(self, session: AsyncSession, user: User) -> Deprovisioned:
         outcome = await self._apply_device_policy(session, user)
         outcome.sessions_ended = await auth_service.end_all_sessions(session, user)
         outcome.tokens_revoked = await enrollment_service.revoke_tokens_bound_to(session, user.id)
@@ -432,6 +439,102 @@ class UserService:
             detail=outcome.summary(),
         )
         return outcome
+
+    # ---------------------------------------------------------------- provisioned by an identity provider
+    async def create_provisioned(
+        self,
+        session: AsyncSession,
+        *,
+        source: UserSource,
+        connection_id: uuid.UUID,
+        external_id: str | None,
+        values: dict[str, str | None],
+        enabled: bool,
+    ) -> User:
+        """A user pushed by an identity provider (SCIM): its properties belong to the provider."""
+        upn = values.get("user_principal_name")
+        if not upn or not values.get("display_name"):
+            raise ValidationFailed("A user needs a user principal name and a display name.")
+        await self._check_upn_free(session, upn)
+        user = User(
+            id=uuid.uuid4(),
+            **{name: values.get(name) for name in PROPERTIES},
+            source=source,
+            connection_id=connection_id,
+            external_id=external_id,
+            enabled=enabled,
+        )
+        session.add(user)
+        await session.flush()
+        await session.refresh(user)
+        snapshot = {**_snapshot(user), "external_id": external_id}
+        await audit_service.record(
+            session,
+            activity="user.create",
+            category="user",
+            operation="create",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.user_principal_name,
+            changes=[(name, None, value) for name, value in snapshot.items() if value is not None],
+        )
+        await group_membership.refresh_user(session, user)
+        return user
+
+    async def update_provisioned(
+        self,
+        session: AsyncSession,
+        user: User,
+        *,
+        external_id: str | None,
+        values: dict[str, str | None],
+        enabled: bool,
+    ) -> tuple[User, Deprovisioned | None]:
+        """The provider's view of the user replaces Corral's. Disabling them does what disabling does
+        anywhere: all sessions end and the tenant's device policy applies (one audited ``user.update``)."""
+        before = {**_snapshot(user), "external_id": user.external_id}
+        rule_inputs = group_membership.user_rule_inputs(user)
+        for required in ("user_principal_name", "display_name"):
+            if not values.get(required):
+                raise ValidationFailed("A user needs a user principal name and a display name.")
+        upn = values["user_principal_name"]
+        if upn is not None and upn != user.user_principal_name:
+            await self._check_upn_free(session, upn, user.id)
+        outcome = None
+        if not enabled and user.enabled:
+            outcome = await self._deprovision(session, user)
+        elif enabled and not user.enabled:
+            user.enabled = True
+        for name in PROPERTIES:
+            setattr(user, name, values.get(name))
+        user.external_id = external_id
+        changes = diff(before, {**_snapshot(user), "external_id": user.external_id})
+        if changes:
+            await session.flush()
+            await session.refresh(user)
+            await audit_service.record(
+                session,
+                activity="user.update",
+                category="user",
+                operation="update",
+                target_type="user",
+                target_id=user.id,
+                target_name=user.user_principal_name,
+                changes=changes,
+                detail=outcome.summary() if outcome else None,
+            )
+            await group_membership.refresh_user(session, user, unless=rule_inputs)
+        return user, outcome
+
+    async def delete_provisioned(self, session: AsyncSession, user: User) -> Deprovisioned:
+        """The provider removes the user: as a delete here, but never an administrator (409: take them out
+        of their role assignments first) nor the last Global administrator."""
+        if await repository.is_admin(session, user.id):
+            raise Conflict(
+                f"{user.user_principal_name} is a Corral administrator: remove them from their role "
+                "assignments in Corral first (they can be disabled meanwhile)."
+            )
+        return await self._remove(session, user)
 
     # ---------------------------------------------------------------- passwords
     async def reset_password(self, session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> str:
