@@ -1,7 +1,7 @@
 """identity users groups licences
 
 Revision ID: 9555f5e00e2b
-Revises: 1137dd312450
+Revises: 29052b06cad0
 Create Date: 2026-11-27 01:05:02.399980+00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "9555f5e00e2b"
-down_revision: str | None = "1137dd312450"
+down_revision: str | None = "29052b06cad0"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
