@@ -7,6 +7,7 @@ from corral.auth.endpoints import router as me_router
 from corral.devices.endpoints import router as devices_router
 from corral.enrollment.endpoints import router as enrollment_router
 from corral.groups.endpoints import router as groups_router
+from corral.identity.endpoints import router as identity_router
 from corral.licensing.endpoints import router as licensing_router
 from corral.rbac.endpoints import router as rbac_router
 from corral.tenant.endpoints import router as tenant_router
@@ -25,5 +26,6 @@ for router in (
     enrollment_router,
     groups_router,
     licensing_router,
+    identity_router,
 ):
     api_router.include_router(router)
