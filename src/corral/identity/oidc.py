@@ -65,8 +65,7 @@ async def _get_json(url: str) -> dict[str, Any]:
 
 async def discover(issuer: str, *, fresh: bool = False) -> Metadata:
     """The provider's metadata from ``<issuer>/.well-known/openid-configuration``, cached briefly; its
-    ``issuer`` must be exactly the configured one (OpenID Connect Discovery 4.3)."""
-    issuer = issuer.rstrip("/") if issuer.endswith("/") and issuer.count("/") == 3 else issuer
+    ``issuer`` must be exactly the configured one, trailing slash included (OpenID Connect Discovery 4.3)."""
     cached = _metadata.get(issuer)
     if cached and not fresh and cached[0] > time.monotonic():
         return cached[1]
