@@ -541,6 +541,14 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/api/v1/api-tokens"): {"name": f"fuzz {n}"},
         ("POST", "/api/v1/identity-connections/{connection_id}/scim-token"): {},
         ("PATCH", "/api/v1/settings"): {"organization_name": "Fuzz"},
+        # No provider listens on port 9: these reach discovery and its 422, never a server error.
+        ("POST", "/api/v1/identity-connections"): {
+            "name": f"Fuzz {n}",
+            "issuer": "http://127.0.0.1:9",
+            "client_id": "fuzz",
+            "client_secret": "fuzz",
+        },
+        ("PATCH", "/api/v1/identity-connections/{connection_id}"): {"name": f"Fuzz {n}"},
         # Device routes: no device is arranged here (tests/devices enrolls real ones), so these reach
         # validation and the 404, not the command logic.
         ("PATCH", "/api/v1/devices/{device_id}"): {"ownership": "company"},

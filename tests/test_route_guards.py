@@ -44,6 +44,10 @@ PUBLIC_ALLOW_LIST = {
     ("POST", "/portal/sign-in"),
     ("GET", "/portal/sign-in/verify"),
     ("POST", "/portal/sign-in/verify"),
+    # Single sign-on: starting it only redirects to the provider; the callback's credential is the
+    # provider's authorization code, bound to this browser's encrypted flow cookie (state, nonce, PKCE).
+    ("GET", "/portal/sign-in/oidc/{connection_id}"),
+    ("GET", "/auth/oidc/callback"),
     # The enrollment token in the body is the credential: checked, counted, logged on the token and audited.
     ("POST", "/device/v1/enroll"),
 }

@@ -7,6 +7,7 @@ from corral.auth.endpoints import router as me_router
 from corral.devices.endpoints import router as devices_router
 from corral.enrollment.endpoints import router as enrollment_router
 from corral.groups.endpoints import router as groups_router
+from corral.identity.endpoints import router as identity_router
 from corral.licensing.endpoints import router as licensing_router
 from corral.rbac.endpoints import router as rbac_router
 from corral.scim.endpoints import api_router as scim_admin_router
@@ -27,5 +28,6 @@ for router in (
     groups_router,
     licensing_router,
     scim_admin_router,
+    identity_router,
 ):
     api_router.include_router(router)

@@ -15,6 +15,9 @@ from corral.models import (
     User,
     UserSession,
     UserSource,
+    group_children,
+    group_users,
+    role_assignment_member_groups,
     role_assignment_members,
 )
 
@@ -62,10 +65,20 @@ async def token_with_user(session: AsyncSession, token_hash: bytes) -> tuple[Api
 
 
 async def assignments_of(session: AsyncSession, user_id: uuid.UUID) -> list[RoleAssignment]:
+    """The role assignments a user holds: as a member, or through a member group they belong to directly
+    or through nested groups (at any depth)."""
+    seed = select(group_users.c.group_id.label("id")).where(group_users.c.user_id == user_id)
+    groups = seed.cte("user_groups", recursive=True)
+    groups = groups.union(select(group_children.c.parent_id).where(group_children.c.child_id == groups.c.id))
+    via_group = select(role_assignment_member_groups.c.role_assignment_id).where(
+        role_assignment_member_groups.c.group_id.in_(select(groups.c.id))
+    )
+    direct = select(role_assignment_members.c.role_assignment_id).where(
+        role_assignment_members.c.user_id == user_id
+    )
     stmt = (
         select(RoleAssignment)
-        .join(role_assignment_members, role_assignment_members.c.role_assignment_id == RoleAssignment.id)
-        .where(role_assignment_members.c.user_id == user_id)
+        .where(RoleAssignment.id.in_(direct.union(via_group)))
         .options(selectinload(RoleAssignment.role), selectinload(RoleAssignment.scope_tags))
         .order_by(RoleAssignment.name)
     )

@@ -230,6 +230,42 @@ class AuthService:
         )
         return rotated, token
 
+    async def open_session(
+        self, session: AsyncSession, settings: Settings, user: User, *, detail: str
+    ) -> tuple[UserSession, str]:
+        """A fresh, fully signed-in session after sign-in at an identity provider (which did any second
+        factor): a new session id, audited as ``signin`` with the method in ``detail``."""
+        ctx = context.current()
+        now = utcnow()
+        user_session = UserSession(
+            id=uuid.uuid4(),
+            token_hash=b"",
+            user_id=user.id,
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + timedelta(hours=settings.session_absolute_hours),
+            pending_mfa=False,
+            ip_address=ctx.client_ip,
+            user_agent=(ctx.user_agent or "")[:512] or None,
+        )
+        token = self.issue_session_token(user_session)
+        session.add(user_session)
+        user.last_sign_in_at = now
+        await audit_service.record(
+            session,
+            activity="signin",
+            category="authentication",
+            operation="signin",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.user_principal_name,
+            detail=detail,
+            actor=_actor_for(user),
+        )
+        await session.flush()
+        return user_session, token
+
     def issue_session_token(self, user_session: UserSession) -> str:
         token = f"{SESSION_TOKEN_PREFIX}_{secrets.token_urlsafe(32)}"
         user_session.token_hash = token_digest(token)

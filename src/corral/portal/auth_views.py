@@ -9,11 +9,13 @@ from urllib.parse import quote, urlsplit
 import segno
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.auth.dependencies import PUBLIC, Authenticated, resolve_principal, session_cookie_name
 from corral.auth.service import auth_service, session_expiry
 from corral.config import Settings
 from corral.errors import CorralError, NotAuthenticated, TooManyRequests
+from corral.identity.service import identity_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SessionMakerDep, SettingsDep
 from corral.kit.security import SecretBox, constant_time_equals, hmac_sign
@@ -89,7 +91,8 @@ def _set_session_cookie(
     )
 
 
-def _sign_in_page(
+async def _sign_in_page(
+    session: AsyncSession,
     request: Request,
     settings: Settings,
     *,
@@ -103,7 +106,13 @@ def _sign_in_page(
     response = render(
         request,
         "auth/sign_in.html",
-        {"error": error, "username": username, "next": next_url, "form_token": token},
+        {
+            "error": error,
+            "username": username,
+            "next": next_url,
+            "form_token": token,
+            "sso": await identity_service.sign_in_options(session),
+        },
         status_code=status_code,
         headers=headers,
     )
@@ -117,7 +126,7 @@ async def sign_in_form(
     principal = await resolve_principal(request, session, settings)
     if principal is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return _sign_in_page(request, settings, next_url=_safe_next(next))
+    return await _sign_in_page(session, request, settings, next_url=_safe_next(next))
 
 
 @router.post("/sign-in", dependencies=[PUBLIC])
@@ -133,7 +142,8 @@ async def sign_in(
 ) -> Response:
     next_url = _safe_next(next)
     if not _check_presession(request, settings, form_token):
-        return _sign_in_page(
+        return await _sign_in_page(
+            session,
             request,
             settings,
             username=username,
@@ -142,7 +152,8 @@ async def sign_in(
             error="The sign-in form expired. Please try again.",
         )
     if not username.strip() or not password:
-        return _sign_in_page(
+        return await _sign_in_page(
+            session,
             request,
             settings,
             username=username,
@@ -155,7 +166,8 @@ async def sign_in(
             session, sessionmaker, settings, username=username, password=password
         )
     except TooManyRequests as exc:
-        return _sign_in_page(
+        return await _sign_in_page(
+            session,
             request,
             settings,
             username=username,
@@ -165,8 +177,14 @@ async def sign_in(
             headers=exc.headers,
         )
     except NotAuthenticated as exc:
-        return _sign_in_page(
-            request, settings, username=username, next_url=next_url, status_code=401, error=exc.detail
+        return await _sign_in_page(
+            session,
+            request,
+            settings,
+            username=username,
+            next_url=next_url,
+            status_code=401,
+            error=exc.detail,
         )
     if result.needs_second_factor:
         target = f"/portal/sign-in/verify?next={quote(next_url, safe='')}"

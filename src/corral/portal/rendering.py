@@ -50,6 +50,9 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("Tenant administration", "Scope tags", "/portal/scope-tags", (P.scope_tags_read,)),
     NavItem("Tenant administration", "API tokens", "/portal/api-tokens", ()),
     NavItem("Tenant administration", "Licences", "/portal/licences", (P.licences_read,)),
+    NavItem(
+        "Tenant administration", "Identity connections", "/portal/identity-connections", (P.settings_read,)
+    ),
     NavItem("Tenant administration", "Audit log", "/portal/audit", (P.audit_read,)),
     NavItem("Tenant administration", "Settings", "/portal/settings", (P.settings_read,)),
 )

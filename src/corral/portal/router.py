@@ -10,6 +10,8 @@ from corral.portal.auth_views import router as auth_router
 from corral.portal.device_views import router as device_router
 from corral.portal.group_views import router as group_router
 from corral.portal.scim_views import router as scim_router
+from corral.portal.identity_views import router as identity_router
+from corral.portal.oidc_views import router as oidc_router
 from corral.portal.user_views import router as user_router
 
 portal_router = APIRouter()
@@ -20,6 +22,8 @@ portal_router.include_router(group_router)
 portal_router.include_router(user_router)
 portal_router.include_router(approval_router)
 portal_router.include_router(scim_router)
+portal_router.include_router(oidc_router)
+portal_router.include_router(identity_router)
 
 
 @portal_router.get("/", dependencies=[PUBLIC], include_in_schema=False)

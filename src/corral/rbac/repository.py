@@ -7,7 +7,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from corral.models import RoleAssignment, RoleDefinition, ScopeTag, User, role_assignment_members
+from corral.models import Group, RoleAssignment, RoleDefinition, ScopeTag, User, role_assignment_members
 
 
 async def list_roles(session: AsyncSession) -> list[RoleDefinition]:
@@ -32,6 +32,7 @@ def _assignment_query() -> Select[RoleAssignment]:
     return select(RoleAssignment).options(
         selectinload(RoleAssignment.role),
         selectinload(RoleAssignment.members),
+        selectinload(RoleAssignment.member_groups),
         selectinload(RoleAssignment.scope_tags),
     )
 
@@ -62,6 +63,10 @@ async def assignments_of_user(session: AsyncSession, user_id: uuid.UUID) -> list
 
 async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[User]:
     return list((await session.scalars(select(User).where(User.id.in_(ids)))).all())
+
+
+async def groups_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[Group]:
+    return list((await session.scalars(select(Group).where(Group.id.in_(ids)))).all())
 
 
 async def tags_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[ScopeTag]:

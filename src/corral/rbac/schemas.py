@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.rbac.permissions import parse_permissions
 
@@ -73,6 +73,12 @@ class MemberOut(BaseModel):
     display_name: str
 
 
+class MemberGroupOut(BaseModel):
+    id: uuid.UUID
+    display_name: str
+    source: str
+
+
 class RoleAssignmentOut(BaseModel):
     id: uuid.UUID
     name: str
@@ -82,6 +88,10 @@ class RoleAssignmentOut(BaseModel):
     scope_all: bool
     scope_tags: list[ScopeTagOut]
     members: list[MemberOut]
+    member_groups: list[MemberGroupOut] = Field(
+        default_factory=list,
+        description="Groups whose users (directly or through nested groups) hold the role",
+    )
 
 
 class RoleAssignmentCreate(BaseModel):
@@ -90,9 +100,20 @@ class RoleAssignmentCreate(BaseModel):
     name: str = Name
     description: str = Field(default="", max_length=2000)
     role_id: uuid.UUID
-    member_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+    member_ids: list[uuid.UUID] = Field(default_factory=list, max_length=1000)
+    member_group_ids: list[uuid.UUID] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Groups whose users hold the role (for example groups from an identity provider)",
+    )
     scope_all: bool = True
     scope_tag_ids: list[uuid.UUID] = Field(default_factory=list, max_length=200)
+
+    @model_validator(mode="after")
+    def _someone(self) -> RoleAssignmentCreate:
+        if not self.member_ids and not self.member_group_ids:
+            raise ValueError("an assignment needs member_ids or member_group_ids")
+        return self
 
 
 class RoleAssignmentMembersUpdate(BaseModel):

@@ -19,6 +19,7 @@ from corral.rbac.roles import BUILTIN_BY_ID, GLOBAL_ADMINISTRATOR
 from corral.rbac.schemas import (
     EffectiveAccess,
     EffectivePermission,
+    MemberGroupOut,
     MemberOut,
     RoleAssignmentCreate,
     RoleAssignmentOut,
@@ -65,6 +66,10 @@ def assignment_out(assignment: RoleAssignment) -> RoleAssignmentOut:
                 id=m.id, user_principal_name=m.user_principal_name, email=m.email, display_name=m.display_name
             )
             for m in sorted(assignment.members, key=lambda m: m.user_principal_name.lower())
+        ],
+        member_groups=[
+            MemberGroupOut(id=g.id, display_name=g.display_name, source=g.source.value)
+            for g in sorted(assignment.member_groups, key=lambda g: g.display_name.lower())
         ],
     )
 
@@ -245,6 +250,9 @@ class RbacService:
         members = await repository.users_by_ids(session, data.member_ids)
         if len(members) != len(set(data.member_ids)):
             raise ValidationFailed("One or more members do not exist.")
+        groups = await repository.groups_by_ids(session, data.member_group_ids)
+        if len(groups) != len(set(data.member_group_ids)):
+            raise ValidationFailed("One or more member groups do not exist.")
         tags: list[ScopeTag] = []
         if not data.scope_all:
             if not data.scope_tag_ids:
@@ -263,6 +271,7 @@ class RbacService:
             role_id=role.id,
             scope_all=data.scope_all,
             members=members,
+            member_groups=groups,
             scope_tags=tags,
         )
         session.add(assignment)
@@ -279,6 +288,7 @@ class RbacService:
             changes=[
                 ("role", None, role.name),
                 ("members", None, sorted(m.user_principal_name for m in members)),
+                ("member_groups", None, sorted(g.display_name for g in groups)),
                 ("scope", None, "all" if data.scope_all else sorted(t.name for t in tags)),
             ],
         )

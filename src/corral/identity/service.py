@@ -1,0 +1,354 @@
+"""Identity connections (OpenID Connect providers) and single sign-on through them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from corral.audit.service import audit_service, diff
+from corral.auth.service import auth_service
+from corral.config import Settings
+from corral.errors import Conflict, CorralError, NotFound, ValidationFailed
+from corral.identity import oidc, repository
+from corral.identity.schemas import IdentityConnectionCreate, IdentityConnectionOut, IdentityConnectionUpdate
+from corral.kit import context
+from corral.kit.security import SecretBox
+from corral.kit.time import utcnow
+from corral.models import IdentityConnection, User, UserIdentity, UserSession, UserSource
+
+CALLBACK_PATH = "/auth/oidc/callback"
+AUDITED = (
+    "name",
+    "enabled",
+    "issuer",
+    "client_id",
+    "scopes",
+    "groups_claim",
+    "admin_sign_in",
+    "user_sign_in",
+)
+# The claims a first sign-in takes the user principal name from, first present wins.
+UPN_CLAIMS = ("preferred_username", "upn", "email")
+
+
+class SignInRefused(CorralError):
+    """A sign-in at the provider that Corral does not accept (shown as a page, audited)."""
+
+    status_code = 403
+    title = "Sign-in refused"
+
+
+def redirect_uri(settings: Settings) -> str:
+    return settings.base_url.rstrip("/") + CALLBACK_PATH
+
+
+def _box(settings: Settings) -> SecretBox:
+    return SecretBox(settings.resolved_secret_key(), "identity-connection-secret")
+
+
+@dataclass
+class OidcSignIn:
+    """A user known (or just provisioned) and, unless ``refused`` says why not, a new session."""
+
+    user: User
+    user_session: UserSession | None = None
+    token: str | None = None
+    refused: str | None = None
+
+
+class IdentityService:
+    # ---------------------------------------------------------------- connections
+    def out(self, settings: Settings, connection: IdentityConnection) -> IdentityConnectionOut:
+        return IdentityConnectionOut(
+            id=connection.id,
+            name=connection.name,
+            enabled=connection.enabled,
+            issuer=connection.issuer,
+            client_id=connection.client_id,
+            client_secret_set=bool(connection.client_secret_encrypted),
+            scopes=connection.scopes,
+            groups_claim=connection.groups_claim,
+            admin_sign_in=connection.admin_sign_in,
+            user_sign_in=connection.user_sign_in,
+            redirect_uri=redirect_uri(settings),
+            created_at=connection.created_at,
+            updated_at=connection.updated_at,
+        )
+
+    async def all(self, session: AsyncSession) -> list[IdentityConnection]:
+        return await repository.connections(session)
+
+    async def sign_in_options(self, session: AsyncSession) -> list[IdentityConnection]:
+        return await repository.sign_in_connections(session)
+
+    async def get(self, session: AsyncSession, connection_id: uuid.UUID) -> IdentityConnection:
+        connection = await session.get(IdentityConnection, connection_id)
+        if connection is None:
+            raise NotFound("No such identity connection.")
+        return connection
+
+    async def _check_provider(self, issuer: str) -> None:
+        try:
+            await oidc.discover(issuer, fresh=True)
+        except oidc.OidcError as exc:
+            raise ValidationFailed(f"The identity provider at {issuer} cannot be used: {exc}") from exc
+
+    async def _check_name(self, session: AsyncSession, name: str, own: uuid.UUID | None = None) -> None:
+        other = await repository.connection_named(session, name)
+        if other is not None and other.id != own:
+            raise Conflict(f"An identity connection named {name!r} already exists.")
+
+    async def create(
+        self, session: AsyncSession, settings: Settings, data: IdentityConnectionCreate
+    ) -> IdentityConnection:
+        await self._check_name(session, data.name)
+        await self._check_provider(data.issuer)
+        actor = context.current().actor
+        creator = actor.id if actor is not None and actor.type in {"user", "token"} else None
+        connection = IdentityConnection(
+            id=uuid.uuid4(),
+            name=data.name,
+            enabled=data.enabled,
+            oidc_enabled=True,
+            issuer=data.issuer,
+            client_id=data.client_id,
+            client_secret_encrypted=_box(settings).encrypt(data.client_secret.encode()),
+            scopes=data.scopes,
+            groups_claim=data.groups_claim,
+            admin_sign_in=data.admin_sign_in,
+            user_sign_in=data.user_sign_in,
+            created_by_id=creator,
+        )
+        session.add(connection)
+        await self._flush(session, data.name)
+        await audit_service.record(
+            session,
+            activity="identity_connection.create",
+            category="identity",
+            operation="create",
+            target_type="identity_connection",
+            target_id=connection.id,
+            target_name=connection.name,
+            changes=[*diff({}, {f: getattr(connection, f) for f in AUDITED}), ("client_secret", None, "***")],
+        )
+        await session.refresh(connection)
+        return connection
+
+    async def _flush(self, session: AsyncSession, name: str) -> None:
+        try:
+            async with session.begin_nested():
+                await session.flush()
+        except IntegrityError as exc:
+            raise Conflict(f"An identity connection named {name!r} already exists.") from exc
+
+    async def update(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        connection_id: uuid.UUID,
+        data: IdentityConnectionUpdate,
+    ) -> IdentityConnection:
+        connection = await self.get(session, connection_id)
+        before = {f: getattr(connection, f) for f in AUDITED}
+        values = data.model_dump(exclude_unset=True, exclude_none=True)
+        secret = values.pop("client_secret", None)
+        if "name" in values:
+            await self._check_name(session, values["name"], connection.id)
+        if "issuer" in values:
+            await self._check_provider(values["issuer"])
+        for field, value in values.items():
+            setattr(connection, field, value)
+        changes = diff(before, {f: getattr(connection, f) for f in AUDITED})
+        if secret is not None:
+            connection.client_secret_encrypted = _box(settings).encrypt(secret.encode())
+            changes.append(("client_secret", "***", "*** (replaced)"))
+        if changes:
+            await self._flush(session, connection.name)
+            await audit_service.record(
+                session,
+                activity="identity_connection.update",
+                category="identity",
+                operation="update",
+                target_type="identity_connection",
+                target_id=connection.id,
+                target_name=connection.name,
+                changes=changes,
+            )
+            await session.refresh(connection)
+        return connection
+
+    async def delete(self, session: AsyncSession, connection_id: uuid.UUID) -> None:
+        connection = await self.get(session, connection_id)
+        await session.delete(connection)
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="identity_connection.delete",
+            category="identity",
+            operation="delete",
+            target_type="identity_connection",
+            target_id=connection.id,
+            target_name=connection.name,
+            changes=diff({f: getattr(connection, f) for f in AUDITED}, {}),
+        )
+
+    def client_secret(self, settings: Settings, connection: IdentityConnection) -> str:
+        assert connection.client_secret_encrypted is not None
+        return _box(settings).decrypt(connection.client_secret_encrypted).decode()
+
+    async def usable(self, session: AsyncSession, connection_id: uuid.UUID) -> IdentityConnection:
+        connection = await session.get(IdentityConnection, connection_id)
+        if (
+            connection is None
+            or not connection.enabled
+            or not connection.oidc_enabled
+            or not connection.issuer
+            or not connection.client_id
+            or not connection.client_secret_encrypted
+        ):
+            raise SignInRefused("This identity connection is not available for sign-in.")
+        return connection
+
+    # ---------------------------------------------------------------- single sign-on
+    async def refuse(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        connection: IdentityConnection | None,
+        reason: str,
+        *,
+        name: str | None = None,
+        user_id: uuid.UUID | None = None,
+    ) -> None:
+        """Audit a refused single sign-on (in its own transaction: the request rolls back)."""
+        await audit_service.record_now(
+            sessionmaker,
+            activity="signin",
+            category="authentication",
+            operation="signin",
+            result="failure",
+            target_type="user",
+            target_id=user_id,
+            target_name=(name or "unknown")[:320],
+            detail=f"oidc {connection.name if connection else '?'}: {reason}"[:500],
+            actor=context.Actor(type="anonymous", name=(name or "unknown")[:320]),
+        )
+
+    @staticmethod
+    def upn_from(claims: dict[str, Any]) -> str | None:
+        for claim in UPN_CLAIMS:
+            value = claims.get(claim)
+            if isinstance(value, str) and value.strip() and len(value.strip()) <= 320:
+                return value.strip()
+        return None
+
+    @staticmethod
+    def groups_from(claims: dict[str, Any], claim: str) -> list[str]:
+        value = claims.get(claim)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            return []
+        return sorted({v for v in value if isinstance(v, str) and 0 < len(v) <= 256})
+
+    async def complete_sign_in(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        connection: IdentityConnection,
+        claims: dict[str, Any],
+    ) -> OidcSignIn:
+        """After the ID token is validated: the user by (issuer, subject) — never by email — created at
+        first sign-in; the connection's groups set to exactly the claimed ones; a session when the user may
+        sign in here. Refusals before the account exists raise SignInRefused; later ones (disabled, no role)
+        come back in ``refused`` so the account and its groups are kept (an administrator can then give the
+        group a role). The caller audits refusals."""
+        assert connection.issuer is not None
+        subject = str(claims["sub"])
+        now = utcnow()
+        found = await repository.identity(session, connection.issuer, subject)
+        if found is not None:
+            user = await session.get(User, found.user_id)
+            assert user is not None
+            found.last_sign_in_at = now
+        else:
+            upn = self.upn_from(claims)
+            if upn is None:
+                raise SignInRefused(
+                    "The identity provider sent no preferred_username, upn or email claim to name "
+                    "the account."
+                )
+            if await repository.user_by_upn(session, upn) is not None:
+                raise SignInRefused(
+                    f"An account named {upn} already exists in Corral and is not linked to this identity "
+                    "provider; it is not merged automatically. Ask an administrator."
+                )
+            name = claims.get("name")
+            email = claims.get("email")
+            user = User(
+                id=uuid.uuid4(),
+                user_principal_name=upn,
+                display_name=(name if isinstance(name, str) and name.strip() else upn)[:256],
+                email=email[:320] if isinstance(email, str) and email else None,
+                source=UserSource.oidc,
+                connection_id=connection.id,
+            )
+            session.add(user)
+            await session.flush()
+            session.add(
+                UserIdentity(
+                    id=uuid.uuid4(),
+                    user_id=user.id,
+                    connection_id=connection.id,
+                    issuer=connection.issuer,
+                    subject=subject,
+                    created_at=now,
+                    last_sign_in_at=now,
+                )
+            )
+            await audit_service.record(
+                session,
+                activity="user.create",
+                category="user",
+                operation="create",
+                target_type="user",
+                target_id=user.id,
+                target_name=user.user_principal_name,
+                detail=f"first single sign-on through {connection.name}",
+            )
+        if not user.enabled:
+            return OidcSignIn(user, refused="Your Corral account is disabled.")
+        added, removed = await self._sync_groups(session, connection, user, claims)
+        await session.flush()
+        if not await auth_service.grants_of(session, user.id):
+            return OidcSignIn(
+                user,
+                refused="You signed in at the identity provider, but you hold no Corral administrator role. "
+                "The Company Portal for end users is not available yet.",
+            )
+        if not connection.admin_sign_in:
+            return OidcSignIn(user, refused=f"{connection.name} is not enabled for administrator sign-in.")
+        detail = f"oidc {connection.name}"
+        if added or removed:
+            detail += f"; groups added: {', '.join(added) or '-'}; removed: {', '.join(removed) or '-'}"
+        user_session, token = await auth_service.open_session(session, settings, user, detail=detail[:500])
+        return OidcSignIn(user, user_session, token)
+
+    async def _sync_groups(
+        self, session: AsyncSession, connection: IdentityConnection, user: User, claims: dict[str, Any]
+    ) -> tuple[list[str], list[str]]:
+        claimed = self.groups_from(claims, connection.groups_claim)
+        wanted = await repository.oidc_groups(session, connection.id, claimed)
+        current = await repository.user_oidc_groups(session, connection.id, user.id)
+        to_add = [g for g in wanted.values() if g not in current]
+        to_remove = [g for g in current if g not in set(wanted.values())]
+        await repository.add_memberships(session, user.id, to_add)
+        await repository.remove_memberships(session, user.id, to_remove)
+        by_id = {g: name for name, g in wanted.items()}
+        return sorted(by_id[g] for g in to_add), sorted(current[g] for g in to_remove)
+
+
+identity_service = IdentityService()

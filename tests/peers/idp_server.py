@@ -1,0 +1,101 @@
+"""The test identity provider (tests/peers/idp: npm oidc-provider, OpenID-certified) as a subprocess on
+loopback. ``npm ci`` runs once when its node_modules is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IDP_DIR = Path(__file__).parent / "idp"
+_install_lock = threading.Lock()
+
+
+def ensure_installed() -> None:
+    with _install_lock:
+        if (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
+            return
+        if shutil.which("node") is None or shutil.which("npm") is None:
+            pytest.fail(
+                "the OIDC tests need Node.js and npm (apt-get install nodejs npm); none found on PATH"
+            )
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=IDP_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"npm ci in {IDP_DIR} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+@dataclass
+class Idp:
+    issuer: str
+    users_file: Path
+
+    def users(self) -> dict[str, Any]:
+        users: dict[str, Any] = json.loads(self.users_file.read_text())
+        return users
+
+    def set_user(self, account: str, **claims: Any) -> None:
+        """Add or change an account (the provider re-reads the file at every use)."""
+        users = self.users()
+        users[account] = claims
+        tmp = self.users_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(users))
+        tmp.replace(self.users_file)
+
+
+@contextmanager
+def run_idp(directory: Path, clients: list[dict[str, Any]], *, id_token_ttl: int = 3600) -> Iterator[Idp]:
+    ensure_installed()
+    directory.mkdir(parents=True, exist_ok=True)
+    clients_file, users_file = directory / "clients.json", directory / "users.json"
+    clients_file.write_text(json.dumps(clients))
+    users_file.write_text("{}")
+    env = {
+        **os.environ,
+        "IDP_PORT": "0",
+        "IDP_CLIENTS": str(clients_file),
+        "IDP_USERS": str(users_file),
+        "IDP_TTL_ID_TOKEN": str(id_token_ttl),
+        "NODE_NO_WARNINGS": "1",
+    }
+    process = subprocess.Popen(
+        ["node", "server.mjs"],
+        cwd=IDP_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        issuer = None
+        for line in process.stdout:
+            if line.startswith("listening "):
+                issuer = line.split(" ", 1)[1].strip()
+                break
+        if issuer is None:
+            pytest.fail(f"the test identity provider did not start (exit {process.wait(5)})")
+        # Keep draining its output so it never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in process.stdout or []], daemon=True).start()
+        yield Idp(issuer, users_file)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
