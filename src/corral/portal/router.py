@@ -9,9 +9,9 @@ from corral.portal.approval_views import router as approval_router
 from corral.portal.auth_views import router as auth_router
 from corral.portal.device_views import router as device_router
 from corral.portal.group_views import router as group_router
-from corral.portal.scim_views import router as scim_router
 from corral.portal.identity_views import router as identity_router
 from corral.portal.oidc_views import router as oidc_router
+from corral.portal.scim_views import router as scim_router
 from corral.portal.user_views import router as user_router
 
 portal_router = APIRouter()
