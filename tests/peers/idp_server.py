@@ -3,6 +3,7 @@ loopback. ``npm ci`` runs once when its node_modules is missing."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,9 +21,18 @@ IDP_DIR = Path(__file__).parent / "idp"
 _install_lock = threading.Lock()
 
 
+def _installed() -> bool:
+    # npm writes node_modules/.package-lock.json last: a half-done install does not count.
+    modules = IDP_DIR / "node_modules"
+    return (modules / "oidc-provider").is_dir() and (modules / ".package-lock.json").is_file()
+
+
 def ensure_installed() -> None:
-    with _install_lock:
-        if (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
+    """Install once, also across pytest-xdist worker processes (a file lock: one ``npm ci`` at a time, the
+    others wait for it and find it done)."""
+    with _install_lock, open(IDP_DIR.parent / ".idp-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _installed():
             return
         if shutil.which("node") is None or shutil.which("npm") is None:
             pytest.fail(
