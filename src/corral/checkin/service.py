@@ -236,7 +236,6 @@ class CheckinService:
     ) -> CheckinResponse:
         now = utcnow()
         device = auth.device
-        rule_inputs = group_membership.device_rule_inputs(device)
         client_ip = context.current().client_ip
         pending: list[PendingCommand] = []
         steady = last_seen is not None and last_seen.enabled and self.is_steady(device, auth, request)
@@ -246,6 +245,7 @@ class CheckinService:
             assert last_seen is not None
             last_seen.note(device.id, now, client_ip)
         else:
+            rule_inputs = group_membership.device_rule_inputs(device)  # before this check-in changes it
             # The device row first (the UPDATE locks it), then its commands: the order admin actions take
             # them (devices/service.py), so a check-in and a command or a cancellation cannot deadlock.
             device.last_checkin_at = now

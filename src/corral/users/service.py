@@ -6,12 +6,13 @@ administrator."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.audit.service import audit_service, diff
+from corral.audit.service import Change, audit_service, diff
 from corral.auth import repository as auth_repository
 from corral.auth.service import auth_service
 from corral.config import Settings
@@ -133,6 +134,30 @@ class Deprovisioned:
 
 
 class UserService:
+    async def _updated(
+        self,
+        session: AsyncSession,
+        user: User,
+        changes: list[Change],
+        outcome: Deprovisioned | None,
+        rule_inputs: Sequence[Hashable],
+    ) -> None:
+        """After an edit that changed something: audit it, then refresh the user's dynamic groups."""
+        await session.flush()
+        await session.refresh(user)
+        await audit_service.record(
+            session,
+            activity="user.update",
+            category="user",
+            operation="update",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.user_principal_name,
+            changes=changes,
+            detail=outcome.summary() if outcome else None,
+        )
+        await group_membership.refresh_user(session, user, unless=rule_inputs)
+
     # ---------------------------------------------------------------- reads
     async def get(self, session: AsyncSession, user_id: uuid.UUID) -> User:
         user = await repository.get(session, user_id)
@@ -352,20 +377,7 @@ class UserService:
             setattr(user, name, value)
         changes = diff(before, _snapshot(user))
         if changes:
-            await session.flush()
-            await session.refresh(user)
-            await audit_service.record(
-                session,
-                activity="user.update",
-                category="user",
-                operation="update",
-                target_type="user",
-                target_id=user.id,
-                target_name=user.user_principal_name,
-                changes=changes,
-                detail=outcome.summary() if outcome else None,
-            )
-            await group_membership.refresh_user(session, user, unless=rule_inputs)
+            await self._updated(session, user, changes, outcome, rule_inputs)
         return user, outcome
 
     async def _disable(self, session: AsyncSession, principal: Principal, user: User) -> Deprovisioned:
@@ -510,20 +522,7 @@ class UserService:
         user.external_id = external_id
         changes = diff(before, {**_snapshot(user), "external_id": user.external_id})
         if changes:
-            await session.flush()
-            await session.refresh(user)
-            await audit_service.record(
-                session,
-                activity="user.update",
-                category="user",
-                operation="update",
-                target_type="user",
-                target_id=user.id,
-                target_name=user.user_principal_name,
-                changes=changes,
-                detail=outcome.summary() if outcome else None,
-            )
-            await group_membership.refresh_user(session, user, unless=rule_inputs)
+            await self._updated(session, user, changes, outcome, rule_inputs)
         return user, outcome
 
     async def delete_provisioned(self, session: AsyncSession, user: User) -> Deprovisioned:
