@@ -3,8 +3,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -79,10 +80,36 @@ async def assignments_of(session: AsyncSession, user_id: uuid.UUID) -> list[Role
     stmt = (
         select(RoleAssignment)
         .where(RoleAssignment.id.in_(direct.union(via_group)))
-        .options(selectinload(RoleAssignment.role), selectinload(RoleAssignment.scope_tags))
+        .options(
+            selectinload(RoleAssignment.role),
+            selectinload(RoleAssignment.scope_tags),
+            selectinload(RoleAssignment.scope_groups),
+        )
         .order_by(RoleAssignment.name)
     )
     return list((await session.scalars(stmt)).unique().all())
+
+
+_NESTED = text(
+    """
+    WITH RECURSIVE tree(root, id) AS (
+        SELECT r, r FROM unnest(CAST(:roots AS uuid[])) AS r
+        UNION
+        SELECT tree.root, c.child_id FROM group_children c JOIN tree ON c.parent_id = tree.id
+    )
+    SELECT root, id FROM tree
+    """
+).bindparams(bindparam("roots", type_=ARRAY(PG_UUID(as_uuid=True))))
+
+
+async def with_nested(session: AsyncSession, roots: set[uuid.UUID]) -> dict[uuid.UUID, frozenset[uuid.UUID]]:
+    """Each group with every group nested in it at any depth (itself included), in one statement."""
+    if not roots:
+        return {}
+    found: dict[uuid.UUID, set[uuid.UUID]] = {}
+    for root, group_id in (await session.execute(_NESTED, {"roots": sorted(roots)})).all():
+        found.setdefault(root, set()).add(group_id)
+    return {root: frozenset(ids) for root, ids in found.items()}
 
 
 async def delete_session(session: AsyncSession, session_id: uuid.UUID) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -24,9 +25,9 @@ from corral.kit.security import (
     verify_password,
 )
 from corral.kit.time import utcnow
-from corral.models import User, UserSession
+from corral.models import RoleAssignment, User, UserSession
 from corral.rbac.permissions import P
-from corral.rbac.principal import EVERYWHERE, Grant, Principal, Scope
+from corral.rbac.principal import Grant, Principal, Scope, assignment_scope
 from corral.rbac.roles import BUILTIN_BY_ID
 
 SESSION_TOKEN_PREFIX = "cs"  # noqa: S105 - a prefix, not a secret
@@ -47,6 +48,17 @@ class SignInResult:
 
 def _actor_for(user: User) -> context.Actor:
     return context.Actor(type="user", id=user.id, name=user.user_principal_name)
+
+
+def scope_of(assignment: RoleAssignment, nested: Mapping[uuid.UUID, frozenset[uuid.UUID]]) -> Scope:
+    """The scope of an assignment loaded with its scope tags and groups (``nested``: see
+    ``repository.with_nested``)."""
+    return assignment_scope(
+        all_tags=assignment.scope_all,
+        tag_ids=(t.id for t in assignment.scope_tags),
+        scope_group_ids=(g.id for g in assignment.scope_groups),
+        nested=nested,
+    )
 
 
 class AuthService:
@@ -358,18 +370,17 @@ class AuthService:
         return replace(principal, must_change_password=False)
 
     async def grants_of(self, session: AsyncSession, user_id: uuid.UUID) -> tuple[Grant, ...]:
+        assignments = await repository.assignments_of(session, user_id)
+        nested = await repository.with_nested(
+            session, {g.id for assignment in assignments for g in assignment.scope_groups}
+        )
         grants = []
-        for assignment in await repository.assignments_of(session, user_id):
+        for assignment in assignments:
             builtin = BUILTIN_BY_ID.get(assignment.role_id)
             permissions = (
                 builtin.permissions
                 if builtin
                 else frozenset(P(p) for p in assignment.role.permissions if p in P._value2member_map_)
-            )
-            scope = (
-                EVERYWHERE
-                if assignment.scope_all
-                else Scope(tag_ids=frozenset(tag.id for tag in assignment.scope_tags))
             )
             grants.append(
                 Grant(
@@ -378,7 +389,7 @@ class AuthService:
                     assignment_id=assignment.id,
                     assignment_name=assignment.name,
                     permissions=permissions,
-                    scope=scope,
+                    scope=scope_of(assignment, nested),
                 )
             )
         return tuple(grants)

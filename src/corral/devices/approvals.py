@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from corral.devices.expiry import NOT_APPROVED_IN_TIME as APPROVAL_ERROR_EXPIRED
-from corral.devices.repository import scoped
+from corral.devices.repository import scoped, with_member_of
 from corral.models import CommandStatus, Device, DeviceCommand
 from corral.rbac.principal import Scope
 
@@ -31,14 +31,13 @@ async def pending(
 ) -> list[tuple[DeviceCommand, Device]]:
     """Requests waiting for approval, oldest first, on devices inside every one of ``scopes`` (the caller's
     read scope and approval scope); those past their deadline are left out (they expire, see ``overdue``)."""
-    stmt = cast(
-        "Select[Any]",
-        select(DeviceCommand, Device)
+    stmt = (
+        with_member_of(cast("Select[Any]", select(DeviceCommand, Device)))
         .join(Device, Device.id == DeviceCommand.device_id)
         .options(selectinload(Device.scope_tags))
         .where(DeviceCommand.status == CommandStatus.pending_approval, DeviceCommand.expires_at > now)
         .order_by(DeviceCommand.created_at, DeviceCommand.id)
-        .limit(limit),
+        .limit(limit)
     )
     for scope in scopes:
         stmt = scoped(stmt, scope)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.auth.dependencies import Require
+from corral.devices import access
 from corral.devices.bulk import BULK_PERMISSIONS, bulk_service
 from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import (
@@ -22,6 +23,7 @@ from corral.devices.schemas import (
     DevicePage,
     DeviceUpdate,
     InventoryChangeOut,
+    WhoCanOut,
 )
 from corral.devices.service import IssueRequest, device_out, device_service
 from corral.kit.db import SessionDep
@@ -216,6 +218,21 @@ async def get_device(
 ) -> DeviceDetail:
     device = await device_service.get(session, principal, device_id)
     return await device_service.detail(session, settings, device)
+
+
+@router.get("/{device_id}/who-can/{action}", response_model=WhoCanOut, responses=NOT_FOUND)
+async def who_can(
+    device_id: uuid.UUID,
+    action: str,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(Require(P.roles_read))],
+) -> WhoCanOut:
+    """Who can run this remote action (e.g. ``wipe``) on this device: every enabled administrator holding
+    its permission and devices:read over the device, with the role assignments giving it (directly or
+    through groups; scope tags and scope groups as the device stands now). Needs roles:read and the device
+    in your devices:read scope."""
+    device = await device_service.get(session, principal, device_id)
+    return access.who_can_out(device, await access.who_can(session, device, action))
 
 
 @router.patch("/{device_id}", response_model=DeviceDetail, responses=NOT_FOUND)

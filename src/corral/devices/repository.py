@@ -5,10 +5,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, literal_column, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import selectinload, with_expression
 
 from corral.devices.schemas import MAX_BULK_DEVICES, DeviceFilter
 from corral.errors import BadRequest
@@ -22,6 +23,8 @@ from corral.models import (
     ManagementState,
     User,
     device_scope_tags,
+    group_devices,
+    group_users,
 )
 from corral.models.device_command import OPEN_STATUSES
 from corral.rbac.principal import Scope
@@ -29,16 +32,58 @@ from corral.rbac.principal import Scope
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _tagged(tag_ids: frozenset[uuid.UUID]) -> ColumnElement[bool]:
+    return exists().where(
+        device_scope_tags.c.device_id == Device.id, device_scope_tags.c.scope_tag_id.in_(sorted(tag_ids))
+    )
+
+
+def _in_groups(group_ids: frozenset[uuid.UUID]) -> ColumnElement[bool]:
+    """The device, or its primary user, is a direct member of one of the (already expanded) groups."""
+    ids = sorted(group_ids)
+    return or_(
+        exists().where(group_devices.c.device_id == Device.id, group_devices.c.group_id.in_(ids)),
+        exists().where(group_users.c.user_id == Device.user_id, group_users.c.group_id.in_(ids)),
+    )
+
+
 def scoped(stmt: Select[Any], scope: Scope) -> Select[Any]:
-    """Devices in a scope: all, or those carrying one of its tags (untagged devices: unscoped grants only)."""
+    """Devices in a scope: all, or those some reach of it reaches (its tags, when it names tags; its scope
+    groups, when it has some). Untagged devices: only reaches not limited to tags."""
     if scope.all:
         return stmt
-    if not scope.tag_ids:
+    if scope.empty:
         return stmt.where(func.false())
-    return stmt.where(
-        exists().where(
-            device_scope_tags.c.device_id == Device.id, device_scope_tags.c.scope_tag_id.in_(scope.tag_ids)
-        )
+    clauses = []
+    for reach in sorted(scope.reaches, key=repr):  # a stable statement text
+        parts = []
+        if reach.tag_ids is not None:
+            parts.append(_tagged(reach.tag_ids))
+        if reach.group_ids is not None:
+            parts.append(_in_groups(reach.group_ids))
+        clauses.append(and_(*parts))
+    return stmt.where(or_(*clauses))
+
+
+# The groups a device or its primary user belongs to directly (Device.member_of).
+MEMBER_OF: ColumnElement[list[uuid.UUID]] = func.coalesce(
+    func.array_cat(
+        select(func.array_agg(group_devices.c.group_id))
+        .where(group_devices.c.device_id == Device.id)
+        .scalar_subquery(),
+        select(func.array_agg(group_users.c.group_id))
+        .where(group_users.c.user_id == Device.user_id)
+        .scalar_subquery(),
+    ),
+    literal_column("'{}'::uuid[]", ARRAY(PG_UUID(as_uuid=True))),
+    type_=ARRAY(PG_UUID(as_uuid=True)),
+)
+
+
+def with_member_of(stmt: Select[Any]) -> Select[Any]:
+    """Load ``Device.member_of`` with the devices (refreshing ones already in the session)."""
+    return stmt.options(with_expression(Device.member_of, MEMBER_OF)).execution_options(
+        populate_existing=True
     )
 
 
@@ -133,7 +178,9 @@ async def export(
 
 
 async def get(session: AsyncSession, device_id: uuid.UUID, *, for_update: bool = False) -> Device | None:
-    stmt = select(Device).options(selectinload(Device.scope_tags)).where(Device.id == device_id)
+    stmt = with_member_of(
+        select(Device).options(selectinload(Device.scope_tags)).where(Device.id == device_id)
+    )
     if for_update:
         stmt = stmt.with_for_update(of=Device)
     result: Device | None = await session.scalar(stmt)
@@ -151,7 +198,8 @@ async def lock_many(
     for scope in scopes:
         stmt = scoped(stmt, scope)
     stmt = (
-        stmt.options(selectinload(Device.scope_tags))
+        with_member_of(stmt)
+        .options(selectinload(Device.scope_tags))
         .where(Device.id.in_(device_ids))
         .order_by(Device.id)
         .with_for_update(of=Device)

@@ -252,3 +252,29 @@ class BulkActionPage(BaseModel):
 class CancelCounts(BaseModel):
     canceled: int = Field(description="Commands canceled")
     kept: int = Field(description="Open commands left alone: already delivered, or not yours to cancel")
+
+
+class HolderOut(BaseModel):
+    user_id: uuid.UUID
+    user_principal_name: str
+    display_name: str
+    via: list[str] = Field(
+        description="The role assignments that give it over this device: role (assignment)"
+    )
+
+
+class WhoCanOut(BaseModel):
+    device_id: uuid.UUID
+    device_name: str
+    action: str
+    label: str
+    permission: str
+    holders: list[HolderOut] = Field(
+        description="Enabled administrators holding the permission and devices:read over this device"
+    )
+    approval_required: bool = Field(
+        description="Whether the tenant makes this action wait for a second admin"
+    )
+    approvers: list[HolderOut] = Field(
+        default_factory=list, description="Who could approve it (remote:approve over the device), if required"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -220,6 +220,21 @@ def _expire_requests(
     return state, events
 
 
+def reaches(device: Device) -> Callable[[Scope], bool]:
+    """Whether a scope reaches the device: by its scope tags and, for reaches limited to scope groups, the
+    groups it or its primary user belongs to (``Device.member_of``, loaded by ``repository.get``)."""
+    tags = frozenset(t.id for t in device.scope_tags)
+
+    def within(scope: Scope) -> bool:
+        if not scope.limits_groups:
+            return scope.covers(tags)
+        if device.member_of is None:
+            raise RuntimeError("device loaded without its groups: use devices.repository.with_member_of")
+        return scope.covers_member(tags, device.member_of)
+
+    return within
+
+
 class DeviceService:
     # ---------------------------------------------------------------- reads
     async def page(
@@ -263,12 +278,15 @@ class DeviceService:
 
     def authorize(self, principal: Principal, device: Device, permission: P) -> None:
         """404 outside the caller's read scope, 403 without ``permission`` over the device (its scope tags
-        loaded)."""
-        tags = {t.id for t in device.scope_tags}
+        and groups loaded, as ``repository.get`` does)."""
         try:
-            authorize_object(principal, permission, tags, read_permission=P.devices_read)
+            authorize_object(principal, permission, reaches(device), read_permission=P.devices_read)
         except NotFound:
             raise NotFound("No such device.") from None
+
+    def may(self, principal: Principal, permission: P, device: Device) -> bool:
+        """Whether the caller holds ``permission`` over the device (for the portal's buttons)."""
+        return reaches(device)(principal.scope_for(permission))
 
     async def detail(self, session: AsyncSession, settings: Settings, device: Device) -> DeviceDetail:
         out = DeviceDetail.model_validate(_fields(DeviceDetail, device, settings.stale_device_days))
@@ -305,7 +323,7 @@ class DeviceService:
             if len(tags) != len(set(data.scope_tag_ids)):
                 raise ValidationFailed("One or more scope tags do not exist.")
             new_scope = Scope(tag_ids=frozenset(t.id for t in tags)) if tags else EVERYWHERE
-            if not principal.scope_for(P.devices_update).contains(new_scope):
+            if not principal.scope_for(P.devices_update).ignoring_groups().contains(new_scope):
                 raise Forbidden("You can only tag a device into scopes you administer.")
             before = sorted(t.name for t in device.scope_tags)
             device.scope_tags = tags
@@ -391,7 +409,7 @@ class DeviceService:
             return False
         if command_type.destructive and command.status not in CANCELABLE_DESTRUCTIVE:
             return False
-        return principal.scope_for(command_type.permission).covers(t.id for t in device.scope_tags)
+        return self.may(principal, command_type.permission, device)
 
     def can_approve(self, principal: Principal, device: Device, command: DeviceCommand) -> bool:
         """Whether ``approve`` and ``reject`` would accept this command from this admin now: for the portal's
@@ -400,20 +418,19 @@ class DeviceService:
             command.status is CommandStatus.pending_approval
             and command.expires_at > utcnow()
             and command.requested_by_id != principal.user_id
-            and principal.scope_for(P.remote_approve).covers(t.id for t in device.scope_tags)
-            and principal.scope_for(P.devices_read).covers(t.id for t in device.scope_tags)
+            and self.may(principal, P.remote_approve, device)
+            and self.may(principal, P.devices_read, device)
         )
 
     def available_actions(self, principal: Principal, device: Device) -> list[CommandType]:
         """The actions this admin may run on this device now: for the portal's action bar."""
         if device.management_state in ENDED:
             return []
-        tags = {t.id for t in device.scope_tags}
         ending = device.management_state in ENDING
         return [
             c
             for c in REGISTRY.values()
-            if principal.scope_for(c.permission).covers(tags)
+            if self.may(principal, c.permission, device)
             and c.allows(device.platform, device.ownership) is None
             and not (ending and c.destructive)  # a wipe or retire is already under way
         ]
@@ -870,8 +887,7 @@ class DeviceService:
         audit event for the whole clear."""
         # Device first, then its commands: the order check-in and cancel take the locks in.
         device = await self.get(session, principal, device_id, for_update=True)
-        tags = {t.id for t in device.scope_tags}
-        if not any(principal.scope_for(c.permission).covers(tags) for c in REGISTRY.values()):
+        if not any(self.may(principal, c.permission, device) for c in REGISTRY.values()):
             raise Forbidden("Clearing the queue needs a remote action permission over this device.")
         commands = (
             await session.scalars(

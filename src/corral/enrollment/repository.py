@@ -19,7 +19,9 @@ from corral.rbac.principal import Scope
 
 
 def scoped(stmt: Select[EnrollmentToken], scope: Scope) -> Select[EnrollmentToken]:
-    """Tokens visible in a scope: all, or those carrying one of its tags."""
+    """Tokens visible in a scope: all, or those carrying one of its tags (scope groups concern users and
+    devices, not tokens)."""
+    scope = scope.ignoring_groups()
     if scope.all:
         return stmt
     tagged = exists().where(

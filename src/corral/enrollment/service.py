@@ -111,7 +111,7 @@ class EnrollmentService:
         if len(tags) != len(set(data.scope_tag_ids)):
             raise ValidationFailed("One or more scope tags do not exist.")
         required = self._required_scope(frozenset(t.id for t in tags))
-        if not principal.scope_for(P.enrollment_manage).contains(required):
+        if not principal.scope_for(P.enrollment_manage).ignoring_groups().contains(required):
             raise Forbidden(
                 "Devices enrolled with this token would fall outside your scope: choose scope tags "
                 "you administer."
@@ -174,13 +174,12 @@ class EnrollmentService:
         if token is None:
             raise NotFound("No such enrollment token.")
         tags = {t.id for t in token.scope_tags}
-        if not tags:
-            if not principal.scope_for(P.enrollment_read).all:
-                raise NotFound("No such enrollment token.")
-            if not principal.scope_for(permission).all:
-                raise Forbidden(f"This needs the permission {permission.value} over this token's scope.")
-        else:
-            authorize_object(principal, permission, tags, read_permission=P.enrollment_read)
+        try:
+            authorize_object(
+                principal, permission, lambda scope: scope.covers(tags), read_permission=P.enrollment_read
+            )
+        except NotFound:
+            raise NotFound("No such enrollment token.") from None
         return token
 
     async def revoke_token(

@@ -99,10 +99,10 @@ async def get_group(group_id: uuid.UUID, session: SessionDep, _: GroupsRead) -> 
 
 @router.patch("/groups/{group_id}", response_model=GroupSaved, responses={**NOT_FOUND, **RULE_ERROR})
 async def update_group(
-    group_id: uuid.UUID, data: GroupUpdate, session: SessionDep, _: GroupsWrite
+    group_id: uuid.UUID, data: GroupUpdate, session: SessionDep, principal: GroupsWrite
 ) -> GroupSaved:
     """Rename, describe, or change a dynamic group's rule (its members are computed again)."""
-    saved = await group_service.update(session, group_id, data)
+    saved = await group_service.update(session, principal, group_id, data)
     return await _saved(session, saved.group, saved.evaluation)
 
 

@@ -47,6 +47,7 @@ from corral.models import (
     role_assignment_scope_groups,
 )
 from corral.rbac.principal import Scope
+from corral.users import repository as users_repository
 
 NESTING_LOCK = 0x636F7272616C67  # "corralg": one advisory lock serialises every change to group nesting
 BAD_CURSOR = "The pagination cursor is malformed; start again from the first page."
@@ -259,7 +260,7 @@ class _Branch:
 
 
 def _branches(
-    group_id: uuid.UUID, ids: list[uuid.UUID], kind: MemberType | None, device_scope: Scope, see_users: bool
+    group_id: uuid.UUID, ids: list[uuid.UUID], kind: MemberType | None, device_scope: Scope, user_scope: Scope
 ) -> list[_Branch]:
     """The kinds of member to list, in order: nested groups (direct listing only), users, devices. ``ids``
     are the groups whose members count (the group alone, or with every group nested in it)."""
@@ -295,12 +296,15 @@ def _branches(
         func.lower(User.display_name).label("sort"),
     ).where(User.id.in_(user_ids))
     count_users = _count_members(user_ids, transitive=len(ids) > 1)
-    branches.append(
-        (
-            MemberType.user,
-            _Branch(1, users if see_users else None, count_users, count_users if see_users else literal(0)),
-        )
-    )
+    visible_users = users_repository.scoped(users, user_scope)
+    if user_scope.empty:
+        users_branch = _Branch(1, None, count_users, literal(0))
+    elif visible_users is users:
+        users_branch = _Branch(1, users, count_users, count_users)
+    else:
+        count = select(func.count()).select_from(visible_users.subquery()).scalar_subquery()
+        users_branch = _Branch(1, visible_users, count_users, count)
+    branches.append((MemberType.user, users_branch))
     devices = select(
         literal(2).label("rank"),
         literal("device", String).label("type"),
@@ -328,7 +332,7 @@ def _count_members(member_ids: Select[Any], *, transitive: bool) -> Any:
 
 
 async def member_page(
-    session: AsyncSession, group_id: uuid.UUID, filters: MemberFilter, device_scope: Scope, see_users: bool
+    session: AsyncSession, group_id: uuid.UUID, filters: MemberFilter, device_scope: Scope, user_scope: Scope
 ) -> tuple[list[dict[str, Any]], str | None, int, int]:
     """A page of members (nested groups first, then users, then devices, each by name), the next cursor,
     how many the caller may see and how many are hidden from them.
@@ -336,7 +340,7 @@ async def member_page(
     Each kind is read by its own keyset query ordered by (lower(name), id), so a page of a group with
     100,000 members walks the name index instead of sorting them all; the counts come in one round trip."""
     ids = await descendant_ids(session, group_id) if filters.transitive else [group_id]
-    branches = _branches(group_id, ids, filters.type, device_scope, see_users)
+    branches = _branches(group_id, ids, filters.type, device_scope, user_scope)
     if not branches:
         return [], None, 0, 0
     # Each count once, in one round trip (the visible count is often the same expression).
@@ -450,7 +454,8 @@ async def devices_named(session: AsyncSession, lookup: str, scope: Scope, limit:
     return list((await session.scalars(stmt.limit(limit))).all())
 
 
-async def users_named(session: AsyncSession, lookup: str, limit: int = 5) -> list[User]:
+async def users_named(session: AsyncSession, lookup: str, scope: Scope, limit: int = 5) -> list[User]:
+    """Users in scope whose sign-in name or email address is ``lookup`` (ignoring case), or with that id."""
     needle = lookup.strip().lower()
     conditions: list[ColumnElement[bool]] = [
         func.lower(User.user_principal_name) == needle,
@@ -458,7 +463,8 @@ async def users_named(session: AsyncSession, lookup: str, limit: int = 5) -> lis
     ]
     with contextlib.suppress(ValueError):
         conditions.append(User.id == uuid.UUID(needle))
-    return list((await session.scalars(select(User).where(or_(*conditions)).limit(limit))).all())
+    stmt = users_repository.scoped(select(User).where(or_(*conditions)), scope)
+    return list((await session.scalars(stmt.limit(limit))).all())
 
 
 async def groups_named(session: AsyncSession, lookup: str, limit: int = 5) -> list[Group]:

@@ -51,6 +51,7 @@ from corral.models import (
 )
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
+from corral.users import repository as users_repository
 
 
 def rule_problem(error: RuleError) -> ValidationFailed:
@@ -136,6 +137,18 @@ class Saved:
     evaluation: Evaluation | None
 
 
+def _refuse_widening_own_scope(principal: Principal, group: Group, change: str) -> None:
+    """An administrator limited to scope groups may not widen them: nesting a group in one (or in a group
+    nested in one) or changing its rule could bring in any user or device. Adding users and devices they
+    already reach is fine."""
+    if group.id in principal.scope_group_ids:
+        raise Forbidden(
+            f"{group.display_name} limits what you may reach (a scope group of your role assignments): "
+            f"{change[0].lower()}{change[1:]} would widen your own scope. Ask an administrator not limited "
+            "to it."
+        )
+
+
 class GroupService:
     # ---------------------------------------------------------------- reads
     async def page(
@@ -189,7 +202,7 @@ class GroupService:
             group_id,
             filters,
             principal.scope_for(P.devices_read),
-            principal.has(P.users_read),
+            principal.scope_for(P.users_read),
         )
         return MemberPage(
             items=[
@@ -287,11 +300,14 @@ class GroupService:
         )
         return Saved(group, evaluation)
 
-    async def update(self, session: AsyncSession, group_id: uuid.UUID, data: GroupUpdate) -> Saved:
+    async def update(
+        self, session: AsyncSession, principal: Principal, group_id: uuid.UUID, data: GroupUpdate
+    ) -> Saved:
         group = await self.get(session, group_id, for_update=True)
         changes: list[tuple[str, Any, Any]] = []
         evaluation = None
         if data.rule is not None and data.rule != group.rule:
+            _refuse_widening_own_scope(principal, group, "Changing its rule")
             if group.membership_type is not MembershipType.dynamic or group.dynamic_kind is None:
                 raise ValidationFailed(
                     "An assigned group has no rule: its members are added by hand. Create a dynamic group "
@@ -383,8 +399,8 @@ class GroupService:
         if ref.type is MemberType.device:
             return device_member(await device_service.get(session, principal, ref.id))
         if ref.type is MemberType.user:
-            user = await repository.user(session, ref.id)
-            if user is None:
+            user = await users_repository.get_with_groups(session, ref.id)
+            if user is None or not users_repository.reaches_user(user)(principal.scope_for(P.users_read)):
                 raise NotFound("No such user.")
             return user_member(user)
         child = await repository.get(session, ref.id)
@@ -413,6 +429,7 @@ class GroupService:
         if ref.type is MemberType.group:
             if ref.id == group.id:
                 raise Conflict("A group can't be a member of itself.")
+            _refuse_widening_own_scope(principal, group, "Nesting a group in it")
             await repository.lock_nesting(session)
             if await repository.reachable(session, ref.id, group.id):
                 raise Conflict(
@@ -463,7 +480,7 @@ class GroupService:
         if kind is MemberType.device:
             found = await repository.devices_named(session, lookup, principal.scope_for(P.devices_read))
         elif kind is MemberType.user:
-            found = await repository.users_named(session, lookup)
+            found = await repository.users_named(session, lookup, principal.scope_for(P.users_read))
         else:
             found = await repository.groups_named(session, lookup)
         if not found:

@@ -68,8 +68,10 @@ async def licence_holders(
 
 
 @router.get("/users/{user_id}/licences", response_model=list[UserLicenceOut], responses=NOT_FOUND)
-async def user_licences(user_id: uuid.UUID, session: SessionDep, _: LicencesRead) -> list[UserLicenceOut]:
-    user = await user_service.get(session, user_id)
+async def user_licences(
+    user_id: uuid.UUID, session: SessionDep, principal: LicencesRead
+) -> list[UserLicenceOut]:
+    user = await user_service.get_for(session, principal, user_id, P.licences_read)
     return await licence_service.of_user(session, user.id)
 
 
@@ -91,7 +93,7 @@ async def assign_licence(
     response: Response,
 ) -> UserLicenceOut:
     """Give a user a licence seat (201; 200 if already held; 409 when no seat is left)."""
-    user = await user_service.get(session, user_id)
+    user = await user_service.get_for(session, principal, user_id, P.licences_write)
     held, created = await licence_service.assign(session, principal, user, licence_id)
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -102,8 +104,8 @@ async def assign_licence(
     "/users/{user_id}/licences/{licence_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND
 )
 async def unassign_licence(
-    user_id: uuid.UUID, licence_id: uuid.UUID, session: SessionDep, _: LicencesWrite
+    user_id: uuid.UUID, licence_id: uuid.UUID, session: SessionDep, principal: LicencesWrite
 ) -> Response:
-    user = await user_service.get(session, user_id)
+    user = await user_service.get_for(session, principal, user_id, P.licences_write)
     await licence_service.unassign(session, user, licence_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, String, Table, func, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, query_expression, relationship
 
 from corral.kit.db import IdMixin, Model, TimestampMixin, str_enum
 from corral.models.scope_tag import ScopeTag
@@ -111,6 +111,10 @@ class Device(IdMixin, TimestampMixin, Model):
     inventory_updated_at: Mapped[datetime | None] = mapped_column(default=None)
 
     scope_tags: Mapped[list[ScopeTag]] = relationship(secondary=device_scope_tags, lazy="raise")
+    # The groups the device, or its primary user, belongs to directly: not a column, loaded with the device
+    # where an administrator's scope groups decide whether they reach it (devices.repository.MEMBER_OF).
+    # None when not loaded.
+    member_of: Mapped[list[uuid.UUID] | None] = query_expression(expire_on_flush=False)
 
 
 Index("ix_devices_name_lower", func.lower(Device.name))

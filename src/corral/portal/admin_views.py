@@ -15,7 +15,7 @@ from corral.audit.endpoints import CSV_HEADER, csv_row
 from corral.audit.schemas import AuditFilter
 from corral.audit.service import audit_service
 from corral.auth.dependencies import Authenticated, Require
-from corral.errors import CorralError, Forbidden
+from corral.errors import CorralError, Forbidden, ValidationFailed
 from corral.kit.csvexport import to_csv
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
@@ -358,6 +358,7 @@ async def _assignment_form_context(session: SessionDep) -> dict[str, object]:
         "roles": await rbac_service.list_roles(session),
         "users": await user_service.list_all(session),
         "tags": await rbac_service.list_scope_tags(session),
+        "groups": await rbac_service.list_groups(session),
     }
 
 
@@ -377,7 +378,9 @@ async def new_assignment(
         "role_id": str(role_id) if role_id else "",
         "scope_all": True,
         "member_ids": set(),
+        "member_group_ids": set(),
         "scope_tag_ids": set(),
+        "scope_group_ids": set(),
     }
     return render(request, "roles/assignment_form.html", ctx)
 
@@ -386,23 +389,38 @@ async def new_assignment(
 async def create_assignment(request: Request, session: SessionDep, principal: RolesAssign) -> Response:
     form = await request.form()
     member_ids = [str(v) for v in form.getlist("member_ids")]
+    member_group_ids = [str(v) for v in form.getlist("member_group_ids")]
     tag_ids = [str(v) for v in form.getlist("scope_tag_ids")]
+    scope_group_ids = (
+        [str(v) for v in form.getlist("scope_group_ids")] if form.get("groups") == "some" else []
+    )
     values = {
         "name": str(form.get("name", "")),
         "description": str(form.get("description", "")),
         "role_id": str(form.get("role_id", "")),
         "scope_all": form.get("scope") != "tags",
         "member_ids": set(member_ids),
+        "member_group_ids": set(member_group_ids),
         "scope_tag_ids": set(tag_ids),
+        "scope_groups_some": form.get("groups") == "some",
+        "scope_group_ids": set(scope_group_ids),
     }
     try:
-        data = RoleAssignmentCreate(
-            name=values["name"],
-            description=values["description"],
-            role_id=values["role_id"],
-            member_ids=member_ids,
-            scope_all=values["scope_all"],
-            scope_tag_ids=tag_ids,
+        if values["scope_groups_some"] and not scope_group_ids:
+            raise ValidationFailed(
+                "Choose at least one scope group, or let the assignment reach every user and device."
+            )
+        data = RoleAssignmentCreate.model_validate(
+            {
+                "name": values["name"],
+                "description": values["description"],
+                "role_id": values["role_id"],
+                "member_ids": member_ids,
+                "member_group_ids": member_group_ids,
+                "scope_all": values["scope_all"],
+                "scope_tag_ids": tag_ids,
+                "scope_group_ids": scope_group_ids,
+            }
         )
         assignment = await rbac_service.create_assignment(session, principal, data)
     except (ValidationError, CorralError) as exc:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from corral.auth.dependencies import Require
+from corral.devices import access
 from corral.devices.bulk import BULK_PERMISSIONS, bulk_service, bulk_types_for, segments
 from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import BulkActionCreate, DeviceFilter
@@ -223,7 +224,7 @@ async def _detail_context(
             "bound_user": user,
             "actions": actions,
             "fields": {a.name: action_fields(a) for a in actions},
-            "can_delete": principal.scope_for(P.devices_delete).covers(t.id for t in device.scope_tags),
+            "can_delete": device_service.may(principal, P.devices_delete, device),
             "apps": await device_service.apps(session, principal, device.id),
             "history": await device_service.history(session, principal, device.id, limit=100),
             "group_memberships": await group_service.groups_of(session, MemberType.device, device.id)
@@ -362,6 +363,24 @@ async def device_detail(
         return render_fragment(request, "devices/_commands.html", ctx, headers=PAGE_HEADERS)
     ctx = await _detail_context(session, settings, principal, device)
     return render(request, "devices/device_detail.html", ctx, headers=PAGE_HEADERS)
+
+
+@router.get("/devices/{device_id}/who-can")
+async def who_can(
+    request: Request,
+    device_id: uuid.UUID,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(Require(P.roles_read))],
+    action: str = "wipe",
+) -> Response:
+    """Who can run a remote action on this device (wipe by default), and through which assignments."""
+    device = await device_service.get(session, principal, device_id)
+    found = await access.who_can(session, device, action)
+    return render(
+        request,
+        "devices/who_can.html",
+        {"device": device, "found": found, "actions": list(REGISTRY.values())},
+    )
 
 
 async def _refused(

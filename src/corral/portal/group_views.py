@@ -214,7 +214,7 @@ async def update_group(
             description=values["description"],
             rule=values["rule"] if dynamic else None,
         )
-        saved = await group_service.update(session, group_id, data)
+        saved = await group_service.update(session, principal, group_id, data)
     except ValidationError as exc:
         ctx = _form_ctx(group, values, error=_first_error(exc))
         return render(request, "groups/group_form.html", ctx, status_code=422)

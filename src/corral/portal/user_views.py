@@ -75,7 +75,7 @@ async def users(request: Request, session: SessionDep, principal: UsersRead) -> 
     except ValidationError as exc:
         ctx.update({"users": None, "error": _first_error(exc), "sort": "display_name"})
         return render(request, "users/user_list.html", ctx, status_code=400)
-    items, next_cursor, total = await user_service.page(session, filters)
+    items, next_cursor, total = await user_service.page(session, principal, filters)
     ctx.update(
         {
             "users": items,
@@ -127,8 +127,10 @@ async def create_user(request: Request, session: SessionDep, principal: UsersWri
 
 
 @router.get("/users/{user_id}/edit")
-async def edit_user(request: Request, user_id: uuid.UUID, session: SessionDep, _: UsersWrite) -> Response:
-    user = await user_service.get(session, user_id)
+async def edit_user(
+    request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
+) -> Response:
+    user = await user_service.get_for(session, principal, user_id, P.users_write)
     values = {name: getattr(user, name) or "" for name in FORM_FIELDS}
     return render(request, "users/user_form.html", {"user": user, "form": values})
 
@@ -137,7 +139,7 @@ async def edit_user(request: Request, user_id: uuid.UUID, session: SessionDep, _
 async def update_user(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
 ) -> Response:
-    user = await user_service.get(session, user_id)
+    user = await user_service.get_for(session, principal, user_id, P.users_write)
     form = await request.form()
     values = _form_values(form)
     try:
@@ -161,7 +163,7 @@ async def update_user(
 async def user_detail(
     request: Request, user_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: UsersRead
 ) -> Response:
-    user = await user_service.get(session, user_id)
+    user = await user_service.get_for(session, principal, user_id)
     detail = await user_service.detail(session, settings, principal, user)
     ctx: dict[str, Any] = {
         "user": user,
@@ -209,7 +211,7 @@ async def set_user_enabled(
 async def delete_user(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
 ) -> Response:
-    user = await user_service.get(session, user_id)
+    user = await user_service.get_for(session, principal, user_id, P.users_write)
     name = user.user_principal_name
     try:
         outcome = await user_service.delete(session, principal, user_id)
@@ -224,7 +226,7 @@ async def delete_user(
 async def assign_licence(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: LicencesWrite
 ) -> Response:
-    user: User = await user_service.get(session, user_id)
+    user: User = await user_service.get_for(session, principal, user_id, P.licences_write)
     form = await request.form()
     try:
         licence_id = uuid.UUID(str(form.get("licence_id") or ""))
@@ -242,9 +244,9 @@ async def assign_licence(
 
 @router.post("/users/{user_id}/licences/{licence_id}/remove")
 async def unassign_licence(
-    request: Request, user_id: uuid.UUID, licence_id: uuid.UUID, session: SessionDep, _: LicencesWrite
+    request: Request, user_id: uuid.UUID, licence_id: uuid.UUID, session: SessionDep, principal: LicencesWrite
 ) -> Response:
-    user = await user_service.get(session, user_id)
+    user = await user_service.get_for(session, principal, user_id, P.licences_write)
     try:
         await licence_service.unassign(session, user, licence_id)
     except CorralError as exc:

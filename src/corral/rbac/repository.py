@@ -34,6 +34,7 @@ def _assignment_query() -> Select[RoleAssignment]:
         selectinload(RoleAssignment.members),
         selectinload(RoleAssignment.member_groups),
         selectinload(RoleAssignment.scope_tags),
+        selectinload(RoleAssignment.scope_groups),
     )
 
 
@@ -67,6 +68,12 @@ async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[
 
 async def groups_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[Group]:
     return list((await session.scalars(select(Group).where(Group.id.in_(ids)))).all())
+
+
+async def list_groups(session: AsyncSession, limit: int = 200) -> list[Group]:
+    """Groups for the role assignment form's pickers, by name."""
+    stmt = select(Group).order_by(func.lower(Group.display_name), Group.id).limit(limit)
+    return list((await session.scalars(stmt)).all())
 
 
 async def tags_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[ScopeTag]:

@@ -92,6 +92,11 @@ class RoleAssignmentOut(BaseModel):
         default_factory=list,
         description="Groups whose users (directly or through nested groups) hold the role",
     )
+    scope_groups: list[MemberGroupOut] = Field(
+        default_factory=list,
+        description="When not empty, the users and devices the members may see and act on: members of these "
+        "groups (directly or through nested groups), and devices whose primary user is",
+    )
 
 
 class RoleAssignmentCreate(BaseModel):
@@ -106,8 +111,16 @@ class RoleAssignmentCreate(BaseModel):
         max_length=100,
         description="Groups whose users hold the role (for example groups from an identity provider)",
     )
-    scope_all: bool = True
+    scope_all: bool = Field(
+        default=True, description="True: objects whatever their scope tags; false: those in scope_tag_ids"
+    )
     scope_tag_ids: list[uuid.UUID] = Field(default_factory=list, max_length=200)
+    scope_group_ids: list[uuid.UUID] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Limit the users and devices the members may see and act on to members of these groups "
+        "(and devices whose primary user is one); empty: no limit",
+    )
 
     @model_validator(mode="after")
     def _someone(self) -> RoleAssignmentCreate:
@@ -122,11 +135,19 @@ class RoleAssignmentMembersUpdate(BaseModel):
     member_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
 
 
+class ReachOut(BaseModel):
+    scope_tags: list[str] | None = Field(description="None: whatever the scope tags")
+    scope_groups: list[str] | None = Field(description="None: every user and device")
+
+
 class EffectivePermission(BaseModel):
     permission: str
     description: str
     scope_all: bool
     scope_tags: list[str]
+    reaches: list[ReachOut] = Field(
+        default_factory=list, description="Where the permission applies: anywhere one of these reaches"
+    )
     granted_by: list[str]
 
 

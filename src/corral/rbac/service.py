@@ -9,9 +9,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit.service import audit_service, diff
-from corral.auth.service import auth_service
+from corral.auth import repository as auth_repository
+from corral.auth.service import auth_service, scope_of
 from corral.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from corral.models import RoleAssignment, RoleDefinition, ScopeTag, User
+from corral.models import Group, RoleAssignment, RoleDefinition, ScopeTag, User
 from corral.rbac import repository
 from corral.rbac.permissions import DESCRIPTIONS, P
 from corral.rbac.principal import EVERYWHERE, Principal, Scope
@@ -21,6 +22,7 @@ from corral.rbac.schemas import (
     EffectivePermission,
     MemberGroupOut,
     MemberOut,
+    ReachOut,
     RoleAssignmentCreate,
     RoleAssignmentOut,
     RoleCreate,
@@ -67,11 +69,27 @@ def assignment_out(assignment: RoleAssignment) -> RoleAssignmentOut:
             )
             for m in sorted(assignment.members, key=lambda m: m.user_principal_name.lower())
         ],
-        member_groups=[
-            MemberGroupOut(id=g.id, display_name=g.display_name, source=g.source.value)
-            for g in sorted(assignment.member_groups, key=lambda g: g.display_name.lower())
-        ],
+        member_groups=_groups_out(assignment.member_groups),
+        scope_groups=_groups_out(assignment.scope_groups),
     )
+
+
+def _groups_out(groups: list[Group]) -> list[MemberGroupOut]:
+    return [
+        MemberGroupOut(id=g.id, display_name=g.display_name, source=g.source.value)
+        for g in sorted(groups, key=lambda g: g.display_name.lower())
+    ]
+
+
+def unscoped(assignment: RoleAssignment) -> bool:
+    """Everywhere: whatever the tags, and no scope groups (loaded)."""
+    return assignment.scope_all and not assignment.scope_groups
+
+
+async def stored_scope(session: AsyncSession, assignment: RoleAssignment) -> Scope:
+    """The scope an assignment (loaded with its tags and groups) gives, nested groups included."""
+    nested = await auth_repository.with_nested(session, {g.id for g in assignment.scope_groups})
+    return scope_of(assignment, nested)
 
 
 class RbacService:
@@ -237,6 +255,10 @@ class RbacService:
     ) -> list[RoleAssignment]:
         return await repository.list_assignments(session, role_id)
 
+    async def list_groups(self, session: AsyncSession) -> list[Group]:
+        """Groups to pick as members or scope groups (the first 200 by name)."""
+        return await repository.list_groups(session)
+
     async def get_assignment(self, session: AsyncSession, assignment_id: uuid.UUID) -> RoleAssignment:
         assignment = await repository.get_assignment(session, assignment_id)
         if assignment is None:
@@ -262,8 +284,9 @@ class RbacService:
             tags = await repository.tags_by_ids(session, data.scope_tag_ids)
             if len(tags) != len(set(data.scope_tag_ids)):
                 raise ValidationFailed("One or more scope tags do not exist.")
-        scope = EVERYWHERE if data.scope_all else Scope(tag_ids=frozenset(t.id for t in tags))
-        self.check_can_grant(principal, role_permissions(role), scope)
+        scope_groups = await repository.groups_by_ids(session, data.scope_group_ids)
+        if len(scope_groups) != len(set(data.scope_group_ids)):
+            raise ValidationFailed("One or more scope groups do not exist.")
         assignment = RoleAssignment(
             id=uuid.uuid4(),
             name=data.name,
@@ -273,7 +296,9 @@ class RbacService:
             members=members,
             member_groups=groups,
             scope_tags=tags,
+            scope_groups=scope_groups,
         )
+        self.check_can_grant(principal, role_permissions(role), await stored_scope(session, assignment))
         session.add(assignment)
         await session.flush()
         created = await self.get_assignment(session, assignment.id)
@@ -290,6 +315,7 @@ class RbacService:
                 ("members", None, sorted(m.user_principal_name for m in members)),
                 ("member_groups", None, sorted(g.display_name for g in groups)),
                 ("scope", None, "all" if data.scope_all else sorted(t.name for t in tags)),
+                ("scope_groups", None, sorted(g.display_name for g in scope_groups)),
             ],
         )
         return created
@@ -312,18 +338,14 @@ class RbacService:
         member_ids: list[uuid.UUID],
     ) -> RoleAssignment:
         assignment = await self.get_assignment(session, assignment_id)
-        scope = (
-            EVERYWHERE
-            if assignment.scope_all
-            else Scope(tag_ids=frozenset(t.id for t in assignment.scope_tags))
-        )
+        scope = await stored_scope(session, assignment)
         self.check_can_grant(principal, role_permissions(assignment.role), scope)
         members = await repository.users_by_ids(session, member_ids)
         if len(members) != len(set(member_ids)):
             raise ValidationFailed("One or more members do not exist.")
         before = sorted(m.user_principal_name for m in assignment.members)
         removed = {m.id for m in assignment.members} - {m.id for m in members}
-        if assignment.role_id == GLOBAL_ADMINISTRATOR.id and assignment.scope_all and removed:
+        if assignment.role_id == GLOBAL_ADMINISTRATOR.id and unscoped(assignment) and removed:
             await self._guard_last_global_admin(
                 session, await self._holders_losing_role(session, assignment, removed)
             )
@@ -350,7 +372,7 @@ class RbacService:
             others = [
                 a
                 for a in await repository.assignments_of_user(session, user_id)
-                if a.id != assignment.id and a.role_id == assignment.role_id and a.scope_all
+                if a.id != assignment.id and a.role_id == assignment.role_id and unscoped(a)
             ]
             if not others:
                 losing.add(user_id)
@@ -360,13 +382,9 @@ class RbacService:
         self, session: AsyncSession, principal: Principal, assignment_id: uuid.UUID
     ) -> None:
         assignment = await self.get_assignment(session, assignment_id)
-        scope = (
-            EVERYWHERE
-            if assignment.scope_all
-            else Scope(tag_ids=frozenset(t.id for t in assignment.scope_tags))
-        )
+        scope = await stored_scope(session, assignment)
         self.check_can_grant(principal, role_permissions(assignment.role), scope)
-        if assignment.role_id == GLOBAL_ADMINISTRATOR.id and assignment.scope_all:
+        if assignment.role_id == GLOBAL_ADMINISTRATOR.id and unscoped(assignment):
             removed = {m.id for m in assignment.members}
             await self._guard_last_global_admin(
                 session, await self._holders_losing_role(session, assignment, removed)
@@ -409,6 +427,12 @@ class RbacService:
             grants=grants,
         )
         tag_names = {t.id: t.name for t in await repository.list_scope_tags(session)}
+        group_ids = {g for grant in grants for r in grant.scope.reaches for g in r.group_ids or ()}
+        group_names = {g.id: g.display_name for g in await repository.groups_by_ids(session, list(group_ids))}
+
+        def names(ids: frozenset[uuid.UUID] | None, known: dict[uuid.UUID, str]) -> list[str] | None:
+            return None if ids is None else sorted(known.get(i, str(i)) for i in ids)
+
         rows = []
         for permission in sorted(principal.permissions):
             scope = principal.scope_for(permission)
@@ -418,6 +442,16 @@ class RbacService:
                     description=DESCRIPTIONS[permission],
                     scope_all=scope.all,
                     scope_tags=sorted(tag_names.get(t, str(t)) for t in scope.tag_ids),
+                    reaches=sorted(
+                        (
+                            ReachOut(
+                                scope_tags=names(r.tag_ids, tag_names),
+                                scope_groups=names(r.group_ids, group_names),
+                            )
+                            for r in scope.reaches
+                        ),
+                        key=lambda r: (r.scope_tags or [], r.scope_groups or []),
+                    ),
                     granted_by=sorted(
                         {
                             f"{g.role_name} ({g.assignment_name})"

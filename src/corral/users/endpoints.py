@@ -37,11 +37,13 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
 
 
 @router.get("/users", response_model=UserPage)
-async def list_users(session: SessionDep, _: UsersRead, filters: Annotated[UserFilter, Query()]) -> UserPage:
+async def list_users(
+    session: SessionDep, principal: UsersRead, filters: Annotated[UserFilter, Query()]
+) -> UserPage:
     """List users (end users and administrators): search, filters, keyset paging.
 
     Pass ``next_cursor`` back as ``cursor`` for the next page."""
-    items, next_cursor, total = await user_service.page(session, filters)
+    items, next_cursor, total = await user_service.page(session, principal, filters)
     return UserPage(items=[user_out(u) for u in items], next_cursor=next_cursor, total=total)
 
 
@@ -81,7 +83,7 @@ async def get_user(
     """Get a user with their devices, groups and (with licences:read only) licences.
 
     Devices are those in your devices:read scope; groups need groups:read."""
-    user = await user_service.get(session, user_id)
+    user = await user_service.get_for(session, principal, user_id)
     return await user_service.detail(session, settings, principal, user)
 
 

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, exists, func, literal_column, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import with_expression
 
 from corral.errors import BadRequest
 from corral.kit.pagination import decode_cursor, encode_cursor
-from corral.models import User, role_assignment_members
+from corral.models import User, group_users, role_assignment_members
+from corral.rbac.principal import Scope
 from corral.users.schemas import UserFilter
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -21,6 +26,51 @@ async def get(session: AsyncSession, user_id: uuid.UUID, *, for_update: bool = F
         result: User | None = await session.scalar(select(User).where(User.id == user_id).with_for_update())
         return result
     return await session.get(User, user_id)
+
+
+# The groups a user belongs to directly (User.member_of).
+MEMBER_OF: ColumnElement[list[uuid.UUID]] = func.coalesce(
+    select(func.array_agg(group_users.c.group_id)).where(group_users.c.user_id == User.id).scalar_subquery(),
+    literal_column("'{}'::uuid[]", ARRAY(PG_UUID(as_uuid=True))),
+    type_=ARRAY(PG_UUID(as_uuid=True)),
+)
+
+
+async def get_with_groups(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user with ``User.member_of`` loaded (refreshing the one already in the session)."""
+    stmt = (
+        select(User)
+        .where(User.id == user_id)
+        .options(with_expression(User.member_of, MEMBER_OF))
+        .execution_options(populate_existing=True)
+    )
+    result: User | None = await session.scalar(stmt)
+    return result
+
+
+def reaches_user(user: User) -> Callable[[Scope], bool]:
+    """Whether a scope reaches the user: users carry no scope tags, so by the groups they belong to
+    (``User.member_of``, loaded by ``get_with_groups``) when a reach is limited to groups."""
+
+    def within(scope: Scope) -> bool:
+        if not scope.limits_groups:
+            return not scope.empty
+        if user.member_of is None:
+            raise RuntimeError("user loaded without their groups: use users.repository.get_with_groups")
+        return scope.covers_user(user.member_of)
+
+    return within
+
+
+def scoped(stmt: Select[Any], scope: Scope) -> Select[Any]:
+    """Users in a scope: users carry no scope tags, so only scope groups limit it (members of one of the
+    groups some reach names; everyone if a reach names none)."""
+    if scope.empty:
+        return stmt.where(func.false())
+    if any(reach.group_ids is None for reach in scope.reaches):
+        return stmt
+    ids = sorted({g for reach in scope.reaches for g in reach.group_ids or ()})
+    return stmt.where(exists().where(group_users.c.user_id == User.id, group_users.c.group_id.in_(ids)))
 
 
 async def by_upn(session: AsyncSession, upn: str) -> User | None:
@@ -85,8 +135,8 @@ def _sort_expr(sort: str) -> tuple[ColumnElement[Any], bool]:
     return expr, descending
 
 
-def filtered(filters: UserFilter) -> Select[Any]:
-    stmt = select(User)
+def filtered(filters: UserFilter, scope: Scope) -> Select[Any]:
+    stmt = scoped(select(User), scope)
     if filters.search and filters.search.strip():
         stmt = stmt.where(_search(filters.search))
     if filters.source is not None:
@@ -98,8 +148,10 @@ def filtered(filters: UserFilter) -> Select[Any]:
     return stmt
 
 
-async def page(session: AsyncSession, filters: UserFilter) -> tuple[list[User], str | None, int]:
-    base = filtered(filters)
+async def page(
+    session: AsyncSession, filters: UserFilter, scope: Scope
+) -> tuple[list[User], str | None, int]:
+    base = filtered(filters, scope)
     total = int(await session.scalar(select(func.count()).select_from(base.subquery())) or 0)
     expr, descending = _sort_expr(filters.sort)
     stmt = base
@@ -130,9 +182,11 @@ async def page(session: AsyncSession, filters: UserFilter) -> tuple[list[User], 
     return items, next_cursor, total
 
 
-async def export(session: AsyncSession, filters: UserFilter, limit: int = 100_000) -> list[User]:
+async def export(
+    session: AsyncSession, filters: UserFilter, scope: Scope, limit: int = 100_000
+) -> list[User]:
     expr, descending = _sort_expr(filters.sort)
-    stmt = filtered(filters).order_by(expr.desc() if descending else expr.asc(), User.id).limit(limit)
+    stmt = filtered(filters, scope).order_by(expr.desc() if descending else expr.asc(), User.id).limit(limit)
     return list((await session.scalars(stmt)).all())
 
 

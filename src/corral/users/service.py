@@ -29,7 +29,7 @@ from corral.licensing.service import licence_service
 from corral.models import RoleAssignment, User, UserSource
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
-from corral.rbac.principal import EVERYWHERE, Principal, system_principal
+from corral.rbac.principal import EVERYWHERE, Principal, authorize_object, system_principal
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR
 from corral.rbac.service import rbac_service, role_permissions
 from corral.tenant.service import tenant_service
@@ -160,18 +160,37 @@ class UserService:
 
     # ---------------------------------------------------------------- reads
     async def get(self, session: AsyncSession, user_id: uuid.UUID) -> User:
+        """Any user, whatever the caller's scope: for Corral's own needs (see ``get_for``)."""
         user = await repository.get(session, user_id)
         if user is None:
             raise NotFound("No such user.")
         return user
 
-    async def page(self, session: AsyncSession, filters: UserFilter) -> tuple[list[User], str | None, int]:
-        return await repository.page(session, filters)
+    async def get_for(
+        self, session: AsyncSession, principal: Principal, user_id: uuid.UUID, permission: P = P.users_read
+    ) -> User:
+        """The user, for an administrator: 404 outside their users:read scope (scope groups limit which
+        users they reach), 403 without ``permission`` over the user."""
+        user = await repository.get_with_groups(session, user_id)
+        if user is None:
+            raise NotFound("No such user.")
+        try:
+            authorize_object(
+                principal, permission, repository.reaches_user(user), read_permission=P.users_read
+            )
+        except NotFound:
+            raise NotFound("No such user.") from None
+        return user
+
+    async def page(
+        self, session: AsyncSession, principal: Principal, filters: UserFilter
+    ) -> tuple[list[User], str | None, int]:
+        return await repository.page(session, filters, principal.scope_for(P.users_read))
 
     async def export_csv(self, session: AsyncSession, principal: Principal, filters: UserFilter) -> str:
         """The filtered users as CSV, for the API and the admin center; the licences column only for
         holders of licences:read."""
-        users = await repository.export(session, filters)
+        users = await repository.export(session, filters, principal.scope_for(P.users_read))
         if not principal.has(P.licences_read):
             return to_csv(CSV_HEADER, (csv_row(u) for u in users))
         held = await licence_service.skus_by_user(session, [u.id for u in users])
@@ -347,7 +366,7 @@ class UserService:
         self, session: AsyncSession, user_id: uuid.UUID, data: UserUpdate, principal: Principal
     ) -> tuple[User, Deprovisioned | None]:
         """Returns the user and, when this disabled them, what that did (sessions, devices)."""
-        user = await self.get(session, user_id)
+        user = await self.get_for(session, principal, user_id, P.users_write)
         before = _snapshot(user)
         rule_inputs = group_membership.user_rule_inputs(user)
         given = {name: getattr(data, name) for name in PROPERTIES if name in data.model_fields_set}
@@ -416,7 +435,7 @@ class UserService:
         """Local and OpenID Connect users only (SCIM users are deprovisioned by their identity provider);
         never an administrator (take their roles first). Their devices stay, without a user, or are retired,
         per the tenant setting; enrollment tokens bound to them are revoked."""
-        user = await self.get(session, user_id)
+        user = await self.get_for(session, principal, user_id, P.users_write)
         if user.id == principal.user_id:
             raise Conflict("You cannot delete your own account.")
         if user.source == UserSource.scim:
@@ -539,7 +558,7 @@ class UserService:
     async def reset_password(self, session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> str:
         """A one-time password for a local account (also gives one to a local user who had none, e.g. an
         end user made an administrator)."""
-        user = await self.get(session, user_id)
+        user = await self.get_for(session, principal, user_id, P.users_write)
         if user.id == principal.user_id:
             raise Conflict("Change your own password from your account page.")
         if user.source != UserSource.local:
