@@ -11,15 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from corral.models import User, group_children, group_users
+from corral.models import RoleAssignment, User, group_children, group_users, role_assignment_member_groups
 from corral.rbac.permissions import P
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR, HELP_DESK_OPERATOR
 from corral.users import repository as users_repository
 from tests.conftest import Admin, Factory, audit_rows, bearer, issue_token, sign_in
 from tests.groups.helpers import add, create_group, remove
+from tests.scim.helpers import make_connection, patch
 from tests.test_rbac_api import admin_with_assignment, assignments_of, create_role
 
 
@@ -197,3 +198,58 @@ async def test_group_member_can_leave_while_another_global_admin_remains(
     assert (await remove(client, glob, inner["id"], "user", user_id)).status_code == 204
     async with sessionmaker() as session:
         assert not await users_repository.is_admin(session, user_id)
+
+
+async def test_direct_member_who_also_holds_global_admin_through_a_group_can_leave_the_assignment(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    glob = await factory.admin(GLOBAL_ADMINISTRATOR.name)
+    other = await factory.admin(None, token=False)
+    group = await create_group(client, glob, f"Admins {uuid.uuid4().hex[:6]}")
+    assert (await add(client, glob, group["id"], "user", glob.id)).status_code == 201
+    await assign_to_group(client, glob, GLOBAL_ADMINISTRATOR.id, group["id"])
+    (direct,) = await assignments_of(client, glob, glob.id)
+    response = await client.put(
+        f"/api/v1/role-assignments/{direct['id']}/members",
+        json={"member_ids": [str(other.id)]},
+        headers=glob.headers,
+    )
+    assert response.status_code == 200, response.text  # still Global administrator through the group
+    me = (await client.get("/api/v1/me", headers=glob.headers)).json()
+    assert set(me["permissions"]) == {p.value for p in GLOBAL_ADMINISTRATOR.permissions}
+
+
+async def test_scim_cannot_take_the_last_global_admin_out_of_their_group(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    entra = await make_connection(sessionmaker, "Contoso Entra ID")
+    body = {
+        "userName": "adele@contoso.example",
+        "externalId": "ext-adele",
+        "displayName": "Adele",
+        "active": True,
+    }
+    adele = (await client.post("/scim/v2/Users", json=body, headers=entra.headers)).json()
+    group = {"displayName": "Corral admins", "members": [{"value": adele["id"]}]}
+    made = await client.post("/scim/v2/Groups", json=group, headers=entra.headers)
+    assert made.status_code == 201, made.text
+    group_id = made.json()["id"]
+    async with sessionmaker() as session:
+        assignment = RoleAssignment(
+            id=uuid.uuid4(), name="Admins from Entra", role_id=GLOBAL_ADMINISTRATOR.id
+        )
+        session.add(assignment)
+        await session.flush()
+        await session.execute(
+            insert(role_assignment_member_groups).values(
+                role_assignment_id=assignment.id, group_id=uuid.UUID(group_id)
+            )
+        )
+        await session.commit()
+    url = f"/scim/v2/Groups/{group_id}"
+    remove_adele = patch({"op": "Remove", "path": f'members[value eq "{adele["id"]}"]'})
+    response = await client.patch(url, json=remove_adele, headers=entra.headers)
+    assert response.status_code == 409, response.text
+    assert "last Global administrator" in response.json()["detail"]
+    members = (await client.get(url, headers=entra.headers)).json()["members"]
+    assert [m["value"] for m in members] == [adele["id"]]
