@@ -399,3 +399,19 @@ async def test_the_assignment_form_takes_member_groups_and_scope_groups(
     assert [g["id"] for g in stored["scope_groups"]] == [paris_group] and stored["scope_all"] is True
     page = await client.get("/portal/role-assignments")
     assert "Desk staff (group)" in page.text and "Users and devices in:" in page.text
+
+
+async def test_a_global_administrator_limited_to_groups_does_not_count_as_the_last_unscoped_one(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    admin = await factory.admin("Global administrator")
+    group = (await create_group(client, admin, "Paris"))["id"]
+    global_role = await role_id(client, admin, "Global administrator")
+    await scoped_admin(client, factory, sessionmaker, admin, global_role, scope_group_ids=[group])
+    own = next(
+        a
+        for a in (await client.get("/api/v1/role-assignments", headers=admin.headers)).json()
+        if [m["id"] for m in a["members"]] == [str(admin.id)]
+    )
+    refused = await client.delete(f"/api/v1/role-assignments/{own['id']}", headers=admin.headers)
+    assert refused.status_code == 409 and "last Global administrator" in refused.json()["detail"]

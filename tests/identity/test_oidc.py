@@ -214,6 +214,91 @@ async def test_user_without_groups_gets_no_role_but_is_provisioned(
     assert "no Corral administrator role" in refusals[-1].detail
 
 
+async def _oidc_user(sessionmaker: async_sessionmaker[AsyncSession], subject: str) -> User:
+    async with sessionmaker() as session:
+        user = await session.scalar(
+            select(User)
+            .join(UserIdentity, UserIdentity.user_id == User.id)
+            .where(UserIdentity.subject == subject)
+        )
+    assert user is not None
+    return user
+
+
+async def test_first_sign_in_is_audited_as_created_by_the_user_through_the_connection(
+    client: httpx.AsyncClient, factory: Factory, idp: Idp, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    connection = await connect(client, factory, idp)
+    login = account()
+    idp.set_user(login, email=f"{login}@example.com", name="New Person")
+    assert (await sso(client, connection["id"], login)).status_code == 403  # no role: kept, not signed in
+    user = await _oidc_user(sessionmaker, login)
+    (created,) = await audit_rows(sessionmaker, activity="user.create", target_id=str(user.id))
+    assert (created.actor_type, created.actor_id, created.actor_name) == (
+        "user",
+        user.id,
+        f"{login}@example.com",
+    )
+    assert created.detail == f"first single sign-on through {connection['name']}"
+    assert {c["name"]: c["new"] for c in created.modified_properties} == {
+        "user_principal_name": f"{login}@example.com",
+        "display_name": "New Person",
+        "email": f"{login}@example.com",
+        "source": "oidc",
+    }
+
+
+async def test_returning_user_gets_name_and_email_from_the_provider_audited(
+    client: httpx.AsyncClient, factory: Factory, idp: Idp, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    connection = await connect(client, factory, idp)
+    team, login = f"ops-{uuid.uuid4().hex[:6]}", account()
+    await role_for_group(sessionmaker, connection["id"], team, HELP_DESK_OPERATOR.id)
+    idp.set_user(login, email=f"{login}@example.com", name="Alice Old", groups=[team])
+    assert (await sso(client, connection["id"], login)).status_code == 303
+    user = await _oidc_user(sessionmaker, login)
+    assert await audit_rows(sessionmaker, activity="user.update", target_id=str(user.id)) == []
+
+    client.cookies.clear()
+    idp.set_user(login, email=f"{login}@new.example", name="Alice New", groups=[team])
+    assert (await sso(client, connection["id"], login)).status_code == 303
+    refreshed = await _oidc_user(sessionmaker, login)
+    assert refreshed.id == user.id
+    assert (refreshed.display_name, refreshed.email) == ("Alice New", f"{login}@new.example")
+    assert refreshed.user_principal_name == user.user_principal_name  # the sign-in name stays
+    (update,) = await audit_rows(sessionmaker, activity="user.update", target_id=str(user.id))
+    assert (update.actor_type, update.actor_id) == ("user", user.id)
+    assert connection["name"] in (update.detail or "")
+    assert {c["name"]: (c["old"], c["new"]) for c in update.modified_properties} == {
+        "display_name": ("Alice Old", "Alice New"),
+        "email": (f"{login}@example.com", f"{login}@new.example"),
+    }
+
+    # Unchanged claims change nothing and audit nothing.
+    client.cookies.clear()
+    assert (await sso(client, connection["id"], login)).status_code == 303
+    assert len(await audit_rows(sessionmaker, activity="user.update", target_id=str(user.id))) == 1
+
+
+async def test_returning_users_new_email_may_be_another_accounts_without_merging(
+    client: httpx.AsyncClient, factory: Factory, idp: Idp, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    connection = await connect(client, factory, idp)
+    team, login = f"ops-{uuid.uuid4().hex[:6]}", account()
+    await role_for_group(sessionmaker, connection["id"], team, HELP_DESK_OPERATOR.id)
+    local = await factory.admin(GLOBAL_ADMINISTRATOR.name)
+    idp.set_user(login, email=f"{login}@example.com", name="Bob", groups=[team])
+    assert (await sso(client, connection["id"], login)).status_code == 303
+    client.cookies.clear()
+    idp.set_user(login, email=local.email.upper(), name="Bob", groups=[team])
+    response = await sso(client, connection["id"], login)
+    assert response.status_code == 303, response.text  # email addresses are not unique: taken as sent
+    refreshed = await _oidc_user(sessionmaker, login)
+    assert refreshed.email == local.email.upper()
+    assert refreshed.id != local.id and refreshed.user_principal_name == f"{login}@example.com"
+    assert (await client.get("/api/v1/me", headers=local.headers)).json()["email"] == local.email
+
+
 async def test_same_email_different_subject_is_not_merged(
     client: httpx.AsyncClient, factory: Factory, idp: Idp, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -51,6 +51,8 @@ from corral.models import (
 )
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
+from corral.rbac.repository import Without
+from corral.rbac.service import rbac_service
 from corral.users import repository as users_repository
 
 
@@ -347,6 +349,7 @@ class GroupService:
         usage = await repository.role_assignment_usage(session, group.id)
         if usage:
             raise Conflict(self._usage_message(group, usage))
+        await rbac_service.guard_group_change(session, Without(group=group.id))
         counts = (await repository.member_counts(session, [group.id]))[group.id]
         await audit_service.record(
             session,
@@ -457,6 +460,11 @@ class GroupService:
         member = await self._member(session, principal, ref)
         if ref.type is MemberType.group:
             await repository.lock_nesting(session)
+            await rbac_service.guard_group_change(session, Without(nestings=frozenset({(group.id, ref.id)})))
+        elif ref.type is MemberType.user:
+            await rbac_service.guard_group_change(
+                session, Without(group_users=frozenset({(group.id, ref.id)}))
+            )
         if not await repository.remove_member(session, group.id, ref.type, ref.id):
             raise NotFound(f"{member.name} is not a direct member of {group.display_name}.")
         await audit_service.record(
@@ -567,6 +575,14 @@ class GroupService:
         close a cycle is refused (nothing changes). One audit event per direction."""
         if any(isinstance(m, Group) for m in [*add, *remove]):
             await repository.lock_nesting(session)
+        if remove:
+            await rbac_service.guard_group_change(
+                session,
+                Without(
+                    group_users=frozenset((group.id, m.id) for m in remove if isinstance(m, User)),
+                    nestings=frozenset((group.id, m.id) for m in remove if isinstance(m, Group)),
+                ),
+            )
         added: list[str] = []
         removed: list[str] = []
         for member in remove:
@@ -606,6 +622,7 @@ class GroupService:
         usage = await repository.role_assignment_usage(session, group.id)
         if usage:
             raise Conflict(self._usage_message(group, usage))
+        await rbac_service.guard_group_change(session, Without(group=group.id))
         await audit_service.record(
             session,
             activity="group.delete",

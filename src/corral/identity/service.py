@@ -13,6 +13,7 @@ from corral.audit.service import audit_service, diff
 from corral.auth.service import auth_service
 from corral.config import Settings
 from corral.errors import Conflict, CorralError, NotFound, ValidationFailed
+from corral.groups import membership as group_membership
 from corral.identity import oidc, repository
 from corral.identity.schemas import IdentityConnectionCreate, IdentityConnectionOut, IdentityConnectionUpdate
 from corral.kit import context
@@ -33,6 +34,8 @@ AUDITED = (
 )
 # The claims a first sign-in takes the user principal name from, first present wins.
 UPN_CLAIMS = ("preferred_username", "upn", "email")
+# The properties the provider's claims set at first sign-in and refresh at each later one.
+PROFILE = ("display_name", "email")
 
 
 class SignInRefused(CorralError):
@@ -262,10 +265,11 @@ class IdentityService:
         claims: dict[str, Any],
     ) -> OidcSignIn:
         """After the ID token is validated: the user by (issuer, subject) — never by email — created at
-        first sign-in; the connection's groups set to exactly the claimed ones; a session when the user may
-        sign in here. Refusals before the account exists raise SignInRefused; later ones (disabled, no role)
-        come back in ``refused`` so the account and its groups are kept (an administrator can then give the
-        group a role). The caller audits refusals."""
+        first sign-in, their display name and email refreshed from the claims at later ones; the
+        connection's groups set to exactly the claimed ones; a session when the user may sign in here.
+        Refusals before the account exists raise SignInRefused; later ones (disabled, no role) come back in
+        ``refused`` so the account and its groups are kept (an administrator can then give the group a
+        role). The caller audits refusals."""
         assert connection.issuer is not None
         subject = str(claims["sub"])
         now = utcnow()
@@ -274,53 +278,14 @@ class IdentityService:
             user = await session.get(User, found.user_id)
             assert user is not None
             found.last_sign_in_at = now
+            # What follows (profile, groups, the session) is done by the person signing in.
+            context.set_actor(context.Actor(type="user", id=user.id, name=user.user_principal_name))
         else:
-            upn = self.upn_from(claims)
-            if upn is None:
-                raise SignInRefused(
-                    "The identity provider sent no preferred_username, upn or email claim to name "
-                    "the account."
-                )
-            if await repository.user_by_upn(session, upn) is not None:
-                raise SignInRefused(
-                    f"An account named {upn} already exists in Corral and is not linked to this identity "
-                    "provider; it is not merged automatically. Ask an administrator."
-                )
-            name = claims.get("name")
-            email = claims.get("email")
-            user = User(
-                id=uuid.uuid4(),
-                user_principal_name=upn,
-                display_name=(name if isinstance(name, str) and name.strip() else upn)[:256],
-                email=email[:320] if isinstance(email, str) and email else None,
-                source=UserSource.oidc,
-                connection_id=connection.id,
-            )
-            session.add(user)
-            await session.flush()
-            session.add(
-                UserIdentity(
-                    id=uuid.uuid4(),
-                    user_id=user.id,
-                    connection_id=connection.id,
-                    issuer=connection.issuer,
-                    subject=subject,
-                    created_at=now,
-                    last_sign_in_at=now,
-                )
-            )
-            await audit_service.record(
-                session,
-                activity="user.create",
-                category="user",
-                operation="create",
-                target_type="user",
-                target_id=user.id,
-                target_name=user.user_principal_name,
-                detail=f"first single sign-on through {connection.name}",
-            )
+            user = await self._first_sign_in(session, connection, subject, claims)
         if not user.enabled:
             return OidcSignIn(user, refused="Your Corral account is disabled.")
+        if found is not None:
+            await self._refresh_profile(session, connection, user, claims)
         added, removed = await self._sync_groups(session, connection, user, claims)
         await session.flush()
         if not await auth_service.grants_of(session, user.id):
@@ -336,6 +301,108 @@ class IdentityService:
             detail += f"; groups added: {', '.join(added) or '-'}; removed: {', '.join(removed) or '-'}"
         user_session, token = await auth_service.open_session(session, settings, user, detail=detail[:500])
         return OidcSignIn(user, user_session, token)
+
+    @staticmethod
+    def profile_from(claims: dict[str, Any]) -> dict[str, str]:
+        """The profile properties the claims carry (a claim left out or empty is no value)."""
+        profile: dict[str, str] = {}
+        name, email = claims.get("name"), claims.get("email")
+        if isinstance(name, str) and name.strip():
+            profile["display_name"] = name[:256]
+        if isinstance(email, str) and email:
+            profile["email"] = email[:320]
+        return profile
+
+    async def _first_sign_in(
+        self, session: AsyncSession, connection: IdentityConnection, subject: str, claims: dict[str, Any]
+    ) -> User:
+        """The account for a first sign-in, linked to (issuer, subject); audited as created by the person
+        signing in, through the connection."""
+        assert connection.issuer is not None
+        upn = self.upn_from(claims)
+        if upn is None:
+            raise SignInRefused(
+                "The identity provider sent no preferred_username, upn or email claim to name the account."
+            )
+        if await repository.user_by_upn(session, upn) is not None:
+            raise SignInRefused(
+                f"An account named {upn} already exists in Corral and is not linked to this identity "
+                "provider; it is not merged automatically. Ask an administrator."
+            )
+        profile = self.profile_from(claims)
+        user = User(
+            id=uuid.uuid4(),
+            user_principal_name=upn,
+            display_name=profile.get("display_name", upn[:256]),
+            email=profile.get("email"),
+            source=UserSource.oidc,
+            connection_id=connection.id,
+        )
+        session.add(user)
+        await session.flush()
+        now = utcnow()
+        session.add(
+            UserIdentity(
+                id=uuid.uuid4(),
+                user_id=user.id,
+                connection_id=connection.id,
+                issuer=connection.issuer,
+                subject=subject,
+                created_at=now,
+                last_sign_in_at=now,
+            )
+        )
+        context.set_actor(context.Actor(type="user", id=user.id, name=user.user_principal_name))
+        await audit_service.record(
+            session,
+            activity="user.create",
+            category="user",
+            operation="create",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.user_principal_name,
+            changes=[
+                (name, None, value)
+                for name, value in (
+                    ("user_principal_name", user.user_principal_name),
+                    ("display_name", user.display_name),
+                    ("email", user.email),
+                    ("source", user.source.value),
+                )
+                if value is not None
+            ],
+            detail=f"first single sign-on through {connection.name}",
+        )
+        await group_membership.refresh_user(session, user)
+        return user
+
+    async def _refresh_profile(
+        self, session: AsyncSession, connection: IdentityConnection, user: User, claims: dict[str, Any]
+    ) -> None:
+        """A returning user's display name and email address as the provider now sends them (a claim left
+        out changes nothing); a change is audited as a ``user.update`` and refreshes their dynamic groups.
+        Email addresses are not unique in Corral: a changed one is taken as it is."""
+        profile = self.profile_from(claims)
+        before = {name: getattr(user, name) for name in PROFILE}
+        changing = {name: value for name, value in profile.items() if value != before[name]}
+        if not changing:
+            return
+        rule_inputs = group_membership.user_rule_inputs(user)
+        for name, value in changing.items():
+            setattr(user, name, value)
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="user.update",
+            category="user",
+            operation="update",
+            target_type="user",
+            target_id=user.id,
+            target_name=user.user_principal_name,
+            changes=diff(before, {name: getattr(user, name) for name in PROFILE}),
+            detail=f"single sign-on through {connection.name}: profile from the identity provider",
+        )
+        await group_membership.refresh_user(session, user, unless=rule_inputs)
 
     async def _sync_groups(
         self, session: AsyncSession, connection: IdentityConnection, user: User, claims: dict[str, Any]

@@ -2,12 +2,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, and_, func, not_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from corral.models import Group, RoleAssignment, RoleDefinition, ScopeTag, User, role_assignment_members
+from corral.models import (
+    Group,
+    RoleAssignment,
+    RoleDefinition,
+    ScopeTag,
+    User,
+    group_children,
+    group_users,
+    role_assignment_member_groups,
+    role_assignment_members,
+)
 
 
 async def list_roles(session: AsyncSession) -> list[RoleDefinition]:
@@ -52,16 +63,6 @@ async def get_assignment(session: AsyncSession, assignment_id: uuid.UUID) -> Rol
     return result
 
 
-async def assignments_of_user(session: AsyncSession, user_id: uuid.UUID) -> list[RoleAssignment]:
-    stmt = (
-        _assignment_query()
-        .join(role_assignment_members, role_assignment_members.c.role_assignment_id == RoleAssignment.id)
-        .where(role_assignment_members.c.user_id == user_id)
-        .order_by(RoleAssignment.name)
-    )
-    return list((await session.scalars(stmt)).unique().all())
-
-
 async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[User]:
     return list((await session.scalars(select(User).where(User.id.in_(ids)))).all())
 
@@ -88,12 +89,64 @@ async def scope_tag_by_name(session: AsyncSession, name: str) -> ScopeTag | None
     return await session.scalar(select(ScopeTag).where(func.lower(ScopeTag.name) == name.lower()))
 
 
-async def enabled_members_of_role(session: AsyncSession, role_id: uuid.UUID) -> list[uuid.UUID]:
-    stmt = (
-        select(User.id)
-        .join(role_assignment_members, role_assignment_members.c.user_id == User.id)
-        .join(RoleAssignment, RoleAssignment.id == role_assignment_members.c.role_assignment_id)
-        .where(RoleAssignment.role_id == role_id, RoleAssignment.scope_all.is_(True), User.enabled.is_(True))
-        .distinct()
+@dataclass(frozen=True)
+class Without:
+    """A change not made yet, to count a role's holders as they would be after it."""
+
+    users: frozenset[uuid.UUID] = frozenset()  # users deleted or disabled
+    group: uuid.UUID | None = None  # a group deleted (with its memberships and nestings)
+    group_users: frozenset[tuple[uuid.UUID, uuid.UUID]] = frozenset()  # (group, user): users leaving groups
+    nestings: frozenset[tuple[uuid.UUID, uuid.UUID]] = frozenset()  # (parent, child): groups un-nested
+    assignment: uuid.UUID | None = None  # a role assignment deleted
+    assignment_users: tuple[uuid.UUID, frozenset[uuid.UUID]] | None = None  # (assignment, members removed)
+
+
+async def enabled_members_of_role(
+    session: AsyncSession, role_id: uuid.UUID, without: Without = Without()
+) -> list[uuid.UUID]:
+    """The enabled users holding the role through an unscoped assignment: as members, or as users of a member
+    group or of a group nested in one at any depth; with ``without``, as they would be after that change.
+    One statement."""
+    assignments = select(RoleAssignment.id).where(
+        RoleAssignment.role_id == role_id,
+        RoleAssignment.scope_all.is_(True),
+        ~RoleAssignment.scope_groups.any(),  # unscoped: no scope groups either
     )
+    if without.assignment is not None:
+        assignments = assignments.where(RoleAssignment.id != without.assignment)
+    seed = select(role_assignment_member_groups.c.group_id.label("id")).where(
+        role_assignment_member_groups.c.role_assignment_id.in_(assignments)
+    )
+    step = select(group_children.c.child_id)
+    if without.group is not None:
+        seed = seed.where(role_assignment_member_groups.c.group_id != without.group)
+        step = step.where(group_children.c.child_id != without.group)
+    if without.nestings:
+        step = step.where(
+            tuple_(group_children.c.parent_id, group_children.c.child_id).not_in(list(without.nestings))
+        )
+    # UNION (not UNION ALL): terminates even if a cycle of nested groups slipped in.
+    groups = seed.cte("holder_groups", recursive=True)
+    groups = groups.union(step.where(group_children.c.parent_id == groups.c.id))
+    direct = select(role_assignment_members.c.user_id).where(
+        role_assignment_members.c.role_assignment_id.in_(assignments)
+    )
+    if without.assignment_users is not None:
+        assignment_id, removed = without.assignment_users
+        direct = direct.where(
+            not_(
+                and_(
+                    role_assignment_members.c.role_assignment_id == assignment_id,
+                    role_assignment_members.c.user_id.in_(removed),
+                )
+            )
+        )
+    via_group = select(group_users.c.user_id).where(group_users.c.group_id.in_(select(groups.c.id)))
+    if without.group_users:
+        via_group = via_group.where(
+            tuple_(group_users.c.group_id, group_users.c.user_id).not_in(list(without.group_users))
+        )
+    stmt = select(User.id).where(User.enabled.is_(True), User.id.in_(direct.union(via_group)))
+    if without.users:
+        stmt = stmt.where(User.id.not_in(without.users))
     return list((await session.scalars(stmt)).all())

@@ -320,15 +320,20 @@ class RbacService:
         )
         return created
 
-    async def _guard_last_global_admin(
-        self, session: AsyncSession, removing: set[uuid.UUID], assignment: RoleAssignment | None = None
-    ) -> None:
-        """Refuse a change that would leave no enabled, unscoped Global administrator."""
-        holders = set(await repository.enabled_members_of_role(session, GLOBAL_ADMINISTRATOR.id))
-        if holders and not holders - removing:
+    async def _guard_last_global_admin(self, session: AsyncSession, without: repository.Without) -> None:
+        """Refuse a change that would leave no enabled, unscoped Global administrator (holding the role
+        directly or through a member group)."""
+        if await repository.enabled_members_of_role(session, GLOBAL_ADMINISTRATOR.id, without):
+            return
+        if await repository.enabled_members_of_role(session, GLOBAL_ADMINISTRATOR.id):
             raise Conflict(
                 "This would remove the last Global administrator; assign the role to someone else first."
             )
+
+    async def guard_group_change(self, session: AsyncSession, without: repository.Without) -> None:
+        """Before a user leaves a group, a group is un-nested or deleted: refuse it if it would leave no
+        Global administrator."""
+        await self._guard_last_global_admin(session, without)
 
     async def set_members(
         self,
@@ -347,7 +352,7 @@ class RbacService:
         removed = {m.id for m in assignment.members} - {m.id for m in members}
         if assignment.role_id == GLOBAL_ADMINISTRATOR.id and unscoped(assignment) and removed:
             await self._guard_last_global_admin(
-                session, await self._holders_losing_role(session, assignment, removed)
+                session, repository.Without(assignment_users=(assignment.id, frozenset(removed)))
             )
         assignment.members = members
         await session.flush()
@@ -363,21 +368,6 @@ class RbacService:
         )
         return assignment
 
-    async def _holders_losing_role(
-        self, session: AsyncSession, assignment: RoleAssignment, removed: set[uuid.UUID]
-    ) -> set[uuid.UUID]:
-        """Of ``removed``, those who hold the role through no other unscoped assignment."""
-        losing = set()
-        for user_id in removed:
-            others = [
-                a
-                for a in await repository.assignments_of_user(session, user_id)
-                if a.id != assignment.id and a.role_id == assignment.role_id and unscoped(a)
-            ]
-            if not others:
-                losing.add(user_id)
-        return losing
-
     async def delete_assignment(
         self, session: AsyncSession, principal: Principal, assignment_id: uuid.UUID
     ) -> None:
@@ -385,10 +375,7 @@ class RbacService:
         scope = await stored_scope(session, assignment)
         self.check_can_grant(principal, role_permissions(assignment.role), scope)
         if assignment.role_id == GLOBAL_ADMINISTRATOR.id and unscoped(assignment):
-            removed = {m.id for m in assignment.members}
-            await self._guard_last_global_admin(
-                session, await self._holders_losing_role(session, assignment, removed)
-            )
+            await self._guard_last_global_admin(session, repository.Without(assignment=assignment.id))
         await session.delete(assignment)
         await audit_service.record(
             session,
@@ -405,7 +392,7 @@ class RbacService:
         )
 
     async def guard_disable(self, session: AsyncSession, user: User) -> None:
-        await self._guard_last_global_admin(session, {user.id})
+        await self._guard_last_global_admin(session, repository.Without(users=frozenset({user.id})))
 
     async def guard_manage_user(self, session: AsyncSession, principal: Principal, user: User) -> None:
         """Taking over an account (password reset, disabling) needs every right that account holds."""

@@ -5,7 +5,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, func, literal_column, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Select,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    union,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +24,15 @@ from sqlalchemy.orm import with_expression
 
 from corral.errors import BadRequest
 from corral.kit.pagination import decode_cursor, encode_cursor
-from corral.models import User, group_users, role_assignment_members
+from corral.models import (
+    RoleAssignment,
+    RoleDefinition,
+    User,
+    group_children,
+    group_users,
+    role_assignment_member_groups,
+    role_assignment_members,
+)
 from corral.rbac.principal import Scope
 from corral.users.schemas import UserFilter
 
@@ -79,18 +98,60 @@ async def by_upn(session: AsyncSession, upn: str) -> User | None:
     )
 
 
+def _role_holdings() -> CompoundSelect[tuple[uuid.UUID, uuid.UUID]]:
+    """(user_id, role_assignment_id) for every role assignment a user holds: as a member, or as a user of a
+    member group or of a group nested in one at any depth (a recursive CTE over the member groups)."""
+    seed = select(
+        role_assignment_member_groups.c.role_assignment_id, role_assignment_member_groups.c.group_id
+    ).cte("assignment_groups", recursive=True)
+    # UNION (not UNION ALL): terminates even if a cycle of nested groups slipped in.
+    tree = seed.union(
+        select(seed.c.role_assignment_id, group_children.c.child_id).where(
+            group_children.c.parent_id == seed.c.group_id
+        )
+    )
+    return union(
+        select(role_assignment_members.c.user_id, role_assignment_members.c.role_assignment_id),
+        select(group_users.c.user_id, tree.c.role_assignment_id).where(
+            group_users.c.group_id == tree.c.group_id
+        ),
+    )
+
+
+def _admin_ids() -> Select[tuple[uuid.UUID]]:
+    """The ids of users holding at least one role assignment, directly or through groups."""
+    holdings = _role_holdings().subquery("holdings")
+    return select(holdings.c.user_id)
+
+
 def _is_admin() -> ColumnElement[bool]:
-    return exists().where(role_assignment_members.c.user_id == User.id)
+    return User.id.in_(_admin_ids())
 
 
 async def is_admin(session: AsyncSession, user_id: uuid.UUID) -> bool:
-    stmt = select(exists().where(role_assignment_members.c.user_id == user_id))
-    return bool(await session.scalar(stmt))
+    holdings = _role_holdings().subquery("holdings")
+    return bool(await session.scalar(select(exists().where(holdings.c.user_id == user_id))))
 
 
 async def admin_ids(session: AsyncSession, user_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    stmt = select(role_assignment_members.c.user_id).where(role_assignment_members.c.user_id.in_(user_ids))
+    holdings = _role_holdings().subquery("holdings")
+    stmt = select(holdings.c.user_id).where(holdings.c.user_id.in_(user_ids)).distinct()
     return set((await session.scalars(stmt)).all())
+
+
+async def admin_role_names(session: AsyncSession) -> dict[uuid.UUID, set[str]]:
+    """Each administrator's role names, held directly or through groups."""
+    holdings = _role_holdings().subquery("holdings")
+    stmt = (
+        select(holdings.c.user_id, RoleDefinition.name)
+        .join(RoleAssignment, RoleAssignment.id == holdings.c.role_assignment_id)
+        .join(RoleDefinition, RoleDefinition.id == RoleAssignment.role_id)
+        .distinct()
+    )
+    roles: dict[uuid.UUID, set[str]] = {}
+    for user_id, name in (await session.execute(stmt)).all():
+        roles.setdefault(user_id, set()).add(name)
+    return roles
 
 
 async def list_admins(session: AsyncSession) -> list[User]:

@@ -224,10 +224,8 @@ class UserService:
         return await repository.list_admins(session)
 
     async def list_admins_with_roles(self, session: AsyncSession) -> list[tuple[User, list[str]]]:
-        roles: dict[uuid.UUID, set[str]] = {}
-        for assignment in await rbac_repository.list_assignments(session):
-            for member in assignment.members:
-                roles.setdefault(member.id, set()).add(assignment.role.name)
+        """Administrators and the names of the roles they hold, directly or through groups."""
+        roles = await repository.admin_role_names(session)
         return [(user, sorted(roles.get(user.id, ()))) for user in await repository.list_admins(session)]
 
     async def list_all(self, session: AsyncSession, search: str | None = None) -> list[User]:
@@ -446,7 +444,7 @@ class UserService:
         if await repository.is_admin(session, user.id):
             raise Conflict(
                 f"{user.user_principal_name} is an administrator: remove them from their role assignments "
-                "first."
+                "and from the groups that give them a role first."
             )
         await rbac_service.guard_manage_user(session, principal, user)
         return await self._remove(session, user)
@@ -550,7 +548,8 @@ class UserService:
         if await repository.is_admin(session, user.id):
             raise Conflict(
                 f"{user.user_principal_name} is a Corral administrator: remove them from their role "
-                "assignments in Corral first (they can be disabled meanwhile)."
+                "assignments, and from the groups that give them a role, in Corral first (they can be "
+                "disabled meanwhile)."
             )
         return await self._remove(session, user)
 
