@@ -4,6 +4,7 @@ everything else is "not found", including in bulk actions; nobody grants beyond 
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -182,6 +183,12 @@ async def test_help_desk_scoped_to_paris_finds_opens_and_acts_only_on_paris(
     assert users.status_code == 200 and {u["id"] for u in users.json()["items"]} == {str(p.resident)}
     assert (await client.get(f"/api/v1/users/{p.resident}", headers=helpdesk.headers)).status_code == 200
     assert (await client.get(f"/api/v1/users/{p.outsider}", headers=helpdesk.headers)).status_code == 404
+
+    # The dashboard counts the users they reach.
+    assert (await sign_in(client, helpdesk.email)).status_code == 303
+    dashboard = (await client.get("/portal")).text
+    tile = re.search(r'tile-label">Users</span>\s*<span class="tile-value">([\d,]+)<', dashboard)
+    assert tile is not None and tile.group(1) == "1"
 
     # Membership changes apply at once: out of the group, out of reach.
     assert (await remove(client, admin, p.east, "device", p.nested.device_id)).status_code in (200, 204)

@@ -63,7 +63,11 @@ async def dashboard(
     since = utcnow() - timedelta(hours=24)
     counts: dict[str, int] = {}
     if principal.has_any(P.roles_read, P.users_read):
-        counts["users"] = int(await session.scalar(select(func.count()).select_from(User)) or 0)
+        counts["users"] = (
+            await user_service.count(session, principal)
+            if principal.has(P.users_read)
+            else int(await session.scalar(select(func.count()).select_from(User)) or 0)
+        )
         counts["admins"] = len(await user_service.list_admins(session))
         counts["active_sessions"] = int(
             await session.scalar(

@@ -167,8 +167,10 @@ async def list_all(session: AsyncSession, search: str | None = None, limit: int 
     return list((await session.scalars(stmt)).all())
 
 
-async def count(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(User)) or 0)
+async def count(session: AsyncSession, scope: Scope) -> int:
+    """How many users a scope reaches."""
+    stmt = scoped(select(func.count()).select_from(User), scope)
+    return int(await session.scalar(stmt) or 0)
 
 
 # ------------------------------------------------------------------------------------------- the user list

@@ -197,6 +197,10 @@ class UserService:
         rows = ([*csv_row(u), " ".join(held.get(u.id, []))] for u in users)
         return to_csv([*CSV_HEADER, CSV_LICENCES], rows)
 
+    async def count(self, session: AsyncSession, principal: Principal) -> int:
+        """How many users the caller may see (scope groups limit it)."""
+        return await repository.count(session, principal.scope_for(P.users_read))
+
     async def departments(self, session: AsyncSession) -> list[str]:
         return await repository.departments(session)
 
