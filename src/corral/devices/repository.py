@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, litera
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload, with_expression
+from sqlalchemy.orm import joinedload, selectinload, with_expression
 
 from corral.devices.schemas import MAX_BULK_DEVICES, DeviceFilter
 from corral.errors import BadRequest
@@ -178,12 +178,11 @@ async def export(
 
 
 async def get(session: AsyncSession, device_id: uuid.UUID, *, for_update: bool = False) -> Device | None:
-    stmt = with_member_of(
-        select(Device).options(selectinload(Device.scope_tags)).where(Device.id == device_id)
-    )
+    """The device with its scope tags and groups, in one round trip (the scope check needs both)."""
+    stmt = with_member_of(select(Device).options(joinedload(Device.scope_tags)).where(Device.id == device_id))
     if for_update:
         stmt = stmt.with_for_update(of=Device)
-    result: Device | None = await session.scalar(stmt)
+    result: Device | None = (await session.execute(stmt)).unique().scalar_one_or_none()
     return result
 
 
