@@ -46,8 +46,10 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 async def browser(chromium_path: str) -> AsyncIterator[Browser]:
+    """One Chromium per worker (launching it takes seconds); every test still gets a fresh context: its own
+    cookies, storage and cache, as a new browser profile would."""
     async with async_playwright() as playwright:
         instance = await playwright.chromium.launch(
             executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS
