@@ -147,8 +147,9 @@ def start_live_server(
         port=port,
         log_config=None,
         lifespan="on",
-        # Event streams still open at the end of a test are cut after this long (the test has failed anyway).
-        timeout_graceful_shutdown=5,
+        # Connections still open at the end of a test (a browser page's keep-alive or event stream: pages
+        # are closed after the server stops) are cut after this long.
+        timeout_graceful_shutdown=1,
         **ssl_options,
     )
     live = LiveServer(url, app, uvicorn.Server(config))
