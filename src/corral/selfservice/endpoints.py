@@ -12,6 +12,7 @@ router = APIRouter(prefix="/me", tags=["me"])
 
 @router.get("/devices", response_model=list[MyDevice])
 async def my_devices(session: SessionDep, principal: SignedIn) -> list[MyDevice]:
-    """Your own devices (those whose primary user you are; retired and wiped ones left out). Self-service:
-    any signed-in person, end users included."""
+    """Your own devices: those whose primary user you are, retired and wiped ones left out.
+
+    Self-service: anyone signed in, end users (no role) included."""
     return await selfservice_service.my_devices(session, principal)
