@@ -38,7 +38,7 @@ def rows() -> list[str]:
         if isinstance(guard, Require):
             permission = (" or " if guard.any_of else ", ").join(f"`{p.value}`" for p in guard.permissions)
         elif isinstance(guard, Authenticated):
-            permission = "any signed-in admin (self-service)"
+            permission = "anyone signed in (self-service)"
         elif isinstance(guard, Public):
             permission = "public"
         else:

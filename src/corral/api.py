@@ -11,6 +11,7 @@ from corral.identity.endpoints import router as identity_router
 from corral.licensing.endpoints import router as licensing_router
 from corral.rbac.endpoints import router as rbac_router
 from corral.scim.endpoints import api_router as scim_admin_router
+from corral.selfservice.endpoints import router as selfservice_router
 from corral.tenant.endpoints import router as tenant_router
 from corral.tokens.endpoints import router as tokens_router
 from corral.users.endpoints import router as users_router
@@ -18,6 +19,7 @@ from corral.users.endpoints import router as users_router
 api_router = APIRouter(prefix="/api/v1")
 for router in (
     me_router,
+    selfservice_router,
     users_router,
     rbac_router,
     tokens_router,

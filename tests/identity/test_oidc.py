@@ -183,12 +183,15 @@ async def test_group_claim_gives_the_groups_role_and_removing_it_takes_it_away(
     signins = await audit_rows(sessionmaker, activity="signin", result="success")
     assert signins[-1].detail.startswith(f"oidc {connection['name']}")
 
-    # The group goes at the provider: at the next sign-in the role goes too (and nothing else grants one).
+    # The group goes at the provider: at the next sign-in the role goes too (and nothing else grants one):
+    # they are an end user now, holding no permission.
     idp.set_user(login, email=f"{login}@example.com", name="Alice Admin", groups=["staff"])
+    client.cookies.clear()
     second = await sso(client, connection["id"], login)
-    assert second.status_code == 403
-    assert "no Corral administrator role" in second.text
-    assert not session_cookie_set(second)
+    assert second.status_code == 303, second.text
+    assert (await me(client))["permissions"] == {}
+    signins = await audit_rows(sessionmaker, activity="signin", result="success")
+    assert signins[-1].detail.startswith(f"oidc {connection['name']} (end user)")
     async with sessionmaker() as session:
         user = await session.scalar(select(User).where(User.user_principal_name == f"{login}@example.com"))
         assert user is not None
@@ -200,18 +203,19 @@ async def test_group_claim_gives_the_groups_role_and_removing_it_takes_it_away(
 async def test_user_without_groups_gets_no_role_but_is_provisioned(
     client: httpx.AsyncClient, factory: Factory, idp: Idp, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    connection = await connect(client, factory, idp)
+    connection = await connect(client, factory, idp, user_sign_in=False)  # administrators only
     login = account()
     idp.set_user(login, email=f"{login}@example.com", name="No Groups")
     response = await sso(client, connection["id"], login)
     assert response.status_code == 403
     assert "no Corral administrator role" in response.text
+    assert f"{connection['name']} is not enabled for end-user sign-in" in response.text
     assert not session_cookie_set(response)
     async with sessionmaker() as session:
         user = await session.scalar(select(User).where(User.user_principal_name == f"{login}@example.com"))
         assert user is not None  # kept: an administrator can now give it a role
     refusals = await audit_rows(sessionmaker, activity="signin", result="failure")
-    assert "no Corral administrator role" in refusals[-1].detail
+    assert "not enabled for end-user sign-in" in refusals[-1].detail
 
 
 async def _oidc_user(sessionmaker: async_sessionmaker[AsyncSession], subject: str) -> User:
@@ -231,7 +235,7 @@ async def test_first_sign_in_is_audited_as_created_by_the_user_through_the_conne
     connection = await connect(client, factory, idp)
     login = account()
     idp.set_user(login, email=f"{login}@example.com", name="New Person")
-    assert (await sso(client, connection["id"], login)).status_code == 403  # no role: kept, not signed in
+    assert (await sso(client, connection["id"], login)).status_code == 303  # no role: an end user
     user = await _oidc_user(sessionmaker, login)
     (created,) = await audit_rows(sessionmaker, activity="user.create", target_id=str(user.id))
     assert (created.actor_type, created.actor_id, created.actor_name) == (

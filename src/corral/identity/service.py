@@ -267,9 +267,10 @@ class IdentityService:
         """After the ID token is validated: the user by (issuer, subject) — never by email — created at
         first sign-in, their display name and email refreshed from the claims at later ones; the
         connection's groups set to exactly the claimed ones; a session when the user may sign in here.
-        Refusals before the account exists raise SignInRefused; later ones (disabled, no role) come back in
-        ``refused`` so the account and its groups are kept (an administrator can then give the group a
-        role). The caller audits refusals."""
+        A user holding a role signs in where the connection admits administrators; one holding none, as an
+        end user (self-service only), where it admits end users. Refusals before the account exists raise
+        SignInRefused; later ones (disabled, not admitted here) come back in ``refused`` so the account and
+        its groups are kept (an administrator can then give the group a role). The caller audits refusals."""
         assert connection.issuer is not None
         subject = str(claims["sub"])
         now = utcnow()
@@ -288,15 +289,22 @@ class IdentityService:
             await self._refresh_profile(session, connection, user, claims)
         added, removed = await self._sync_groups(session, connection, user, claims)
         await session.flush()
-        if not await auth_service.grants_of(session, user.id):
-            return OidcSignIn(
-                user,
-                refused="You signed in at the identity provider, but you hold no Corral administrator role. "
-                "The Company Portal for end users is not available yet.",
-            )
-        if not connection.admin_sign_in:
-            return OidcSignIn(user, refused=f"{connection.name} is not enabled for administrator sign-in.")
-        detail = f"oidc {connection.name}"
+        if await auth_service.grants_of(session, user.id):
+            # An administrator: a session carries every permission they hold, so only where admins may.
+            if not connection.admin_sign_in:
+                return OidcSignIn(
+                    user, refused=f"{connection.name} is not enabled for administrator sign-in."
+                )
+            detail = f"oidc {connection.name}"
+        else:
+            # An end user (no role): a session that reaches only self-service (their own devices).
+            if not connection.user_sign_in:
+                return OidcSignIn(
+                    user,
+                    refused=f"You signed in at the identity provider, but you hold no Corral administrator "
+                    f"role, and {connection.name} is not enabled for end-user sign-in.",
+                )
+            detail = f"oidc {connection.name} (end user)"
         if added or removed:
             detail += f"; groups added: {', '.join(added) or '-'}; removed: {', '.join(removed) or '-'}"
         user_session, token = await auth_service.open_session(session, settings, user, detail=detail[:500])

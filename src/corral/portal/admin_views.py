@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
@@ -60,6 +60,9 @@ def _first_error(exc: ValidationError) -> str:
 async def dashboard(
     request: Request, session: SessionDep, settings: SettingsDep, principal: SignedIn
 ) -> Response:
+    if not principal.is_admin:
+        # An end user (no role) has nothing to administer: their home is their own devices.
+        return RedirectResponse("/portal/my-devices", status_code=303)
     since = utcnow() - timedelta(hours=24)
     counts: dict[str, int] = {}
     if principal.has_any(P.roles_read, P.users_read):

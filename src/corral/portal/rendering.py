@@ -35,10 +35,14 @@ class NavItem:
     label: str
     href: str
     permissions: tuple[P, ...]  # any one of them shows the item
+    # Shown only to administrators (people holding some permission), even with no permission listed.
+    admins_only: bool = False
 
 
 NAVIGATION: tuple[NavItem, ...] = (
-    NavItem("Home", "Dashboard", "/portal", ()),
+    NavItem("Home", "Dashboard", "/portal", (), admins_only=True),
+    # Self-service: everyone signed in, end users (no role) included.
+    NavItem("Home", "My devices", "/portal/my-devices", ()),
     NavItem("Devices", "All devices", "/portal/devices", (P.devices_read,)),
     NavItem("Devices", "Enrollment", "/portal/enrollment", (P.enrollment_read,)),
     NavItem("Devices", "Approvals", "/portal/approvals", (P.remote_approve,)),
@@ -48,7 +52,7 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("Tenant administration", "Roles", "/portal/roles", (P.roles_read,)),
     NavItem("Tenant administration", "Role assignments", "/portal/role-assignments", (P.roles_read,)),
     NavItem("Tenant administration", "Scope tags", "/portal/scope-tags", (P.scope_tags_read,)),
-    NavItem("Tenant administration", "API tokens", "/portal/api-tokens", ()),
+    NavItem("Tenant administration", "API tokens", "/portal/api-tokens", (), admins_only=True),
     NavItem("Tenant administration", "Licences", "/portal/licences", (P.licences_read,)),
     NavItem(
         "Tenant administration", "Identity connections", "/portal/identity-connections", (P.settings_read,)
@@ -63,9 +67,9 @@ def navigation(principal: Principal | None) -> list[tuple[str, list[NavItem]]]:
         return []
     sections: dict[str, list[NavItem]] = {}
     for item in NAVIGATION:
+        if item.admins_only and not principal.is_admin:
+            continue
         if not item.permissions or principal.has_any(*item.permissions):
-            if item.href == "/portal/api-tokens" and not principal.is_admin:
-                continue
             sections.setdefault(item.section, []).append(item)
     return list(sections.items())
 

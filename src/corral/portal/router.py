@@ -12,6 +12,7 @@ from corral.portal.group_views import router as group_router
 from corral.portal.identity_views import router as identity_router
 from corral.portal.oidc_views import router as oidc_router
 from corral.portal.scim_views import router as scim_router
+from corral.portal.selfservice_views import router as selfservice_router
 from corral.portal.user_views import router as user_router
 
 portal_router = APIRouter()
@@ -24,6 +25,7 @@ portal_router.include_router(approval_router)
 portal_router.include_router(scim_router)
 portal_router.include_router(oidc_router)
 portal_router.include_router(identity_router)
+portal_router.include_router(selfservice_router)
 
 
 @portal_router.get("/", dependencies=[PUBLIC], include_in_schema=False)

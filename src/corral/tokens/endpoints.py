@@ -22,7 +22,7 @@ ManageTokens = Annotated[Principal, Depends(Require(P.api_tokens_manage))]
 
 @router.get("", response_model=list[ApiTokenOut])
 async def list_own_tokens(session: SessionDep, principal: SignedIn) -> list[ApiTokenOut]:
-    """Your own API tokens (self-service: any signed-in administrator)."""
+    """Your own API tokens (self-service; only administrators can create them)."""
     return [ApiTokenOut.model_validate(t) for t in await token_service.list_own(session, principal.user_id)]
 
 
@@ -36,6 +36,7 @@ async def list_all_tokens(session: SessionDep, _: ManageTokens) -> list[ApiToken
 
 @router.post("", response_model=ApiTokenCreated, status_code=status.HTTP_201_CREATED)
 async def create_token(data: ApiTokenCreate, session: SessionDep, principal: SignedIn) -> ApiTokenCreated:
+    """Create an API token acting as you: administrators only (a token carries its owner's permissions)."""
     if principal.token_id is not None:
         raise Forbidden("An API token cannot create API tokens; sign in to the admin center instead.")
     if not principal.is_admin:
