@@ -432,7 +432,7 @@ async def nested_tree(
             from corral.groups.schemas import MemberFilter
 
             await repository.member_page(
-                session, root, MemberFilter(transitive=True, limit=50), EVERYWHERE, True
+                session, root, MemberFilter(transitive=True, limit=50), EVERYWHERE, EVERYWHERE
             )
 
     out["members_page"] = await median_of(runs, _nothing, count)
