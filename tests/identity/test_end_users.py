@@ -193,3 +193,27 @@ async def test_disabled_end_user_is_refused(
     assert again.status_code == 403
     assert "disabled" in again.text
     assert not session_cookie_set(again)
+
+
+async def test_an_end_users_session_stays_self_service_when_they_are_given_a_role(
+    client: httpx.AsyncClient, factory: Factory, idp: Idp, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    _connection, login, response = await end_user_signed_in(client, factory, idp, admin_sign_in=False)
+    assert response.status_code == 303, response.text
+    me = await _oidc_user(sessionmaker, login)
+    admin = await factory.admin(GLOBAL_ADMINISTRATOR.name)
+    roles = (await client.get("/api/v1/roles", headers=admin.headers)).json()
+    help_desk = next(r["id"] for r in roles if r["name"] == HELP_DESK_OPERATOR.name)
+    given = await client.post(
+        "/api/v1/role-assignments",
+        json={"name": "Erin's desk", "role_id": help_desk, "member_ids": [str(me.id)]},
+        headers=admin.headers,
+    )
+    assert given.status_code == 201, given.text
+    # The session was opened for an end user on a connection that admits no administrator: it carries no
+    # permission, whatever the person holds now; a new sign-in where administrators may would.
+    assert (await client.get("/api/v1/devices")).status_code == 403
+    assert (await client.get("/portal/devices")).status_code == 403
+    assert (await client.get("/portal/my-devices")).status_code == 200
+    permissions = (await client.get("/api/v1/me")).json()["permissions"]
+    assert permissions == {}

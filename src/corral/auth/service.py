@@ -243,10 +243,17 @@ class AuthService:
         return rotated, token
 
     async def open_session(
-        self, session: AsyncSession, settings: Settings, user: User, *, detail: str
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        user: User,
+        *,
+        detail: str,
+        self_service_only: bool = False,
     ) -> tuple[UserSession, str]:
         """A fresh, fully signed-in session after sign-in at an identity provider (which did any second
-        factor): a new session id, audited as ``signin`` with the method in ``detail``."""
+        factor): a new session id, audited as ``signin`` with the method in ``detail``. An end user's session
+        (``self_service_only``) carries no permission, whatever roles the person is given later."""
         ctx = context.current()
         now = utcnow()
         user_session = UserSession(
@@ -258,6 +265,7 @@ class AuthService:
             last_seen_at=now,
             expires_at=now + timedelta(hours=settings.session_absolute_hours),
             pending_mfa=False,
+            self_service_only=self_service_only,
             ip_address=ctx.client_ip,
             user_agent=(ctx.user_agent or "")[:512] or None,
         )
@@ -408,7 +416,11 @@ class AuthService:
             user_principal_name=user.user_principal_name,
             email=user.email,
             display_name=user.display_name,
-            grants=await self.grants_of(session, user.id),
+            grants=(
+                ()
+                if user_session is not None and user_session.self_service_only
+                else await self.grants_of(session, user.id)
+            ),
             token_id=token_id,
             narrowed_to=narrowed_to,
             session_id=user_session.id if user_session else None,

@@ -289,7 +289,8 @@ class IdentityService:
             await self._refresh_profile(session, connection, user, claims)
         added, removed = await self._sync_groups(session, connection, user, claims)
         await session.flush()
-        if await auth_service.grants_of(session, user.id):
+        end_user = not await auth_service.grants_of(session, user.id)
+        if not end_user:
             # An administrator: a session carries every permission they hold, so only where admins may.
             if not connection.admin_sign_in:
                 return OidcSignIn(
@@ -307,7 +308,9 @@ class IdentityService:
             detail = f"oidc {connection.name} (end user)"
         if added or removed:
             detail += f"; groups added: {', '.join(added) or '-'}; removed: {', '.join(removed) or '-'}"
-        user_session, token = await auth_service.open_session(session, settings, user, detail=detail[:500])
+        user_session, token = await auth_service.open_session(
+            session, settings, user, detail=detail[:500], self_service_only=end_user
+        )
         return OidcSignIn(user, user_session, token)
 
     @staticmethod

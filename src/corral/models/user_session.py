@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, LargeBinary, String
+from sqlalchemy import ForeignKey, LargeBinary, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.kit.db import IdMixin, Model
@@ -22,5 +22,8 @@ class UserSession(IdMixin, Model):
     expires_at: Mapped[datetime]
     # Password correct, second factor still owed: the session grants nothing until it is verified.
     pending_mfa: Mapped[bool] = mapped_column(default=False)
+    # Opened for an end user (single sign-on where only end users are admitted): it reaches self-service only,
+    # even if the person is given a role meanwhile (that takes a new sign-in where administrators may).
+    self_service_only: Mapped[bool] = mapped_column(default=False, server_default=false())
     ip_address: Mapped[str | None] = mapped_column(String(64), default=None)
     user_agent: Mapped[str | None] = mapped_column(String(512), default=None)
