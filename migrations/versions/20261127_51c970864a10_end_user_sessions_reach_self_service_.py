@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "51c970864a10"
 down_revision: str | None = "9555f5e00e2b"
 branch_labels: str | Sequence[str] | None = None
