@@ -31,8 +31,9 @@ class IdentityConnection(IdMixin, TimestampMixin, Model):
     scim_token_prefix: Mapped[str | None] = mapped_column(String(32), default=None)
     scim_token_created_at: Mapped[datetime | None] = mapped_column(default=None)
     scim_last_request_at: Mapped[datetime | None] = mapped_column(default=None)
+    # use_alter: users refer to their connection too; the cycle is broken by adding this one last.
     created_by_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"), default=None
+        ForeignKey("users.id", ondelete="SET NULL", use_alter=True), default=None
     )
 
 
