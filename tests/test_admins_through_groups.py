@@ -4,6 +4,7 @@ last Global administrator holding the role only through a group can't be taken o
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from dataclasses import dataclass
@@ -14,9 +15,19 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from corral.models import RoleAssignment, User, group_children, group_users, role_assignment_member_groups
+from corral.auth.service import auth_service
+from corral.errors import Conflict
+from corral.models import (
+    RoleAssignment,
+    User,
+    group_children,
+    group_users,
+    role_assignment_member_groups,
+    role_assignment_members,
+)
 from corral.rbac.permissions import P
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR, HELP_DESK_OPERATOR
+from corral.rbac.service import rbac_service
 from corral.users import repository as users_repository
 from tests.conftest import Admin, Factory, audit_rows, bearer, issue_token, sign_in
 from tests.groups.helpers import add, create_group, remove
@@ -253,3 +264,51 @@ async def test_scim_cannot_take_the_last_global_admin_out_of_their_group(
     assert "last Global administrator" in response.json()["detail"]
     members = (await client.get(url, headers=entra.headers)).json()["members"]
     assert [m["value"] for m in members] == [adele["id"]]
+
+
+async def test_two_removals_at_once_cannot_together_leave_no_global_administrator(
+    factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Each removal alone leaves the other administrator; run together, the second waits for the first (an
+    advisory lock) and is refused once the first has committed."""
+    first, second = await factory.admin("Global administrator"), await factory.admin("Global administrator")
+    async with sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(role_assignment_members.c.user_id, RoleAssignment.id)
+                .join(RoleAssignment, RoleAssignment.id == role_assignment_members.c.role_assignment_id)
+                .where(RoleAssignment.role_id == GLOBAL_ADMINISTRATOR.id)
+            )
+        ).all()
+    by_member = {user_id: assignment_id for user_id, assignment_id in rows}
+    assert set(by_member) == {first.id, second.id}  # the only two Global administrators
+
+    async def principal_of(session: AsyncSession, admin: Admin) -> Any:
+        user = await session.get(User, admin.id)
+        assert user is not None
+        return await auth_service.principal_for(session, user)
+
+    one, two = sessionmaker(), sessionmaker()
+    try:
+        # The first administrator removes the second one's assignment, not committed yet.
+        await rbac_service.delete_assignment(one, await principal_of(one, first), by_member[second.id])
+        # Meanwhile the second removes the first one's: it waits for the first transaction.
+        racing = asyncio.create_task(
+            rbac_service.delete_assignment(two, await principal_of(two, second), by_member[first.id])
+        )
+        await asyncio.sleep(0.5)
+        assert not racing.done(), "the second removal did not wait for the first"
+        await one.commit()
+        with pytest.raises(Conflict, match="last Global administrator"):
+            await racing
+        await two.rollback()
+    finally:
+        await one.close()
+        await two.close()
+    async with sessionmaker() as session:
+        left = (
+            await session.scalars(
+                select(RoleAssignment).where(RoleAssignment.role_id == GLOBAL_ADMINISTRATOR.id)
+            )
+        ).all()
+    assert [a.id for a in left] == [by_member[first.id]]

@@ -89,6 +89,15 @@ async def scope_tag_by_name(session: AsyncSession, name: str) -> ScopeTag | None
     return await session.scalar(select(ScopeTag).where(func.lower(ScopeTag.name) == name.lower()))
 
 
+# One advisory lock serialises the changes that take the Global administrator role from someone.
+GLOBAL_ADMINISTRATORS_LOCK = 0x636F7272616C61  # "corrala"
+
+
+async def lock_global_administrators(session: AsyncSession) -> None:
+    """Held until the transaction ends."""
+    await session.execute(select(func.pg_advisory_xact_lock(GLOBAL_ADMINISTRATORS_LOCK)))
+
+
 @dataclass(frozen=True)
 class Without:
     """A change not made yet, to count a role's holders as they would be after it."""

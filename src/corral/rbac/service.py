@@ -322,10 +322,18 @@ class RbacService:
 
     async def _guard_last_global_admin(self, session: AsyncSession, without: repository.Without) -> None:
         """Refuse a change that would leave no enabled, unscoped Global administrator (holding the role
-        directly or through a member group)."""
-        if await repository.enabled_members_of_role(session, GLOBAL_ADMINISTRATOR.id, without):
+        directly or through a member group). A change that takes the role from someone is checked again
+        under a transaction-wide advisory lock, so two such changes at once (each leaving the other's
+        administrator) cannot together leave none: the second waits for the first and sees its outcome."""
+        role = GLOBAL_ADMINISTRATOR.id
+        if set(await repository.enabled_members_of_role(session, role, without)) == set(
+            await repository.enabled_members_of_role(session, role)
+        ):
+            return  # nobody loses the role
+        await repository.lock_global_administrators(session)
+        if await repository.enabled_members_of_role(session, role, without):
             return
-        if await repository.enabled_members_of_role(session, GLOBAL_ADMINISTRATOR.id):
+        if await repository.enabled_members_of_role(session, role):
             raise Conflict(
                 "This would remove the last Global administrator; assign the role to someone else first."
             )
