@@ -33,26 +33,35 @@ def _error(exc: ValidationError) -> str:
     return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid"))
 
 
-def _form(
-    name: str,
-    issuer: str,
-    client_id: str,
-    scopes: str,
-    groups_claim: str,
-    admin_sign_in: str,
-    user_sign_in: str,
-    enabled: str,
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "issuer": issuer,
-        "client_id": client_id,
-        "scopes": scopes or "openid profile email groups",
-        "groups_claim": groups_claim or "groups",
-        "admin_sign_in": admin_sign_in == "on",
-        "user_sign_in": user_sign_in == "on",
-        "enabled": enabled == "on",
-    }
+class ConnectionForm:
+    """The connection form as posted (create and edit alike): its values, the client secret apart."""
+
+    def __init__(
+        self,
+        name: Text = "",
+        issuer: Text = "",
+        client_id: Text = "",
+        client_secret: Text = "",
+        scopes: Text = "",
+        groups_claim: Text = "",
+        admin_sign_in: Flag = "",
+        user_sign_in: Flag = "",
+        enabled: Flag = "",
+    ) -> None:
+        self.client_secret = client_secret
+        self.values: dict[str, Any] = {
+            "name": name,
+            "issuer": issuer,
+            "client_id": client_id,
+            "scopes": scopes or "openid profile email groups",
+            "groups_claim": groups_claim or "groups",
+            "admin_sign_in": admin_sign_in == "on",
+            "user_sign_in": user_sign_in == "on",
+            "enabled": enabled == "on",
+        }
+
+
+Posted = Annotated[ConnectionForm, Depends()]
 
 
 @router.get("")
@@ -69,19 +78,11 @@ async def connection_create(
     session: SessionDep,
     settings: SettingsDep,
     _: SettingsWrite,
-    name: Text = "",
-    issuer: Text = "",
-    client_id: Text = "",
-    client_secret: Text = "",
-    scopes: Text = "",
-    groups_claim: Text = "",
-    admin_sign_in: Flag = "",
-    user_sign_in: Flag = "",
-    enabled: Flag = "",
+    posted: Posted,
 ) -> Response:
-    form = _form(name, issuer, client_id, scopes, groups_claim, admin_sign_in, user_sign_in, enabled)
+    form = posted.values
     try:
-        data = IdentityConnectionCreate.model_validate({**form, "client_secret": client_secret})
+        data = IdentityConnectionCreate.model_validate({**form, "client_secret": posted.client_secret})
         connection = await identity_service.create(session, settings, data)
     except (ValidationError, CorralError) as exc:
         message = _error(exc) if isinstance(exc, ValidationError) else exc.detail
@@ -110,19 +111,13 @@ async def connection_update(
     session: SessionDep,
     settings: SettingsDep,
     _: SettingsWrite,
-    name: Text = "",
-    issuer: Text = "",
-    client_id: Text = "",
-    client_secret: Text = "",
-    scopes: Text = "",
-    groups_claim: Text = "",
-    admin_sign_in: Flag = "",
-    user_sign_in: Flag = "",
-    enabled: Flag = "",
+    posted: Posted,
 ) -> Response:
-    form = _form(name, issuer, client_id, scopes, groups_claim, admin_sign_in, user_sign_in, enabled)
+    form = posted.values
     try:
-        data = IdentityConnectionUpdate.model_validate({**form, "client_secret": client_secret or None})
+        data = IdentityConnectionUpdate.model_validate(
+            {**form, "client_secret": posted.client_secret or None}
+        )
         await identity_service.update(session, settings, connection_id, data)
     except (ValidationError, CorralError) as exc:
         message = _error(exc) if isinstance(exc, ValidationError) else exc.detail
