@@ -28,7 +28,7 @@ from corral.kit.time import utcnow
 from corral.models import RoleAssignment, User, UserSession
 from corral.rbac.permissions import P
 from corral.rbac.principal import Grant, Principal, Scope, assignment_scope
-from corral.rbac.roles import BUILTIN_BY_ID
+from corral.rbac.roles import role_permissions
 
 SESSION_TOKEN_PREFIX = "cs"  # noqa: S105 - a prefix, not a secret
 API_TOKEN_PREFIX = "corral_pat"  # noqa: S105 - a prefix, not a secret
@@ -384,19 +384,13 @@ class AuthService:
         )
         grants = []
         for assignment in assignments:
-            builtin = BUILTIN_BY_ID.get(assignment.role_id)
-            permissions = (
-                builtin.permissions
-                if builtin
-                else frozenset(P(p) for p in assignment.role.permissions if p in P._value2member_map_)
-            )
             grants.append(
                 Grant(
                     role_id=assignment.role_id,
                     role_name=assignment.role.name,
                     assignment_id=assignment.id,
                     assignment_name=assignment.name,
-                    permissions=permissions,
+                    permissions=role_permissions(assignment.role),
                     scope=scope_of(assignment, nested),
                 )
             )

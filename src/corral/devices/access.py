@@ -20,10 +20,10 @@ from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import HolderOut, WhoCanOut
 from corral.devices.service import reaches
 from corral.errors import NotFound
-from corral.models import Device, RoleAssignment, User, group_users
+from corral.models import Device, User, group_users
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
-from corral.rbac.roles import BUILTIN_BY_ID
+from corral.rbac.roles import role_permissions
 from corral.tenant.service import tenant_service
 
 
@@ -40,13 +40,6 @@ class WhoCan:
     # Wipes that wait for a second administrator (tenant setting): who could approve one.
     approval_required: bool
     approvers: list[Holder]
-
-
-def _permissions(assignment: RoleAssignment) -> frozenset[P]:
-    builtin = BUILTIN_BY_ID.get(assignment.role_id)
-    if builtin is not None:
-        return builtin.permissions
-    return frozenset(P(p) for p in assignment.role.permissions if p in P._value2member_map_)
 
 
 def command_type(action: str) -> CommandType:
@@ -80,7 +73,7 @@ async def who_can(session: AsyncSession, device: Device, action: str) -> WhoCan:
     holding: dict[P, dict[uuid.UUID, list[str]]] = defaultdict(lambda: defaultdict(list))
     wanted = {P.devices_read, kind.permission, P.remote_approve}
     for assignment in assignments:
-        permissions = _permissions(assignment) & wanted
+        permissions = role_permissions(assignment.role) & wanted
         if not permissions or not within(scope_of(assignment, nested)):
             continue
         members = {m.id for m in assignment.members}

@@ -24,8 +24,9 @@ from corral.models import ApiToken, AuditEvent, RoleDefinition, User, UserSessio
 from corral.portal.rendering import clear_reveal, read_reveal, redirect, render, set_reveal
 from corral.rbac.permissions import DESCRIPTIONS, P
 from corral.rbac.principal import Principal
+from corral.rbac.roles import role_permissions
 from corral.rbac.schemas import RoleAssignmentCreate, RoleCreate, RoleUpdate, ScopeTagCreate
-from corral.rbac.service import rbac_service, role_permissions
+from corral.rbac.service import rbac_service
 from corral.tenant.schemas import TenantSettingsUpdate
 from corral.tenant.service import tenant_service
 from corral.tokens.schemas import ApiTokenCreate

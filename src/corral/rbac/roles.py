@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from corral.rbac.permissions import ALL_PERMISSIONS, P
+
+if TYPE_CHECKING:
+    from corral.models import RoleDefinition
 
 _NS = uuid.UUID("8f2d6a9e-61c4-4b7a-9e0f-2b1f6f7c0a11")
 
@@ -131,3 +135,12 @@ BUILTIN_ROLES: tuple[BuiltinRole, ...] = (
 )
 BUILTIN_BY_ID: dict[uuid.UUID, BuiltinRole] = {role.id: role for role in BUILTIN_ROLES}
 BUILTIN_BY_NAME: dict[str, BuiltinRole] = {role.name.lower(): role for role in BUILTIN_ROLES}
+
+
+def role_permissions(role: RoleDefinition) -> frozenset[P]:
+    """What a role grants: a built-in role's permissions from the code, a custom role's as stored (names
+    this release does not know are left out)."""
+    builtin = BUILTIN_BY_ID.get(role.id)
+    if builtin is not None:
+        return builtin.permissions
+    return frozenset(P(p) for p in role.permissions if p in P._value2member_map_)

@@ -16,7 +16,7 @@ from corral.models import Group, RoleAssignment, RoleDefinition, ScopeTag, User
 from corral.rbac import repository
 from corral.rbac.permissions import DESCRIPTIONS, P
 from corral.rbac.principal import EVERYWHERE, Principal, Scope
-from corral.rbac.roles import BUILTIN_BY_ID, GLOBAL_ADMINISTRATOR
+from corral.rbac.roles import GLOBAL_ADMINISTRATOR, role_permissions
 from corral.rbac.schemas import (
     EffectiveAccess,
     EffectivePermission,
@@ -31,13 +31,6 @@ from corral.rbac.schemas import (
     ScopeTagCreate,
     ScopeTagOut,
 )
-
-
-def role_permissions(role: RoleDefinition) -> frozenset[P]:
-    builtin = BUILTIN_BY_ID.get(role.id)
-    if builtin is not None:
-        return builtin.permissions
-    return frozenset(P(p) for p in role.permissions if p in P._value2member_map_)
 
 
 def role_out(role: RoleDefinition) -> RoleOut:

@@ -30,8 +30,8 @@ from corral.models import RoleAssignment, User, UserSource
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
 from corral.rbac.principal import EVERYWHERE, Principal, authorize_object, system_principal
-from corral.rbac.roles import GLOBAL_ADMINISTRATOR
-from corral.rbac.service import rbac_service, role_permissions
+from corral.rbac.roles import GLOBAL_ADMINISTRATOR, role_permissions
+from corral.rbac.service import rbac_service
 from corral.tenant.service import tenant_service
 from corral.users import repository
 from corral.users.schemas import (
