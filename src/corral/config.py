@@ -80,6 +80,18 @@ class Settings(BaseSettings):
     # Authenticate devices by an RFC 9440 Client-Cert header (the certificate a TLS-terminating proxy
     # verified), as an alternative to request signatures; honoured only from CORRAL_TRUSTED_PROXIES.
     client_cert_header: bool = False
+    # Refused device requests, per client address (its /64 for IPv6; see trusted_proxies), counted in this
+    # process's memory, in the `limits` notation ("30/minute", "100 per 10 minutes"). Past the first limit,
+    # refused device authentications are answered 429 with Retry-After instead of 401 (authenticated
+    # requests are never counted or held back). Past the second, every enrollment from the address is
+    # answered 429 until the window has passed (successful enrollments do not count).
+    device_auth_refusal_limit: str = "60/minute"
+    device_enroll_refusal_limit: str = "30/minute"
+    # Refusals in the audit log (corral/audit/refusals.py): the first of a kind (reason and client address, or
+    # reason and device or enrollment token) at once, the rest as one summary row per kind every this many
+    # seconds; at most this many kinds tracked at once (further ones are aggregated by reason alone).
+    audit_refusal_window_seconds: float = Field(default=300, ge=1, le=86_400)
+    audit_refusal_max_keys: int = Field(default=1000, ge=1, le=100_000)
 
     db_pool_size: int = 10
     db_max_overflow: int = 10
@@ -117,6 +129,14 @@ class Settings(BaseSettings):
     def _valid_networks(cls, value: list[str]) -> list[str]:
         for item in value:
             ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("device_auth_refusal_limit", "device_enroll_refusal_limit")
+    @classmethod
+    def _valid_rate_limit(cls, value: str) -> str:
+        from corral.kit.rate_limit import parse_limit
+
+        parse_limit(value)
         return value
 
     @field_validator(

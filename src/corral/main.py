@@ -12,8 +12,10 @@ from fastapi.staticfiles import StaticFiles
 
 from corral import error_handlers
 from corral.api import api_router
+from corral.audit.refusals import RefusalLog
 from corral.checkin.endpoints import router as device_router
 from corral.checkin.last_seen import LastSeenBuffer
+from corral.checkin.throttle import DeviceLimits
 from corral.config import Settings, get_settings
 from corral.health.endpoints import router as health_router
 from corral.kit.db import asyncpg_dsn, create_engine, create_sessionmaker
@@ -62,13 +64,22 @@ def create_app(
         # Last check-in times of check-ins that change nothing else, written in batches (checkin/last_seen).
         last_seen = LastSeenBuffer(app.state.sessionmaker, settings.last_seen_flush_seconds)
         app.state.last_seen = last_seen
+        # Refusals in the audit log, aggregated per kind and window; per-client limits on refused device
+        # requests (audit/refusals.py, checkin/throttle.py). Both per process.
+        refusals = RefusalLog(
+            app.state.sessionmaker, settings.audit_refusal_window_seconds, settings.audit_refusal_max_keys
+        )
+        app.state.refusals = refusals
+        app.state.device_limits = DeviceLimits.from_settings(settings)
         try:
             await hub.start()
             last_seen.start()
+            refusals.start()
             yield
         finally:
             await hub.stop()
             await last_seen.stop()
+            await refusals.stop()
             await engine.dispose()
 
     app = FastAPI(

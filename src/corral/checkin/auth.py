@@ -1,7 +1,9 @@
 """Device authentication (docs/device-protocol.md §3): an RFC 9421 signature by the device key on every
 request, or, behind a trusted TLS-terminating proxy that verified the device's client certificate, an RFC 9440
 ``Client-Cert`` header. Either way the device is identified by its certificate's fingerprint, looked up in the
-database together with the device (revocation, validity, lifecycle), and every refusal is audited."""
+database together with the device (revocation, validity, lifecycle). Every refusal is counted and audited
+with a reason code and the identity the server found, aggregated (audit/refusals.py); past a per-client limit,
+refusals are answered 429 (checkin/throttle.py). The path of an authenticated request does neither."""
 
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ from http_message_signatures import HTTPMessageVerifier, HTTPSignatureKeyResolve
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
 from sqlalchemy import bindparam, delete, exists, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from corral.audit.service import audit_service
+from corral.audit.refusals import Refusal
+from corral.checkin.throttle import UNKNOWN_DEVICE, DeviceLimits, endpoint_of, get_refusals
 from corral.config import Settings
-from corral.errors import NotAuthenticated, PayloadTooLarge
+from corral.errors import CorralError, NotAuthenticated, PayloadTooLarge, TooManyRequests
 from corral.kit import context
 from corral.kit.db import SessionDep
 from corral.kit.middleware import is_trusted_proxy
@@ -107,10 +110,30 @@ class AuthenticatedDevice:
     method: str = "signature"
 
 
+#: Why a device request was refused: code (a metric label) -> the server's words (the audit log's). The
+#: response may add what the parser said; the audit log never does.
+REASONS = {
+    "unsigned": "the request is not signed",
+    "malformed_signature_input": "malformed Signature-Input",
+    "unknown_certificate": "unknown device certificate",
+    "certificate_revoked": "the device certificate is revoked",
+    "certificate_not_valid_now": "the device certificate is not valid now",
+    "device_retired": "the device is retired",
+    "device_wiped": "the device is wiped",
+    "unusable_certificate": "the device certificate does not hold an EC key",
+    "bad_signature": "bad signature",
+    "nonce_missing": "the signature needs a nonce of 16 to 128 characters",
+    "replayed": "replayed request (nonce already used)",
+    "malformed_client_cert": "malformed Client-Cert header",
+    "client_cert_not_from_device_ca": "the Client-Cert certificate was not issued by Corral's device CA",
+}
+
+
 class _Refused(Exception):
-    def __init__(self, reason: str, device: Device | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.device = reason, device
+    def __init__(self, code: str, device: Device | None = None, explanation: str | None = None) -> None:
+        super().__init__(code)
+        self.code, self.device = code, device
+        self.message = REASONS[code] + (f" ({explanation})" if explanation else "")
 
 
 def _key_id(signature_input: str) -> str:
@@ -181,15 +204,15 @@ async def _lookup(session: AsyncSession, fingerprint: str) -> tuple[DeviceCertif
     """The certificate and its device, refused when either may not be used now."""
     row = (await session.execute(_LOOKUP, {"fingerprint": fingerprint})).first()
     if row is None:
-        raise _Refused("unknown device certificate")
+        raise _Refused("unknown_certificate")
     certificate, device, pending = row[0], row[1], bool(row[2])
     now = utcnow()
     if certificate.revoked_at is not None:
-        raise _Refused("the device certificate is revoked", device)
+        raise _Refused("certificate_revoked", device)
     if not certificate.not_before <= now <= certificate.not_after:
-        raise _Refused("the device certificate is not valid now", device)
+        raise _Refused("certificate_not_valid_now", device)
     if device.management_state in ENDED_STATES:
-        raise _Refused(f"the device is {device.management_state}", device)
+        raise _Refused(f"device_{device.management_state}", device)
     return certificate, device, pending
 
 
@@ -206,13 +229,13 @@ async def _by_signature(
     try:
         key_id = _key_id(signature_input)
     except (ValueError, TypeError) as exc:
-        raise _Refused(f"malformed Signature-Input ({exc})") from exc
+        raise _Refused("malformed_signature_input", explanation=str(exc)) from exc
     certificate, device, pending = await _lookup(session, key_id.lower())
     body = await _read_body(request)
     try:
         public_key = _public_key(certificate.certificate_pem)
     except ValueError as exc:
-        raise _Refused(str(exc), device) from exc
+        raise _Refused("unusable_certificate", device) from exc
     target = settings.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
     required = ("@method", "@target-uri", "content-digest") if body else ("@method", "@target-uri")
     try:
@@ -227,15 +250,15 @@ async def _by_signature(
             body=body,
         )
     except HTTPMessageSignaturesException as exc:
-        raise _Refused(f"bad signature ({exc})", device) from exc
+        raise _Refused("bad_signature", device, str(exc)) from exc
     nonce = results[0].nonce
     if not nonce or not 16 <= len(nonce) <= 128:
-        raise _Refused("the signature needs a nonce of 16 to 128 characters", device)
+        raise _Refused("nonce_missing", device)
     inserted = await session.execute(
         _USE_NONCE, {"device_id": device.id, "nonce": nonce, "expires_at": utcnow() + MAX_AGE + CLOCK_SKEW}
     )
     if inserted.first() is None:
-        raise _Refused("replayed request (nonce already used)", device)
+        raise _Refused("replayed", device)
     return AuthenticatedDevice(device, certificate, body, pending)
 
 
@@ -252,9 +275,9 @@ async def _by_client_certificate(request: Request, session: AsyncSession, value:
         try:
             cert = client_certificate(value)
         except ValueError as exc:
-            raise _Refused(f"malformed Client-Cert header ({exc})") from exc
+            raise _Refused("malformed_client_cert", explanation=str(exc)) from exc
         if not await _issued_by_device_ca(request, session, cert):
-            raise _Refused("the Client-Cert certificate was not issued by Corral's device CA")
+            raise _Refused("client_cert_not_from_device_ca")
         fingerprint = certs.fingerprint(cert)  # as at enrollment: SHA-256 of the DER certificate
         if len(verified) >= VERIFIED_CLIENT_CERTS:
             verified.clear()
@@ -264,25 +287,37 @@ async def _by_client_certificate(request: Request, session: AsyncSession, value:
     return AuthenticatedDevice(device, certificate, body, pending, method="client-cert")
 
 
-async def _refuse(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    request: Request,
-    reason: str,
-    device: Device | None = None,
-) -> NotAuthenticated:
-    await audit_service.record_now(
-        sessionmaker,
-        activity="device.auth",
-        category="device",
-        operation=request.method.lower(),
-        result="failure",
-        target_type="device",
-        target_id=device.id if device else None,
-        target_name=device.name if device else None,
-        detail=f"{request.url.path}: {reason}",
-        actor=context.Actor(type="device", id=device.id if device else None, name="unauthenticated device"),
+async def _refuse(request: Request, refused: _Refused) -> CorralError:
+    """Count and audit the refusal (aggregated; only the reason code's text and the device the server found),
+    then the error to answer: 401, or 429 once the client has had too many refusals."""
+    client = context.current().client_ip
+    device = refused.device
+    await (await get_refusals(request)).record(
+        Refusal(
+            activity="device.auth",
+            category="device",
+            operation="authenticate",
+            endpoint=endpoint_of(request),
+            reason=refused.code,
+            text=REASONS[refused.code],
+            source=client,
+            # The device whose certificate was presented: not proven to be the caller.
+            actor=context.Actor(type="device", id=device.id if device else None, name=UNKNOWN_DEVICE),
+            target_type="device",
+            target_id=device.id if device else None,
+            target_name=device.name if device else None,
+            subject=f"device:{device.id}" if device else None,
+        )
     )
-    return NotAuthenticated(f"Device authentication failed: {reason}.")
+    message = f"Device authentication failed: {refused.message}."
+    limits: DeviceLimits = request.app.state.device_limits
+    wait = await limits.auth.hit(client)
+    if wait is not None:
+        return TooManyRequests(
+            f"{message} Too many refused requests from this address: retry in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
+    return NotAuthenticated(message)
 
 
 def _client_cert_allowed(request: Request, settings: Settings) -> bool:
@@ -293,7 +328,6 @@ def _client_cert_allowed(request: Request, settings: Settings) -> bool:
 async def authenticate_device(request: Request, session: SessionDep) -> AuthenticatedDevice:
     # Application state read directly: plain-function dependencies would each cost a thread-pool hop.
     settings: Settings = request.app.state.settings
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     declared = request.headers.get("content-length", "0")
     if not declared.isdigit() or int(declared) > MAX_BODY:
         raise PayloadTooLarge(f"Device requests carry at most {MAX_BODY // (1024 * 1024)} MiB.")
@@ -306,9 +340,9 @@ async def authenticate_device(request: Request, session: SessionDep) -> Authenti
         elif client_cert is not None and not signature_input and _client_cert_allowed(request, settings):
             authenticated = await _by_client_certificate(request, session, client_cert)
         else:
-            raise _Refused("the request is not signed")
+            raise _Refused("unsigned")
     except _Refused as refused:
-        raise await _refuse(sessionmaker, request, refused.reason, refused.device) from None
+        raise await _refuse(request, refused) from None
     device = authenticated.device
     context.set_actor(context.Actor(type="device", id=device.id, name=device.name))
     return authenticated

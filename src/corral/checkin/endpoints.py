@@ -21,11 +21,12 @@ from corral.checkin.schemas import (
     RenewResponse,
 )
 from corral.checkin.service import checkin_service
+from corral.checkin.throttle import ENROLL_THROTTLE, RefusalsDep
 from corral.config import Settings
 from corral.enrollment.service import DeviceFacts, enrollment_service
 from corral.errors import PayloadTooLarge, ValidationFailed
 from corral.kit.db import SessionDep
-from corral.kit.deps import SessionMakerDep, SettingsDep
+from corral.kit.deps import SettingsDep
 from corral.kit.time import utcnow
 
 router = APIRouter(prefix="/device/v1", include_in_schema=False)
@@ -49,18 +50,19 @@ def parse(model: type[M], body: bytes) -> M:
         raise ValidationFailed(summary or "The request body is not valid.", errors=errors) from exc
 
 
-@router.post("/enroll", status_code=201, dependencies=[PUBLIC])
+@router.post("/enroll", status_code=201, dependencies=[PUBLIC, ENROLL_THROTTLE])
 async def enroll(
-    request: Request, session: SessionDep, sessionmaker: SessionMakerDep, settings: SettingsDep
+    request: Request, session: SessionDep, refusals: RefusalsDep, settings: SettingsDep
 ) -> JSONResponse:
-    """Public: the enrollment token in the body is the credential (checked, counted and audited)."""
+    """Public: the enrollment token in the body is the credential (checked, counted and audited); an address
+    with too many refused enrollments is answered 429 first (checkin/throttle.py)."""
     declared = request.headers.get("content-length", "0")
     if not declared.isdigit() or int(declared) > MAX_BODY:
         raise PayloadTooLarge("Enrollment requests carry at most 2 MiB.")
     data = parse(EnrollRequest, await request.body())
     enrolled = await enrollment_service.enroll(
         session,
-        sessionmaker,
+        refusals,
         settings,
         secret=data.token,
         csr_pem=data.csr,

@@ -1,18 +1,24 @@
 """Enrollment tokens, and enrolling a device with one: device row, certificate, token use and audit event in
-one transaction; every refusal logged on the token and audited."""
+one transaction. Every refusal is counted and audited with a reason code and the token the server found (and
+logged on that token), aggregated per kind (audit/refusals.py): nothing the request said reaches the audit
+log."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlencode
 
 import segno
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.audit.service import audit_service, build_event
+from corral.audit.refusals import Refusal, RefusalLog, Summary
+from corral.audit.service import audit_service
+from corral.checkin.throttle import UNKNOWN_TOKEN
 from corral.config import Settings
 from corral.enrollment import repository
 from corral.enrollment.schemas import EnrollmentTokenCreate, EnrollmentTokenOut
@@ -38,6 +44,20 @@ from corral.rbac.principal import EVERYWHERE, Principal, Scope, authorize_object
 from corral.users import repository as users_repository
 
 TOKEN_PREFIX = "cet"  # noqa: S105 - a prefix, not a secret
+
+#: Why an enrollment was refused: code (a metric label) -> the server's words (the audit log's and the token
+#: log's). The response says more; the audit log never repeats what the request said.
+REASONS = {
+    "unknown_token": "the enrollment token is not valid",
+    "token_revoked": "the enrollment token was revoked",
+    "token_expired": "the enrollment token has expired",
+    "token_used_up": "the enrollment token has been used up",
+    "platform_not_allowed": "the enrollment token does not allow this platform",
+    "user_disabled": "the token's bound user is disabled",
+    "user_unlicensed": "the token's bound user holds no Corral licence",
+    "csr_refused": "the certificate signing request was refused",
+    "duplicate_serial": "a managed device with this serial number already exists",
+}
 
 
 def token_status(token: EnrollmentToken) -> str:
@@ -88,6 +108,30 @@ class DeviceFacts:
     os_version: str | None
     model: str | None
     manufacturer: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnrollmentRefusal(Refusal):
+    """A refused enrollment; with a known token, also logged on the token (its uses)."""
+
+    token_id: uuid.UUID | None = None
+    #: What the token's holder said the device is (the token's log only, never the audit log).
+    serial_number: str | None = None
+
+    def extra_rows(self, summary: Summary | None, detail: str) -> Sequence[Any]:
+        if self.token_id is None:
+            return ()
+        return (
+            EnrollmentTokenUse(
+                id=uuid.uuid4(),
+                token_id=self.token_id,
+                occurred_at=summary.last_at if summary else utcnow(),
+                ip_address=summary.source if summary else self.source,
+                serial_number=None if summary else self.serial_number,
+                result="refused",
+                detail=detail[:512],
+            ),
+        )
 
 
 @dataclass
@@ -216,47 +260,39 @@ class EnrollmentService:
     # ---------------------------------------------------------------- enrolling (devices)
     async def _refuse(
         self,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        refusals: RefusalLog,
         token: EnrollmentToken | None,
         facts: DeviceFacts,
+        reason: str,
         error: CorralError,
     ) -> CorralError:
-        """Log the refusal on the token and in the audit log, in their own transaction, then hand the error
-        back to raise (the request's own transaction rolls back)."""
-        ctx = context.current()
-        async with sessionmaker() as session:
-            if token is not None:
-                session.add(
-                    EnrollmentTokenUse(
-                        id=uuid.uuid4(),
-                        token_id=token.id,
-                        occurred_at=utcnow(),
-                        ip_address=ctx.client_ip,
-                        serial_number=facts.serial_number[:128],
-                        result="refused",
-                        detail=error.detail[:512],
-                    )
-                )
-            actor = f"enrollment token {token.prefix}…" if token else "unknown enrollment token"
-            session.add(
-                build_event(
-                    activity="device.enroll",
-                    category="device",
-                    operation="create",
-                    result="failure",
-                    target_type="device",
-                    target_name=facts.serial_number[:320],
-                    detail=error.detail,
-                    actor=context.Actor(type="device", name=actor),
-                )
+        """Count and audit the refusal (and log it on the token), in a transaction of its own, then hand the
+        error back to raise (the request's own transaction rolls back)."""
+        actor = f"enrollment token {token.prefix}…" if token else UNKNOWN_TOKEN
+        await refusals.record(
+            EnrollmentRefusal(
+                activity="device.enroll",
+                category="device",
+                operation="create",
+                endpoint="/device/v1/enroll",
+                reason=reason,
+                text=REASONS[reason],
+                source=context.current().client_ip,
+                actor=context.Actor(type="device", name=actor),
+                target_type="enrollment_token" if token else None,
+                target_id=token.id if token else None,
+                target_name=token.name if token else None,
+                subject=f"enrollment_token:{token.id}" if token else None,
+                token_id=token.id if token else None,
+                serial_number=facts.serial_number[:128],
             )
-            await session.commit()
+        )
         return error
 
     async def enroll(
         self,
         session: AsyncSession,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        refusals: RefusalLog,
         settings: Settings,
         *,
         secret: str,
@@ -266,7 +302,7 @@ class EnrollmentService:
         token = await repository.token_by_hash_for_update(session, token_digest(secret))
         if token is None:
             raise await self._refuse(
-                sessionmaker, None, facts, NotAuthenticated("The enrollment token is not valid.")
+                refusals, None, facts, "unknown_token", NotAuthenticated("The enrollment token is not valid.")
             )
         status = token_status(token)
         if status != "active":
@@ -275,12 +311,13 @@ class EnrollmentService:
                 "expired": "The enrollment token has expired.",
                 "used_up": "The enrollment token has been used up.",
             }[status]
-            raise await self._refuse(sessionmaker, token, facts, NotAuthenticated(message))
+            raise await self._refuse(refusals, token, facts, f"token_{status}", NotAuthenticated(message))
         if facts.platform.value not in token.platforms:
             raise await self._refuse(
-                sessionmaker,
+                refusals,
                 token,
                 facts,
+                "platform_not_allowed",
                 Forbidden(
                     f"This enrollment token does not allow {facts.platform.value} devices "
                     f"(allowed: {', '.join(token.platforms)})."
@@ -289,19 +326,28 @@ class EnrollmentService:
         if token.user_id is not None:
             # Devices enrolled with a bound token are the user's: the user must be able to hold them.
             user = await users_repository.get(session, token.user_id)
-            refusal = None
             if user is None or not user.enabled:
                 name = user.user_principal_name if user else "The bound user"
-                refusal = f"{name} is disabled: their devices cannot enroll."
-            elif not await licence_service.holds_any(session, user.id):
-                refusal = f"{user.user_principal_name} holds no Corral licence."
-            if refusal:
-                raise await self._refuse(sessionmaker, token, facts, Forbidden(refusal))
+                raise await self._refuse(
+                    refusals,
+                    token,
+                    facts,
+                    "user_disabled",
+                    Forbidden(f"{name} is disabled: their devices cannot enroll."),
+                )
+            if not await licence_service.holds_any(session, user.id):
+                raise await self._refuse(
+                    refusals,
+                    token,
+                    facts,
+                    "user_unlicensed",
+                    Forbidden(f"{user.user_principal_name} holds no Corral licence."),
+                )
         try:
             csr = certs.load_csr(csr_pem)
         except certs.CsrRefused as exc:
             raise await self._refuse(
-                sessionmaker, token, facts, ValidationFailed(f"CSR refused: {exc}")
+                refusals, token, facts, "csr_refused", ValidationFailed(f"CSR refused: {exc}")
             ) from exc
 
         now = utcnow()
@@ -326,7 +372,7 @@ class EnrollmentService:
             "already exists; retire or delete it before enrolling it again."
         )
         if await repository.active_device_with_serial(session, facts.platform, facts.serial_number):
-            raise await self._refuse(sessionmaker, token, facts, duplicate)
+            raise await self._refuse(refusals, token, facts, "duplicate_serial", duplicate)
         session.add(device)
         try:
             await session.flush()
