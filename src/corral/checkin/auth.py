@@ -118,11 +118,10 @@ REASONS = {
     "unknown_certificate": "unknown device certificate",
     "certificate_revoked": "the device certificate is revoked",
     "certificate_not_valid_now": "the device certificate is not valid now",
-    "device_retired": "the device is retired",
-    "device_wiped": "the device is wiped",
+    **{f"device_{state}": f"the device is {state}" for state in sorted(ENDED_STATES)},
     "unusable_certificate": "the device certificate does not hold an EC key",
     "bad_signature": "bad signature",
-    "nonce_missing": "the signature needs a nonce of 16 to 128 characters",
+    "bad_nonce": "the signature needs a nonce of 16 to 128 characters",
     "replayed": "replayed request (nonce already used)",
     "malformed_client_cert": "malformed Client-Cert header",
     "client_cert_not_from_device_ca": "the Client-Cert certificate was not issued by Corral's device CA",
@@ -253,7 +252,7 @@ async def _by_signature(
         raise _Refused("bad_signature", device, str(exc)) from exc
     nonce = results[0].nonce
     if not nonce or not 16 <= len(nonce) <= 128:
-        raise _Refused("nonce_missing", device)
+        raise _Refused("bad_nonce", device)
     inserted = await session.execute(
         _USE_NONCE, {"device_id": device.id, "nonce": nonce, "expires_at": utcnow() + MAX_AGE + CLOCK_SKEW}
     )
