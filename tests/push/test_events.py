@@ -189,5 +189,16 @@ async def test_unsigned_forged_replayed_and_ended_devices_are_refused(
     )
     assert other_target.status_code == 401
 
+    # Audited per kind (reason, and the device when its certificate was found): the second bad signature for
+    # the device waits for the window's summary.
     failures = await audit_rows(sessionmaker, activity="device.auth", result="failure")
-    assert len(failures) >= 5 and all(EVENTS in (row.detail or "") for row in failures[-5:])
+    assert [row.detail for row in failures] == [
+        f"{EVENTS}: the request is not signed",
+        f"{EVENTS}: bad signature",
+        f"{EVENTS}: unknown device certificate",
+        f"{EVENTS}: replayed request (nonce already used)",
+    ]
+    assert [row.target_id for row in failures] == [None, device.device_id, None, device.device_id]
+    assert await app.state.refusals.flush() == 1
+    summary = (await audit_rows(sessionmaker, activity="device.auth", result="failure"))[-1]
+    assert summary.target_id == device.device_id and summary.detail.startswith(f"1 further refusal ({EVENTS}")
