@@ -370,3 +370,35 @@ def test_rate_limits_are_checked_settings(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="one limit"):
         make_settings(tmp_path, "postgresql://x/y", device_auth_refusal_limit="1/second;5/minute")
     assert make_settings(tmp_path, "postgresql://x/y", device_auth_refusal_limit="100 per 10 minutes")
+
+
+# ------------------------------------------------------------------------------------------- over real HTTP
+async def test_a_flood_over_real_http_writes_a_bounded_number_of_audit_rows(
+    tmp_path: Path, db_url: str, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    import asyncio
+
+    from tests.live import start_live_server
+
+    before = refusals_metric(CHECKIN, "unsigned")
+    live = start_live_server(tmp_path, db_url, device_enroll_refusal_limit="10/hour")
+    try:
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+            gate = asyncio.Semaphore(20)
+
+            async def one() -> int:
+                async with gate:
+                    return (await client.post(CHECKIN, json={}, headers={"User-Agent": "flood"})).status_code
+
+            statuses = await asyncio.gather(*(one() for _ in range(200)))
+            assert set(statuses) <= {401, 429} and statuses.count(401) >= 60
+            limited = await refuse_until_429(lambda: TestDevice(client).enroll("cet_not-a-real-token"), 10)
+            retry_after(limited)
+    finally:
+        live.stop()  # the summaries are written at shutdown
+    assert refusals_metric(CHECKIN, "unsigned") - before == 200
+    events = await audit_rows(sessionmaker, activity="device.auth")
+    assert [refused_count(e) for e in events] == [1, 199]
+    assert all(e.ip_address == "127.0.0.1" and e.user_agent is None for e in events)
+    enrollments = await audit_rows(sessionmaker, activity="device.enroll")
+    assert sum(refused_count(e) for e in enrollments) >= 11 and len(enrollments) <= 4
