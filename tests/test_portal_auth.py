@@ -75,7 +75,7 @@ async def test_account_is_throttled_after_repeated_failures(
     client: httpx.AsyncClient, factory: Factory, settings: Settings
 ) -> None:
     admin = await factory.admin(token=False)
-    for _ in range(settings.signin_max_failures_per_account):
+    for _ in range(settings.signin_max_failures_per_account_and_client):
         assert (await sign_in(client, admin.email, "wrong password entirely")).status_code == 401
     locked = await sign_in(client, admin.email)  # even the right password waits
     assert locked.status_code == 429

@@ -58,10 +58,18 @@ class Settings(BaseSettings):
     session_idle_minutes: int = 30
     session_absolute_hours: int = 12
 
-    # Sign-in throttling: failures within the window before further attempts are refused.
-    signin_window_minutes: int = 15
-    signin_max_failures_per_account: int = 5
-    signin_max_failures_per_client: int = 20
+    # Sign-in throttling (auth_service): failures counted per known client (a browser that signed in to the
+    # account before), or, from other clients, per account, per account and address, and per address. Past a
+    # key's free failures each further failure delays the next attempt: first delay, doubling, capped. A key
+    # is forgotten after the window with neither a failure nor a delay.
+    signin_window_minutes: int = Field(default=15, ge=1)
+    signin_max_failures_per_account: int = Field(default=10, ge=1)
+    signin_max_failures_per_account_and_client: int = Field(default=5, ge=1)
+    signin_max_failures_per_client: int = Field(default=20, ge=1)
+    signin_max_failures_per_known_client: int = Field(default=5, ge=1)
+    signin_first_delay_seconds: int = Field(default=60, ge=1)
+    signin_max_delay_minutes: int = Field(default=15, ge=1)
+    signin_known_client_days: int = Field(default=90, ge=1)
 
     bootstrap_admin_email: str = "admin@corral.local"
 

@@ -60,7 +60,7 @@ async def test_failures_count_against_the_account_whichever_name_is_typed(
     admin = await factory.admin(GLOBAL_ADMINISTRATOR.name, email="target@mail.example", token=False)
     await set_user(sessionmaker, admin.id, user_principal_name="target@corp.example")
     names = ["target@corp.example", "target@mail.example"]
-    for attempt in range(settings.signin_max_failures_per_account):
+    for attempt in range(settings.signin_max_failures_per_account_and_client):
         response = await sign_in(client, names[attempt % 2], "wrong password " + uuid.uuid4().hex)
         assert response.status_code == 401
     for name in names:

@@ -90,7 +90,7 @@ async def test_ended_admin_sessions_are_deleted_and_live_ones_kept(
     assert left == {"in-use", "waiting-for-second-factor", "almost-idle"}
 
 
-async def test_throttle_rows_are_deleted_once_their_window_and_lock_out_have_passed(
+async def test_throttle_rows_are_deleted_once_a_window_has_passed_since_counting_or_their_delay(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
     now = utcnow()
@@ -98,10 +98,12 @@ async def test_throttle_rows_are_deleted_once_their_window_and_lock_out_have_pas
     old = now - window - timedelta(seconds=1)
     rows = [
         ("account:old-window", old, None),
-        ("client:lock-out-ended", old - window, now - timedelta(seconds=1)),
-        ("account:still-locked-out", old, now + timedelta(minutes=5)),
+        ("client:delay-ended-a-window-ago", old - window, old),
+        # Remembered for a window after its delay ended: a guesser who comes back waits longer.
+        ("account-client:delay-just-ended|192.0.2.1", old - window, now - timedelta(seconds=1)),
+        ("account:still-delayed", old, now + timedelta(minutes=5)),
         ("client:counting", now - timedelta(minutes=1), None),
-        ("account:locked-now", now - timedelta(minutes=1), now + window),
+        ("known:0123abcd:client-id", now - timedelta(minutes=1), now + window),
     ]
     async with sessionmaker() as session:
         await session.execute(
@@ -115,7 +117,12 @@ async def test_throttle_rows_are_deleted_once_their_window_and_lock_out_have_pas
     assert deleted == 2
     async with sessionmaker() as session:
         left = set((await session.scalars(select(SignInThrottle.key))).all())
-    assert left == {"account:still-locked-out", "client:counting", "account:locked-now"}
+    assert left == {
+        "account-client:delay-just-ended|192.0.2.1",
+        "account:still-delayed",
+        "client:counting",
+        "known:0123abcd:client-id",
+    }
 
 
 async def test_two_purges_at_once_delete_every_row_exactly_once(

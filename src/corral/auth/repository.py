@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy import bindparam, case, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -129,8 +129,14 @@ async def touch_token(session: AsyncSession, token_id: uuid.UUID, now: datetime)
     await session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
 
 
-async def throttle_rows(session: AsyncSession, keys: list[str]) -> list[SignInThrottle]:
-    return list((await session.scalars(select(SignInThrottle).where(SignInThrottle.key.in_(keys)))).all())
+async def throttle_delays(session: AsyncSession, keys: list[str], now: datetime) -> list[datetime]:
+    """When the delays running under these keys end (the ones still running at ``now``)."""
+    ends = await session.scalars(
+        select(SignInThrottle.locked_until).where(
+            SignInThrottle.key.in_(keys), SignInThrottle.locked_until > now
+        )
+    )
+    return [end for end in ends if end is not None]
 
 
 async def lock_throttle(session: AsyncSession, key: str, now: datetime) -> SignInThrottle:
@@ -142,8 +148,30 @@ async def lock_throttle(session: AsyncSession, key: str, now: datetime) -> SignI
     return row
 
 
-async def clear_throttle(session: AsyncSession, key: str) -> None:
-    await session.execute(delete(SignInThrottle).where(SignInThrottle.key == key))
+async def uncount_throttles(session: AsyncSession, limits: list[tuple[str, int]]) -> None:
+    """One failure fewer under each key (in the order given), no delay where that leaves it below its limit,
+    and no row where it leaves none."""
+    for key, limit in limits:
+        await session.execute(
+            update(SignInThrottle)
+            .where(SignInThrottle.key == key)
+            .values(
+                failures=func.greatest(SignInThrottle.failures - 1, 0),
+                locked_until=case(
+                    (SignInThrottle.failures - 1 < limit, None), else_=SignInThrottle.locked_until
+                ),
+            )
+        )
+    keys = [key for key, _ in limits]
+    if keys:
+        await session.execute(
+            delete(SignInThrottle).where(SignInThrottle.key.in_(keys), SignInThrottle.failures == 0)
+        )
+
+
+async def clear_throttles(session: AsyncSession, keys: list[str]) -> None:
+    if keys:
+        await session.execute(delete(SignInThrottle).where(SignInThrottle.key.in_(keys)))
 
 
 async def sessions_of(session: AsyncSession, user_id: uuid.UUID) -> list[UserSession]:

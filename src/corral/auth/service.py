@@ -19,7 +19,9 @@ from corral.errors import NotAuthenticated, TooManyRequests
 from corral.kit import context
 from corral.kit.security import (
     SecretBox,
+    constant_time_equals,
     hash_password,
+    hmac_sign,
     password_needs_rehash,
     token_digest,
     verify_password,
@@ -37,6 +39,10 @@ TOTP_ISSUER = "Corral"
 
 INVALID_CREDENTIALS = "The sign-in name or password is incorrect."
 
+KNOWN_CLIENT_VERSION = "k1"
+KNOWN_CLIENT_MAX_LENGTH = 200
+KNOWN_CLIENT_CLOCK_SKEW = 300  # seconds a cookie's issue time may lie ahead (replicas' clocks differ)
+
 
 @dataclass
 class SignInResult:
@@ -44,6 +50,22 @@ class SignInResult:
     user_session: UserSession
     token: str
     needs_second_factor: bool
+    # A new known-client cookie for the browser, once the sign-in is complete (None while a second factor is
+    # awaited).
+    known_client_cookie: str | None = None
+
+
+@dataclass(frozen=True)
+class ThrottleKey:
+    key: str
+    limit: int  # failures after which every further failure delays the next attempt
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def _actor_for(user: User) -> context.Actor:
@@ -62,42 +84,174 @@ def scope_of(assignment: RoleAssignment, nested: Mapping[uuid.UUID, frozenset[uu
 
 
 class AuthService:
+    # ---------------------------------------------------------------- known clients
+    # OWASP's "device cookie": a browser that completed a sign-in to an account (password, and second factor
+    # where enrolled) gets a long-lived cookie naming the account and a random client id, signed with the
+    # secret key and the account's ``known_clients_generation``. Failures from that browser for that account
+    # count against it alone, so nobody elsewhere can stop the owner signing in on it.
+    def known_client_cookie(self, settings: Settings, user: User) -> str:
+        """A fresh known-client cookie value for ``user``, issued after a completed sign-in."""
+        issued = int(utcnow().timestamp())
+        client_id = secrets.token_urlsafe(12)
+        mac = self._known_client_mac(settings, user, issued, client_id)
+        return f"{KNOWN_CLIENT_VERSION}.{user.id.hex}.{issued}.{client_id}.{mac}"
+
+    def known_client_id(self, settings: Settings, user: User, cookie: str | None) -> str | None:
+        """The client id a known-client cookie proves for ``user``; None for no cookie, a malformed, forged or
+        expired one, one of another account, or one signed before the account's password changed or its
+        sessions were all ended (disable, password reset)."""
+        if not cookie or len(cookie) > KNOWN_CLIENT_MAX_LENGTH:
+            return None
+        parts = cookie.split(".")
+        if len(parts) != 5 or parts[0] != KNOWN_CLIENT_VERSION or parts[1] != user.id.hex:
+            return None
+        issued_text, client_id, mac = parts[2], parts[3], parts[4]
+        if not (issued_text.isascii() and issued_text.isdigit()) or not client_id:
+            return None
+        issued, now = int(issued_text), utcnow().timestamp()
+        lifetime = timedelta(days=settings.signin_known_client_days).total_seconds()
+        if not now - lifetime < issued <= now + KNOWN_CLIENT_CLOCK_SKEW:
+            return None
+        if not constant_time_equals(mac, self._known_client_mac(settings, user, issued, client_id)):
+            return None
+        return client_id
+
+    def forget_known_clients(self, user: User) -> None:
+        """Every known-client cookie of the account stops counting (flushed with the caller's transaction)."""
+        user.known_clients_generation += 1
+
+    def _known_client_mac(self, settings: Settings, user: User, issued: int, client_id: str) -> str:
+        message = f"{KNOWN_CLIENT_VERSION}|{user.id.hex}|{user.known_clients_generation}|{issued}|{client_id}"
+        return hmac_sign(settings.resolved_secret_key(), "known-client", message)
+
     # ---------------------------------------------------------------- throttling
-    def _throttle_keys(self, account: str, client_ip: str | None) -> list[str]:
-        keys = [f"account:{account.strip().lower()}"]
+    def _throttle_keys(
+        self,
+        settings: Settings,
+        *,
+        account: str,
+        user: User | None,
+        client_ip: str | None,
+        known_client: str | None,
+    ) -> list[ThrottleKey]:
+        """What a failed attempt counts against. From a known client of the account: that client only. From
+        any other client: the account (all such clients together), the account and address, the address.
+        ``account`` is the user principal name of an existing account (whichever of its names was typed),
+        else the typed name, so unknown accounts are throttled exactly like real ones."""
+        if user is not None:
+            client_id = self.known_client_id(settings, user, known_client)
+            if client_id is not None:
+                return [
+                    ThrottleKey(
+                        f"known:{user.id.hex}:{client_id}", settings.signin_max_failures_per_known_client
+                    )
+                ]
+        name = account.strip().lower()[:320]
+        keys = [ThrottleKey(f"account:{name}", settings.signin_max_failures_per_account)]
         if client_ip:
-            keys.append(f"client:{client_ip}")
+            address = client_ip[:64]
+            keys.append(
+                ThrottleKey(
+                    f"account-client:{name}|{address}", settings.signin_max_failures_per_account_and_client
+                )
+            )
+            keys.append(ThrottleKey(f"client:{address}", settings.signin_max_failures_per_client))
         return keys
 
-    async def _check_throttle(self, session: AsyncSession, keys: list[str]) -> None:
-        now = utcnow()
-        for row in await repository.throttle_rows(session, keys):
-            if row.locked_until and row.locked_until > now:
-                retry = max(1, math.ceil((row.locked_until - now).total_seconds()))
-                raise TooManyRequests(
-                    "Too many failed sign-in attempts. Try again later.",
-                    headers={"Retry-After": str(retry)},
-                )
+    def delay_after(self, settings: Settings, failures: int, limit: int) -> timedelta | None:
+        """How long a key makes the next attempt wait after its ``failures``-th failure: not at all below its
+        ``limit``; then the first delay, doubled for each failure beyond, capped."""
+        excess = failures - limit
+        if excess < 0:
+            return None
+        cap = settings.signin_max_delay_minutes * 60
+        return timedelta(seconds=min(cap, settings.signin_first_delay_seconds * 2 ** min(excess, 32)))
 
-    async def _count_failure(
-        self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, keys: list[str]
+    def _refusal(self, waits: list[timedelta]) -> TooManyRequests:
+        retry = max(1, math.ceil(max(waits).total_seconds()))
+        return TooManyRequests(
+            f"Too many failed sign-in attempts. Try again in {_duration(retry)}.",
+            headers={"Retry-After": str(retry)},
+        )
+
+    async def _admit(
+        self,
+        session: AsyncSession,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        keys: list[ThrottleKey],
     ) -> None:
+        """Refuses the attempt (429, nothing counted) while any of its keys makes attempts wait; otherwise
+        counts it as a failure against every key before the password or code is checked, taken back if it
+        succeeds. Counted in a transaction of its own, the rows locked in key order, so that concurrent
+        attempts are admitted one at a time and see each other's counts: a burst of parallel guesses gets no
+        more through than the same guesses one after another."""
         now = utcnow()
+        ends = await repository.throttle_delays(session, [k.key for k in keys], now)
+        if ends:  # the common refusal during an attack, without taking any lock
+            raise self._refusal([end - now for end in ends])
         window = timedelta(minutes=settings.signin_window_minutes)
-        async with sessionmaker() as session:
-            for key in keys:
-                limit = (
-                    settings.signin_max_failures_per_account
-                    if key.startswith("account:")
-                    else settings.signin_max_failures_per_client
-                )
-                row = await repository.lock_throttle(session, key, now)
-                if row.window_started_at < now - window:
+        async with sessionmaker() as counting:
+            rows = [
+                (key, await repository.lock_throttle(counting, key.key, now))
+                for key in sorted(keys, key=lambda k: k.key)
+            ]
+            now = utcnow()
+            waits = [
+                row.locked_until - now
+                for _, row in rows
+                if row.locked_until is not None and row.locked_until > now
+            ]
+            if waits:
+                await counting.rollback()
+                raise self._refusal(waits)
+            for key, row in rows:
+                if (row.locked_until or row.window_started_at) + window <= now:
                     row.failures, row.window_started_at, row.locked_until = 0, now, None
                 row.failures += 1
-                if row.failures >= limit:
-                    row.locked_until = now + window
-            await session.commit()
+                delay = self.delay_after(settings, row.failures, key.limit)
+                if delay is not None:
+                    row.locked_until = now + delay
+            await counting.commit()
+
+    async def _take_back(self, session: AsyncSession, keys: list[ThrottleKey]) -> None:
+        """The admitted attempt succeeded: it no longer counts as a failure (others' failures still do)."""
+        await repository.uncount_throttles(
+            session, [(k.key, k.limit) for k in sorted(keys, key=lambda k: k.key)]
+        )
+
+    async def _signed_in(
+        self, session: AsyncSession, settings: Settings, user: User, keys: list[ThrottleKey]
+    ) -> str:
+        """After a completed sign-in: this client's own counters (known client, account and address) start
+        afresh, the attempt is taken back from the account's and the address's, and the browser gets a new
+        known-client cookie."""
+        own = [k for k in keys if k.key.startswith(("known:", "account-client:"))]
+        await repository.clear_throttles(session, [k.key for k in own])
+        await self._take_back(session, [k for k in keys if k not in own])
+        return self.known_client_cookie(settings, user)
+
+    async def _refused(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        attempted: str,
+        detail: str,
+        *,
+        user: User | None,
+        actor: context.Actor,
+    ) -> None:
+        await audit_service.record_now(
+            sessionmaker,
+            activity="signin",
+            category="authentication",
+            operation="signin",
+            result="failure",
+            target_type="user",
+            target_id=user.id if user else None,
+            target_name=attempted,
+            detail=detail,
+            actor=actor,
+        )
 
     # ---------------------------------------------------------------- sign-in
     async def sign_in(
@@ -108,46 +262,33 @@ class AuthService:
         *,
         username: str,
         password: str,
+        known_client: str | None = None,
     ) -> SignInResult:
         """Password sign-in with a user principal name, or a local account's own (unshared) email address.
-        Failures count against the account whichever of its names was typed."""
+        Failures count against the account whichever of its names was typed; ``known_client`` is the
+        browser's known-client cookie, if any. Without a second factor the result carries a new one."""
         ctx = context.current()
         user = await repository.user_by_sign_in_name(session, username)
-        keys = self._throttle_keys(user.user_principal_name if user else username, ctx.client_ip)
+        keys = self._throttle_keys(
+            settings,
+            account=user.user_principal_name if user else username,
+            user=user,
+            client_ip=ctx.client_ip,
+            known_client=known_client,
+        )
         attempted = username.strip()[:320]
+        anonymous = context.Actor(type="anonymous", name=attempted)
         try:
-            await self._check_throttle(session, keys)
+            await self._admit(session, sessionmaker, settings, keys)
         except TooManyRequests:
-            await audit_service.record_now(
-                sessionmaker,
-                activity="signin",
-                category="authentication",
-                operation="signin",
-                result="failure",
-                target_type="user",
-                target_name=attempted,
-                detail="throttled",
-                actor=context.Actor(type="anonymous", name=attempted),
-            )
+            # Before the password is checked, and the same for unknown accounts: says nothing about either.
+            await self._refused(sessionmaker, attempted, "throttled", user=None, actor=anonymous)
             raise
         ok = verify_password(user.password_hash if user else None, password)
         if not ok or user is None or not user.enabled:
             reason = "unknown account" if user is None else ("account disabled" if ok else "wrong password")
-            await self._count_failure(sessionmaker, settings, keys)
-            await audit_service.record_now(
-                sessionmaker,
-                activity="signin",
-                category="authentication",
-                operation="signin",
-                result="failure",
-                target_type="user",
-                target_id=user.id if user else None,
-                target_name=attempted,
-                detail=reason,
-                actor=context.Actor(type="anonymous", name=attempted),
-            )
+            await self._refused(sessionmaker, attempted, reason, user=user, actor=anonymous)
             raise NotAuthenticated(INVALID_CREDENTIALS)
-        await repository.clear_throttle(session, keys[0])
         assert user.password_hash is not None
         if password_needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
@@ -166,7 +307,13 @@ class AuthService:
             user_agent=(ctx.user_agent or "")[:512] or None,
         )
         session.add(user_session)
-        if not user.totp_enabled:
+        cookie = None
+        if user.totp_enabled:
+            # The password was right; the code, still to come, counts on its own. Nothing is cleared or
+            # remembered until it is given too.
+            await self._take_back(session, keys)
+        else:
+            cookie = await self._signed_in(session, settings, user, keys)
             user.last_sign_in_at = now
             await audit_service.record(
                 session,
@@ -179,7 +326,7 @@ class AuthService:
                 actor=_actor_for(user),
             )
         await session.flush()
-        return SignInResult(user, user_session, token, user.totp_enabled)
+        return SignInResult(user, user_session, token, user.totp_enabled, cookie)
 
     async def verify_second_factor(
         self,
@@ -190,22 +337,35 @@ class AuthService:
         user_session: UserSession,
         user: User,
         code: str,
-    ) -> tuple[UserSession, str]:
-        keys = self._throttle_keys(user.user_principal_name, context.current().client_ip)
-        await self._check_throttle(session, keys)
+        known_client: str | None = None,
+    ) -> SignInResult:
+        """The second step of a sign-in with a second factor, throttled like the first (wrong codes count
+        against the same keys as wrong passwords)."""
+        keys = self._throttle_keys(
+            settings,
+            account=user.user_principal_name,
+            user=user,
+            client_ip=context.current().client_ip,
+            known_client=known_client,
+        )
+        try:
+            await self._admit(session, sessionmaker, settings, keys)
+        except TooManyRequests:
+            await self._refused(
+                sessionmaker,
+                user.user_principal_name,
+                "throttled at second factor",
+                user=user,
+                actor=_actor_for(user),
+            )
+            raise
         step = self.totp_step_if_valid(settings, user, code)
         if step is None:
-            await self._count_failure(sessionmaker, settings, keys)
-            await audit_service.record_now(
+            await self._refused(
                 sessionmaker,
-                activity="signin",
-                category="authentication",
-                operation="signin",
-                result="failure",
-                target_type="user",
-                target_id=user.id,
-                target_name=user.user_principal_name,
-                detail="wrong second factor",
+                user.user_principal_name,
+                "wrong second factor",
+                user=user,
                 actor=_actor_for(user),
             )
             raise NotAuthenticated("The verification code is incorrect or was already used.")
@@ -228,7 +388,7 @@ class AuthService:
         token = self.issue_session_token(rotated)
         session.add(rotated)
         user.last_sign_in_at = now
-        await repository.clear_throttle(session, keys[0])
+        cookie = await self._signed_in(session, settings, user, keys)
         await audit_service.record(
             session,
             activity="signin",
@@ -240,7 +400,7 @@ class AuthService:
             detail="with second factor",
             actor=_actor_for(user),
         )
-        return rotated, token
+        return SignInResult(user, rotated, token, False, cookie)
 
     async def open_session(
         self,
@@ -304,6 +464,9 @@ class AuthService:
         )
 
     async def end_all_sessions(self, session: AsyncSession, user: User) -> int:
+        """Signs the account out everywhere (disable, delete, password reset): its sessions end and the
+        browsers it signed in on are no longer known clients."""
+        self.forget_known_clients(user)
         return await repository.delete_sessions_of(session, user.id)
 
     # ---------------------------------------------------------------- second factor

@@ -9,7 +9,10 @@ from corral.kit.db import Model
 
 
 class SignInThrottle(Model):
-    """Failed sign-ins counted per account and per client address within a sliding window."""
+    """Failed sign-ins counted under one key (see ``auth_service._throttle_keys``): a known client of an
+    account, or, for other clients, the account, the account and address, or the address. ``locked_until`` is
+    when the next attempt under the key is admitted (a delay that grows with ``failures``); the row counts for
+    nothing once the window has passed since ``window_started_at`` (no delay yet) or since the delay ended."""
 
     __tablename__ = "signin_throttles"
 

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, String, func
+from sqlalchemy import ForeignKey, Index, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column, query_expression
 
 from corral.kit.db import IdMixin, Model, TimestampMixin, str_enum
@@ -42,6 +42,9 @@ class User(IdMixin, TimestampMixin, Model):
     totp_enabled_at: Mapped[datetime | None] = mapped_column(default=None)
     totp_last_used_step: Mapped[int | None] = mapped_column(default=None)
     last_sign_in_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Part of every known-client cookie's signature (auth_service): raised when the password changes and when
+    # all the account's sessions end (disable, reset), so that every browser it had signed in on is forgotten.
+    known_clients_generation: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     # The groups the user belongs to directly: not a column, loaded with the user where an administrator's
     # scope groups decide whether they reach them (users.repository.MEMBER_OF). None when not loaded.
     member_of: Mapped[list[uuid.UUID] | None] = query_expression(expire_on_flush=False)

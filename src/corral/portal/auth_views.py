@@ -77,6 +77,30 @@ def _with_presession(response: Response, settings: Settings, new_cookie: str | N
     return response
 
 
+def known_client_cookie_name(secure: bool) -> str:
+    return "__Host-corral_known_client" if secure else "corral_known_client"
+
+
+def _known_client(request: Request, settings: Settings) -> str | None:
+    return request.cookies.get(known_client_cookie_name(settings.secure_cookies))
+
+
+def _set_known_client_cookie(response: Response, settings: Settings, value: str | None) -> None:
+    """The browser is a known client of the account it just signed in to (see auth_service); it stays one
+    after sign-out. Sent only with same-site requests, never readable by scripts."""
+    if value is None:
+        return
+    response.set_cookie(
+        known_client_cookie_name(settings.secure_cookies),
+        value,
+        max_age=settings.signin_known_client_days * 86400,
+        httponly=True,
+        secure=settings.secure_cookies,
+        samesite="strict",
+        path="/",
+    )
+
+
 def _set_session_cookie(
     response: Response, settings: Settings, token: str, user_session: UserSession
 ) -> None:
@@ -163,7 +187,12 @@ async def sign_in(
         )
     try:
         result = await auth_service.sign_in(
-            session, sessionmaker, settings, username=username, password=password
+            session,
+            sessionmaker,
+            settings,
+            username=username,
+            password=password,
+            known_client=_known_client(request, settings),
         )
     except TooManyRequests as exc:
         return await _sign_in_page(
@@ -194,6 +223,7 @@ async def sign_in(
         target = next_url
     response = RedirectResponse(target, status_code=303)
     _set_session_cookie(response, settings, result.token, result.user_session)
+    _set_known_client_cookie(response, settings, result.known_client_cookie)
     response.delete_cookie(PRESESSION_COOKIE, path="/")
     return response
 
@@ -228,8 +258,14 @@ async def second_factor(
         return RedirectResponse("/portal/sign-in", status_code=303)
     user = request.state.user
     try:
-        rotated, token = await auth_service.verify_second_factor(
-            session, sessionmaker, settings, user_session=pending, user=user, code=code
+        result = await auth_service.verify_second_factor(
+            session,
+            sessionmaker,
+            settings,
+            user_session=pending,
+            user=user,
+            code=code,
+            known_client=_known_client(request, settings),
         )
     except CorralError as exc:
         return render(
@@ -241,7 +277,8 @@ async def second_factor(
         )
     target = "/portal/account/password" if user.must_change_password else _safe_next(next)
     response = RedirectResponse(target, status_code=303)
-    _set_session_cookie(response, settings, token, rotated)
+    _set_session_cookie(response, settings, result.token, result.user_session)
+    _set_known_client_cookie(response, settings, result.known_client_cookie)
     return response
 
 
@@ -272,6 +309,7 @@ async def password_form(request: Request, principal: SignedInMayChangePassword) 
 async def change_password(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     principal: SignedInMayChangePassword,
     current_password: Annotated[str, Form(max_length=1024)] = "",
     new_password: Annotated[str, Form(max_length=1024)] = "",
@@ -297,7 +335,11 @@ async def change_password(
             {"forced": forced, "error": exc.detail},
             status_code=exc.status_code,
         )
-    return redirect(request, "/portal" if forced else "/portal/account", "Your password was changed.")
+    response = redirect(request, "/portal" if forced else "/portal/account", "Your password was changed.")
+    # The change forgot every known client of the account; this browser, signed in and knowing the current
+    # password, stays one.
+    _set_known_client_cookie(response, settings, auth_service.known_client_cookie(settings, user))
+    return response
 
 
 def _totp_setup_context(request: Request, settings: Settings, secret: str, issuer: str) -> dict[str, object]:

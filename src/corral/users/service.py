@@ -604,7 +604,8 @@ class UserService:
             raise ValidationFailed("Choose a password different from the current one.")
         user.password_hash = hash_password(new_password)
         user.must_change_password = False
-        # Every other session of this account ends.
+        # Every other session of this account ends, and no browser is a known client of it any more.
+        auth_service.forget_known_clients(user)
         for other in await auth_repository.sessions_of(session, user.id):
             if other.id != keep_session_id:
                 await session.delete(other)

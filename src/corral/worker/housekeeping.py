@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, tuple_
+from sqlalchemy import ColumnElement, delete, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.checkin.auth import CLOCK_SKEW
@@ -80,18 +80,16 @@ async def purge_user_sessions(
 async def purge_signin_throttles(
     sessionmaker: Sessionmaker, settings: Settings, *, batch: int, now: datetime | None = None
 ) -> int:
-    """Sign-in failure counters that count for nothing any more: their window has passed and any lock-out
-    has ended. (The next failure would start a fresh window anyway; see ``auth_service._count_failure``.)"""
+    """Sign-in failure counters that count for nothing any more: the window has passed since counting began
+    (no delay yet) or since the key's last delay ended. (The next failure would start afresh anyway; see
+    ``auth_service._admit``.)"""
     now = now or utcnow()
     window = timedelta(minutes=settings.signin_window_minutes)
     return await _delete_in_batches(
         sessionmaker,
         SignInThrottle,
         (SignInThrottle.key,),
-        and_(
-            SignInThrottle.window_started_at < now - window,
-            or_(SignInThrottle.locked_until.is_(None), SignInThrottle.locked_until <= now),
-        ),
+        func.coalesce(SignInThrottle.locked_until, SignInThrottle.window_started_at) <= now - window,
         batch,
     )
 
