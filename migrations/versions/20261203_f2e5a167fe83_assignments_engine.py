@@ -232,30 +232,12 @@ def upgrade() -> None:
         sa.Column("device_id", sa.UUID(), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=False),
         sa.Column("changed_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["device_id"],
-            ["devices.id"],
-            name=op.f("fk_device_desired_states_device_id_devices"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("device_id", name=op.f("pk_device_desired_states")),
     )
     op.create_table(
         "device_targets",
         sa.Column("assignable_id", sa.UUID(), nullable=False),
         sa.Column("device_id", sa.UUID(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["assignable_id"],
-            ["assignables.id"],
-            name=op.f("fk_device_targets_assignable_id_assignables"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["device_id"],
-            ["devices.id"],
-            name=op.f("fk_device_targets_device_id_devices"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("assignable_id", "device_id", name=op.f("pk_device_targets")),
     )
     op.create_index(op.f("ix_device_targets_device_id"), "device_targets", ["device_id"], unique=False)

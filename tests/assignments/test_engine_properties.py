@@ -1,7 +1,8 @@
 """The assignment engine's SQL against the reference resolver, on random worlds (hypothesis): random nested
 group graphs, memberships of devices, users and primary users, filters and assignments with inclusions and
 exclusions. Both ways of keeping ``device_targets`` current must give exactly what the resolver says: a
-full recompute by object, and a refresh by device after random changes to the world."""
+full recompute by object, and a refresh by device after random changes to the world (one by one in Python,
+or set-based in SQL)."""
 
 from __future__ import annotations
 
@@ -266,7 +267,8 @@ async def test_sql_targets_agree_with_the_resolver_after_recompute_and_after_dev
         # refresh of the devices it touched: the stored targets follow the resolver all along.
         for seed in changes:
             touched = await _mutate(session, world, seed)
-            await engine.refresh_devices(session, touched)
+            # Both ways of refreshing devices: resolved one by one in Python, or by the set-based SQL.
+            await engine.refresh_devices(session, touched, set_based=bool(seed % 2))
             assert await stored(session) == expected(world), f"after change {seed}"
         # A recompute by object from there changes nothing.
         assert await engine.recompute_objects(session, world.ids["object"]) == set()

@@ -46,9 +46,9 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.assignments.resolver import APPLIES_TO, AssignmentSpec
+from corral.assignments.resolver import APPLIES_TO, AssignmentSpec, DeviceView, targeted
 from corral.groups import effective
-from corral.groups.membership import active_device, compiled
+from corral.groups.membership import ENDED_STATES, active_device, compiled
 from corral.groups.rules import RuleError
 from corral.models import (
     Assignable,
@@ -70,6 +70,7 @@ log = logging.getLogger("corral.assignments")
 
 ASSIGNMENTS_LOCK = 0x636F7272616C61  # "corrala": object recomputes (exclusive) vs device refreshes (shared)
 OBJECTS_PER_STATEMENT = 50
+DEVICES_ONE_BY_ONE = 20  # more devices than this are refreshed by one set-based statement
 _LOCK_KEY = "corral.assignments_lock"
 
 
@@ -239,10 +240,13 @@ def wanted(plans: Iterable[Plan], device_ids: Sequence[uuid.UUID] | None = None)
 
 
 async def _apply(
-    session: AsyncSession, wanted_stmt: Select[Any] | None, scope: ColumnElement[bool]
+    session: AsyncSession, wanted_stmt: Select[Any] | None, scope: ColumnElement[bool], *, exclusive: bool
 ) -> set[uuid.UUID]:
     """Make ``device_targets`` within ``scope`` (a condition on its rows) equal to ``wanted_stmt``, and give
-    every device whose targets changed a new desired-state version. One statement; returns those devices."""
+    every device whose targets changed a new desired-state version. One statement; returns those devices.
+
+    ``exclusive``: the caller holds the assignments lock exclusively, so nothing else inserts these targets
+    meanwhile and the insert needs no ON CONFLICT clause (which doubles the cost of a large insert)."""
     targets = device_targets
     if wanted_stmt is None:
         removed = delete(targets).where(scope).returning(targets.c.device_id).cte("removed")
@@ -261,20 +265,17 @@ async def _apply(
             .cte("removed")
         )
         existing = targets.alias("existing")
-        added = (
-            insert(targets)
-            .from_select(
-                ["assignable_id", "device_id"],
-                select(w.c.assignable_id, w.c.device_id).where(
-                    ~exists().where(
-                        existing.c.assignable_id == w.c.assignable_id, existing.c.device_id == w.c.device_id
-                    )
-                ),
-            )
-            .on_conflict_do_nothing()
-            .returning(targets.c.device_id)
-            .cte("added")
+        insert_new = insert(targets).from_select(
+            ["assignable_id", "device_id"],
+            select(w.c.assignable_id, w.c.device_id).where(
+                ~exists().where(
+                    existing.c.assignable_id == w.c.assignable_id, existing.c.device_id == w.c.device_id
+                )
+            ),
         )
+        if not exclusive:
+            insert_new = insert_new.on_conflict_do_nothing()
+        added = insert_new.returning(targets.c.device_id).cte("added")
         changed = union(select(removed.c.device_id), select(added.c.device_id)).cte("changed")
     return set((await session.scalars(new_versions(select(changed.c.device_id)))).all())
 
@@ -307,7 +308,13 @@ async def recompute_objects(session: AsyncSession, assignable_ids: Sequence[uuid
         batch = ids[start : start + OBJECTS_PER_STATEMENT]
         plans = await load_plans(session, batch)
         scope = effective.in_ids(device_targets.c.assignable_id, batch)
-        changed |= await _apply(session, wanted(plans), scope)
+        # Whole objects: hash joins, never nested loops. Statistics of device_targets lag behind a large
+        # change, and a nested loop over a table the same statement is filling grows quadratically.
+        await session.execute(text("SET LOCAL enable_nestloop = off"))
+        try:
+            changed |= await _apply(session, wanted(plans), scope, exclusive=True)
+        finally:
+            await session.execute(text("RESET enable_nestloop"))
     return changed
 
 
@@ -328,7 +335,20 @@ async def release_objects(session: AsyncSession, assignable_ids: Sequence[uuid.U
     if not assignable_ids:
         return set()
     await lock(session, exclusive=True)
-    return await _apply(session, None, effective.in_ids(device_targets.c.assignable_id, assignable_ids))
+    return await _apply(
+        session, None, effective.in_ids(device_targets.c.assignable_id, assignable_ids), exclusive=True
+    )
+
+
+async def forget_devices(session: AsyncSession, device_ids: Sequence[uuid.UUID]) -> None:
+    """Before devices are deleted: their targets and desired-state versions (no foreign keys cascade)."""
+    if device_ids:
+        await session.execute(
+            delete(device_targets).where(effective.in_ids(device_targets.c.device_id, device_ids))
+        )
+        await session.execute(
+            delete(DeviceDesiredState).where(effective.in_ids(DeviceDesiredState.device_id, device_ids))
+        )
 
 
 async def objects_targeting_groups(session: AsyncSession, group_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
@@ -375,17 +395,111 @@ async def candidate_objects(session: AsyncSession, device_ids: Sequence[uuid.UUI
     return list((await session.scalars(stmt)).all())
 
 
-async def refresh_devices(session: AsyncSession, device_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+async def refresh_devices(
+    session: AsyncSession, device_ids: Sequence[uuid.UUID], *, set_based: bool | None = None
+) -> set[uuid.UUID]:
     """Bring these devices' targets up to date (after a membership, property, primary-user or lifecycle
-    change). Returns those whose targets changed (each has a new desired-state version)."""
+    change). Returns those whose targets changed (each has a new desired-state version).
+
+    A few devices are resolved one by one (their groups, the assignments that can reach them, their filters:
+    three small queries, then the resolver in Python and at most one write); many devices at once by the
+    set-based statement of ``recompute_objects``, restricted to them (``set_based`` forces either way: the
+    property tests hold the two together)."""
     ids = sorted(set(device_ids))
     if not ids:
         return set()
     await lock(session, exclusive=False)
     await session.flush()
+    if not (set_based if set_based is not None else len(ids) > DEVICES_ONE_BY_ONE):
+        changed: set[uuid.UUID] = set()
+        for device_id in ids:
+            if await _refresh_one(session, device_id):
+                changed.add(device_id)
+        return changed
     candidates = await candidate_objects(session, ids)
     plans = await load_plans(session, candidates)
-    return await _apply(session, wanted(plans, ids), effective.in_ids(device_targets.c.device_id, ids))
+    return await _apply(
+        session, wanted(plans, ids), effective.in_ids(device_targets.c.device_id, ids), exclusive=False
+    )
+
+
+async def _refresh_one(session: AsyncSession, device_id: uuid.UUID) -> bool:
+    """One device's targets, resolved in Python from what decides them; whether they changed."""
+    closure = effective.device_groups([device_id])
+    groups = select(closure.c.group_id).scalar_subquery()
+    row = (
+        await session.execute(
+            select(
+                Device.platform,
+                Device.management_state,
+                Device.user_id,
+                func.array(groups),
+                func.array(
+                    select(device_targets.c.assignable_id)
+                    .where(device_targets.c.device_id == Device.id)
+                    .scalar_subquery()
+                ),
+            ).where(Device.id == device_id)
+        )
+    ).first()
+    if row is None:  # deleted meanwhile
+        return False
+    platform, state, user_id, group_ids, current_ids = row
+    member_of = frozenset(group_ids or ())
+    current = set(current_ids or ())
+    candidates = (
+        await session.execute(
+            select(Assignment, Assignable.platform, AssignmentFilter.rule)
+            .join(Assignable, Assignable.id == Assignment.assignable_id)
+            .outerjoin(AssignmentFilter, AssignmentFilter.id == Assignment.filter_id)
+            .where(
+                or_(
+                    Assignment.target.in_([AssignmentTarget.all_devices, AssignmentTarget.all_users]),
+                    effective.in_ids(Assignment.group_id, sorted(member_of)),
+                )
+            )
+        )
+    ).all()
+    rules = {a.filter_id: rule for a, _, rule in candidates if a.filter_id is not None and rule is not None}
+    matched: dict[uuid.UUID, bool] = {}
+    if rules:
+        conditions = [filter_condition(rule) for rule in rules.values()]
+        values = (await session.execute(select(*conditions).where(Device.id == device_id))).one()
+        matched = {f: bool(v) for f, v in zip(rules, values, strict=True)}
+    # The device's whole closure stands for its direct groups: a group target reaches it exactly when the
+    # group is in it (the chain only matters to explanations).
+    view = DeviceView(
+        id=device_id,
+        platform=Platform(platform),
+        active=state not in ENDED_STATES,
+        direct_groups=member_of,
+        user_id=user_id,
+        filters=matched,
+    )
+    specs: dict[uuid.UUID, list[AssignmentSpec]] = {}
+    platforms: dict[uuid.UUID, Platform] = {}
+    for assignment, object_platform, _ in candidates:
+        specs.setdefault(assignment.assignable_id, []).append(spec_of(assignment))
+        platforms[assignment.assignable_id] = Platform(object_platform)
+    wanted_ids = {o for o, items in specs.items() if targeted(view, items, platforms[o])}
+    add, remove = wanted_ids - current, current - wanted_ids
+    if not add and not remove:
+        return False
+    if remove:
+        await session.execute(
+            delete(device_targets).where(
+                device_targets.c.device_id == device_id,
+                effective.in_ids(device_targets.c.assignable_id, sorted(remove)),
+            )
+        )
+    if add:
+        await session.execute(
+            insert(device_targets)
+            .values([{"assignable_id": o, "device_id": device_id} for o in sorted(add)])
+            .on_conflict_do_nothing()
+        )
+    await session.execute(new_versions(select(literal(device_id, PG_UUID(as_uuid=True)))))
+    return True
 
 
 async def devices_of_users(session: AsyncSession, user_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:

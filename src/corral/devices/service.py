@@ -13,6 +13,7 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from corral.assignments import engine as assignment_engine
 from corral.assignments import hooks as assignment_hooks
 from corral.audit.service import audit_service
 from corral.config import Settings
@@ -382,6 +383,7 @@ class DeviceService:
                 ("management_state", device.management_state, None),
             ],
         )
+        await assignment_engine.forget_devices(session, [device.id])
         await session.delete(device)
         await session.flush()
 
