@@ -358,10 +358,9 @@ async def incremental(
 
 
 # ---------------------------------------------------------------------------------------- S4: nested tree
-async def nested_tree(
-    maker: async_sessionmaker[AsyncSession], device_ids: list[uuid.UUID], moves: int, runs: int
-) -> dict[str, Any]:
-    """1,000 assigned groups, 5 levels (1, 3, 12, 84, 900); the leaves hold the fleet between them."""
+async def build_tree(maker: async_sessionmaker[AsyncSession]) -> list[list[uuid.UUID]]:
+    """1,000 assigned groups, 5 levels (1, 3, 12, 84, 900); the leaves hold the fleet between them. Returns
+    the groups by level (the root alone first)."""
     sizes = [1, 3, 12, 84, 900]
     levels: list[list[uuid.UUID]] = [[uuid.uuid4() for _ in range(n)] for n in sizes]
     async with maker() as session:
@@ -397,6 +396,16 @@ async def nested_tree(
         await session.commit()
         await session.execute(text("ANALYZE groups, group_children, group_devices"))
         await session.commit()
+    return levels
+
+
+async def nested_tree(
+    maker: async_sessionmaker[AsyncSession], device_ids: list[uuid.UUID], moves: int, runs: int
+) -> dict[str, Any]:
+    """1,000 assigned groups, 5 levels (1, 3, 12, 84, 900); the leaves hold the fleet between them."""
+    levels = await build_tree(maker)
+    sizes = [len(level) for level in levels]
+    leaves = levels[-1]
     root = levels[0][0]
     out: dict[str, Any] = {"groups": sum(sizes)}
 

@@ -572,6 +572,24 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
         ("PATCH", "/api/v1/groups/{group_id}"): {"display_name": "Fuzz"},
         ("POST", "/api/v1/groups/{group_id}/evaluate"): {},
         ("POST", "/api/v1/groups/{group_id}/members"): {"type": "user", "id": ids["user_id"]},
+        # Assignments: filters are created and previewed for real; object routes reach validation and the
+        # 404 (no policy arranged here: tests/assignments assigns real ones).
+        ("POST", "/api/v1/assignment-filters"): {
+            "name": f"Fuzz {n}",
+            "platform": "windows",
+            "rule": 'device.displayName -eq "x"',
+        },
+        ("POST", "/api/v1/assignment-filters/preview"): {
+            "platform": "windows",
+            "rule": 'device.displayName -eq "x"',
+        },
+        ("PATCH", "/api/v1/assignment-filters/{filter_id}"): {"description": "fuzz"},
+        ("POST", "/api/v1/assignments/preview"): {
+            "platform": "windows",
+            "assignments": [{"target": "all_devices"}],
+        },
+        ("PUT", "/api/v1/compliance-policies/{object_id}/assignments"): {"assignments": []},
+        ("PUT", "/api/v1/configuration-profiles/{object_id}/assignments"): {"assignments": []},
         **{
             ("POST", info.path): {"reason": "fuzz", "idempotency_key": f"fuzz-{n}"}
             for info in ROUTES

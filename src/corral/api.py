@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter
 
+from corral.assignments.endpoints import router as assignments_router
 from corral.audit.endpoints import router as audit_router
 from corral.auth.endpoints import router as me_router
 from corral.devices.endpoints import router as devices_router
@@ -28,6 +29,7 @@ for router in (
     devices_router,
     enrollment_router,
     groups_router,
+    assignments_router,
     licensing_router,
     scim_admin_router,
     identity_router,

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.assignments import hooks as assignment_hooks
 from corral.audit.service import audit_service
 from corral.checkin.auth import AuthenticatedDevice
 from corral.checkin.last_seen import LastSeenBuffer
@@ -23,7 +24,6 @@ from corral.devices.commands import REGISTRY
 from corral.devices.schemas import Inventory
 from corral.devices.service import device_service
 from corral.errors import ValidationFailed
-from corral.groups import membership as group_membership
 from corral.kit import context
 from corral.kit.time import utcnow
 from corral.models import (
@@ -245,7 +245,7 @@ class CheckinService:
             assert last_seen is not None
             last_seen.note(device.id, now, client_ip)
         else:
-            rule_inputs = group_membership.device_rule_inputs(device)  # before this check-in changes it
+            inputs = assignment_hooks.device_inputs(device)  # before this check-in changes it
             # The device row first (the UPDATE locks it), then its commands: the order admin actions take
             # them (devices/service.py), so a check-in and a command or a cancellation cannot deadlock.
             device.last_checkin_at = now
@@ -262,9 +262,9 @@ class CheckinService:
         else:
             inventory_state = "needed"
         if not steady:
-            # Dynamic groups follow new inventory, a rename, a retire or wipe: in this transaction. When
-            # nothing a rule can read changed, this returns without a query.
-            await group_membership.refresh_device(session, device, unless=rule_inputs)
+            # Dynamic groups and assignment targets follow new inventory, a rename, a retire or wipe: in this
+            # transaction. When nothing a rule or filter can read changed, this returns without a query.
+            await assignment_hooks.device_changed(session, device, unless=inputs)
             pending = await self.deliver(session, device, now)
         certificate = auth.certificate
         lifetime = certificate.not_after - certificate.not_before

@@ -13,13 +13,14 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from corral.assignments import engine as assignment_engine
+from corral.assignments import hooks as assignment_hooks
 from corral.audit.service import audit_service
 from corral.config import Settings
 from corral.devices import approvals, expiry, repository
 from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import DeviceDetail, DeviceFilter, DeviceOut, DeviceUpdate
 from corral.errors import Conflict, CorralError, Forbidden, NotFound, ValidationFailed
-from corral.groups import membership as group_membership
 from corral.kit.csvexport import to_csv
 from corral.kit.time import utcnow
 from corral.models import (
@@ -313,7 +314,7 @@ class DeviceService:
         self, session: AsyncSession, principal: Principal, device_id: uuid.UUID, data: DeviceUpdate
     ) -> Device:
         device = await self.get(session, principal, device_id, P.devices_update, for_update=True)
-        rule_inputs = group_membership.device_rule_inputs(device)
+        inputs = assignment_hooks.device_inputs(device)
         changes: list[tuple[str, Any, Any]] = []
         if data.ownership is not None and data.ownership != device.ownership:
             changes.append(("ownership", device.ownership, data.ownership))
@@ -342,7 +343,7 @@ class DeviceService:
                 target_name=device.name,
                 changes=changes,
             )
-        await group_membership.refresh_device(session, device, unless=rule_inputs)  # e.g. ownership
+        await assignment_hooks.device_changed(session, device, unless=inputs)  # e.g. ownership
         return device
 
     async def revoke_certificates(self, session: AsyncSession, device_id: uuid.UUID, reason: str) -> int:
@@ -382,6 +383,7 @@ class DeviceService:
                 ("management_state", device.management_state, None),
             ],
         )
+        await assignment_engine.forget_devices(session, [device.id])
         await session.delete(device)
         await session.flush()
 

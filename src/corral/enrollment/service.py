@@ -16,6 +16,7 @@ import segno
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.assignments import hooks as assignment_hooks
 from corral.audit.refusals import Refusal, RefusalLog, Summary
 from corral.audit.service import audit_service
 from corral.checkin.throttle import UNKNOWN_TOKEN
@@ -23,7 +24,6 @@ from corral.config import Settings
 from corral.enrollment import repository
 from corral.enrollment.schemas import EnrollmentTokenCreate, EnrollmentTokenOut
 from corral.errors import Conflict, CorralError, Forbidden, NotAuthenticated, NotFound, ValidationFailed
-from corral.groups import membership as group_membership
 from corral.kit import context
 from corral.kit.security import new_token, token_digest
 from corral.kit.time import utcnow
@@ -423,7 +423,7 @@ class EnrollmentService:
                 ("certificate_fingerprint", None, fingerprint),
             ],
         )
-        await group_membership.refresh_device(session, device)  # dynamic device groups, at once
+        await assignment_hooks.device_changed(session, device)  # dynamic device groups and targets, at once
         return Enrolled(device, certs.cert_pem(cert).decode(), ca.certificate_pem, fingerprint)
 
 

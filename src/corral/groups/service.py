@@ -13,6 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.assignments import hooks as assignment_hooks
+from corral.assignments import repository as assignments_repository
 from corral.audit.service import audit_service
 from corral.devices.service import device_service
 from corral.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -329,6 +331,8 @@ class GroupService:
         await session.flush()
         if any(name == "rule" for name, _, _ in changes):
             evaluation = await membership.evaluate_group(session, group)
+            if evaluation.added or evaluation.removed:
+                await assignment_hooks.groups_regrouped(session, [group.id])
         await session.refresh(group)
         await audit_service.record(
             session,
@@ -349,7 +353,9 @@ class GroupService:
         usage = await repository.role_assignment_usage(session, group.id)
         if usage:
             raise Conflict(self._usage_message(group, usage))
+        await self._refuse_if_assigned(session, group)
         await rbac_service.guard_group_change(session, Without(group=group.id))
+        parents = [g.id for g in await repository.parents(session, group.id)]
         counts = (await repository.member_counts(session, [group.id]))[group.id]
         await audit_service.record(
             session,
@@ -369,11 +375,24 @@ class GroupService:
         await session.delete(group)
         try:
             await session.flush()
-        except IntegrityError as exc:  # a role assignment named it meanwhile (ON DELETE RESTRICT)
+        except IntegrityError as exc:  # an assignment named it meanwhile (ON DELETE RESTRICT)
             raise Conflict(
-                f"The group {group.display_name} is used by a role assignment; remove it there first."
+                f"The group {group.display_name} is used by a role assignment or a policy assignment; remove "
+                "it there first."
             ) from exc
+        await assignment_hooks.groups_regrouped(session, parents)  # its members left every group above it
         return group
+
+    @staticmethod
+    async def _refuse_if_assigned(session: AsyncSession, group: Group) -> None:
+        objects = await assignments_repository.usage_of_group(session, group.id)
+        if objects:
+            names = "; ".join(f"{o.name} ({o.kind.replace('_', ' ')})" for o in objects[:10])
+            more = f" and {len(objects) - 10} more" if len(objects) > 10 else ""
+            raise Conflict(
+                f"The group {group.display_name} is assigned to {len(objects)} object(s): {names}{more}. "
+                "Remove it from their assignments before deleting it."
+            )
 
     @staticmethod
     def _usage_message(group: Group, usage: list[tuple[uuid.UUID, str, str]]) -> str:
@@ -441,6 +460,7 @@ class GroupService:
                 )
         added = await repository.add_member(session, group.id, ref.type, ref.id)
         if added:
+            await _regrouped(session, group.id, ref.type, ref.id)
             await audit_service.record(
                 session,
                 activity="group.member_add",
@@ -467,6 +487,7 @@ class GroupService:
             )
         if not await repository.remove_member(session, group.id, ref.type, ref.id):
             raise NotFound(f"{member.name} is not a direct member of {group.display_name}.")
+        await _regrouped(session, group.id, ref.type, ref.id)
         await audit_service.record(
             session,
             activity="group.member_remove",
@@ -601,6 +622,11 @@ class GroupService:
                 kind = MemberType.user
             if await repository.add_member(session, group.id, kind, member.id):
                 added.append(_member_label(member))
+        if added or removed:
+            changed = [*add, *remove]
+            await assignment_hooks.users_regrouped(session, [m.id for m in changed if isinstance(m, User)])
+            if any(isinstance(m, Group) for m in changed):
+                await assignment_hooks.groups_regrouped(session, [group.id])
         for activity, names, old_new in (
             ("group.member_add", added, lambda n: (None, n)),
             ("group.member_remove", removed, lambda n: (n, None)),
@@ -622,7 +648,9 @@ class GroupService:
         usage = await repository.role_assignment_usage(session, group.id)
         if usage:
             raise Conflict(self._usage_message(group, usage))
+        await self._refuse_if_assigned(session, group)
         await rbac_service.guard_group_change(session, Without(group=group.id))
+        parents = [g.id for g in await repository.parents(session, group.id)]
         await audit_service.record(
             session,
             activity="group.delete",
@@ -635,6 +663,7 @@ class GroupService:
         )
         await session.delete(group)
         await session.flush()
+        await assignment_hooks.groups_regrouped(session, parents)
 
     # ---------------------------------------------------------------- dynamic membership
     async def evaluate(self, session: AsyncSession, group_id: uuid.UUID) -> EvaluationOut:
@@ -644,6 +673,8 @@ class GroupService:
         assert group.dynamic_kind is not None
         parse(group.dynamic_kind, group.rule or "")
         evaluation = await membership.evaluate_group(session, group)
+        if evaluation.added or evaluation.removed:
+            await assignment_hooks.groups_regrouped(session, [group.id])
         await session.refresh(group)
         await audit_service.record(
             session,
@@ -743,3 +774,15 @@ class GroupService:
 
 
 group_service = GroupService()
+
+
+async def _regrouped(
+    session: AsyncSession, group_id: uuid.UUID, kind: MemberType, member_id: uuid.UUID
+) -> None:
+    """A direct member joined or left the group: bring assignment targets up to date."""
+    if kind is MemberType.device:
+        await assignment_hooks.devices_regrouped(session, [member_id])
+    elif kind is MemberType.user:
+        await assignment_hooks.users_regrouped(session, [member_id])
+    else:
+        await assignment_hooks.groups_regrouped(session, [group_id])

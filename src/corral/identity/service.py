@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from corral.assignments import hooks as assignment_hooks
 from corral.audit.service import audit_service, diff
 from corral.auth.service import auth_service
 from corral.config import Settings
@@ -384,7 +385,7 @@ class IdentityService:
             ],
             detail=f"first single sign-on through {connection.name}",
         )
-        await group_membership.refresh_user(session, user)
+        await assignment_hooks.user_changed(session, user)
         return user
 
     async def _refresh_profile(
@@ -413,7 +414,7 @@ class IdentityService:
             changes=diff(before, {name: getattr(user, name) for name in PROFILE}),
             detail=f"single sign-on through {connection.name}: profile from the identity provider",
         )
-        await group_membership.refresh_user(session, user, unless=rule_inputs)
+        await assignment_hooks.user_changed(session, user, unless=rule_inputs)
 
     async def _sync_groups(
         self, session: AsyncSession, connection: IdentityConnection, user: User, claims: dict[str, Any]
@@ -425,6 +426,8 @@ class IdentityService:
         to_remove = [g for g in current if g not in set(wanted.values())]
         await repository.add_memberships(session, user.id, to_add)
         await repository.remove_memberships(session, user.id, to_remove)
+        if to_add or to_remove:
+            await assignment_hooks.users_regrouped(session, [user.id])
         by_id = {g: name for name, g in wanted.items()}
         return sorted(by_id[g] for g in to_add), sorted(current[g] for g in to_remove)
 

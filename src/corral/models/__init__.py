@@ -1,6 +1,24 @@
 """ORM classes, one file per table; imported here so Alembic sees them all."""
 
 from corral.models.api_token import ApiToken
+from corral.models.assignable import (
+    DESIRED_STATE_VERSIONS,
+    Assignable,
+    AssignableKind,
+    CompliancePolicy,
+    ConfigurationProfile,
+    DeviceDesiredState,
+    assignable_scope_tags,
+    device_targets,
+)
+from corral.models.assignment import (
+    Assignment,
+    AssignmentFilter,
+    AssignmentMode,
+    AssignmentTarget,
+    FilterMode,
+    assignment_filter_scope_tags,
+)
 from corral.models.audit_event import AuditEvent
 from corral.models.bulk_action import BulkAction
 from corral.models.certificate_authority import CertificateAuthority
@@ -44,21 +62,32 @@ from corral.models.user import User, UserSource
 from corral.models.user_session import UserSession
 
 __all__ = [
+    "DESIRED_STATE_VERSIONS",
     "ApiToken",
+    "Assignable",
+    "AssignableKind",
+    "Assignment",
+    "AssignmentFilter",
+    "AssignmentMode",
+    "AssignmentTarget",
     "AuditEvent",
     "BulkAction",
     "CertificateAuthority",
     "CommandStatus",
+    "CompliancePolicy",
     "ComplianceState",
+    "ConfigurationProfile",
     "Device",
     "DeviceApp",
     "DeviceCertificate",
     "DeviceCommand",
+    "DeviceDesiredState",
     "DeviceInventoryChange",
     "DeviceNonce",
     "DynamicKind",
     "EnrollmentToken",
     "EnrollmentTokenUse",
+    "FilterMode",
     "Group",
     "GroupSource",
     "IdentityConnection",
@@ -77,7 +106,10 @@ __all__ = [
     "UserLicence",
     "UserSession",
     "UserSource",
+    "assignable_scope_tags",
+    "assignment_filter_scope_tags",
     "device_scope_tags",
+    "device_targets",
     "enrollment_token_scope_tags",
     "group_children",
     "group_devices",

@@ -30,6 +30,8 @@ class P(StrEnum):
     profiles_read = "profiles:read"
     profiles_write = "profiles:write"
     profiles_assign = "profiles:assign"
+    filters_read = "filters:read"
+    filters_write = "filters:write"
     apps_read = "apps:read"
     apps_write = "apps:write"
     apps_assign = "apps:assign"
@@ -83,6 +85,8 @@ DESCRIPTIONS: dict[P, str] = {
     P.profiles_read: "See configuration profiles and their status",
     P.profiles_write: "Create, edit and delete configuration profiles",
     P.profiles_assign: "Assign configuration profiles to groups",
+    P.filters_read: "See assignment filters",
+    P.filters_write: "Create, edit and delete assignment filters",
     P.apps_read: "See apps and their install status",
     P.apps_write: "Add, edit and delete apps",
     P.apps_assign: "Assign apps to groups",

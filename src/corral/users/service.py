@@ -12,6 +12,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.assignments import engine as assignment_engine
+from corral.assignments import hooks as assignment_hooks
 from corral.audit.service import Change, audit_service, diff
 from corral.auth import repository as auth_repository
 from corral.auth.service import auth_service
@@ -156,7 +158,7 @@ class UserService:
             changes=changes,
             detail=outcome.summary() if outcome else None,
         )
-        await group_membership.refresh_user(session, user, unless=rule_inputs)
+        await assignment_hooks.user_changed(session, user, unless=rule_inputs)
 
     # ---------------------------------------------------------------- reads
     async def get(self, session: AsyncSession, user_id: uuid.UUID) -> User:
@@ -276,7 +278,7 @@ class UserService:
             target_name=user.user_principal_name,
             changes=[(name, None, value) for name, value in _snapshot(user).items() if value is not None],
         )
-        await group_membership.refresh_user(session, user)
+        await assignment_hooks.user_changed(session, user)
         return user
 
     async def create_admin(
@@ -354,7 +356,7 @@ class UserService:
                 ],
             )
         await session.refresh(user)
-        await group_membership.refresh_user(session, user)
+        await assignment_hooks.user_changed(session, user)
         return CreatedUser(user, one_time)
 
     # ---------------------------------------------------------------- changing
@@ -458,8 +460,10 @@ class UserService:
         outcome.sessions_ended = await auth_service.end_all_sessions(session, user)
         outcome.tokens_revoked = await enrollment_service.revoke_tokens_bound_to(session, user.id)
         snapshot = _snapshot(user)
+        devices = await assignment_engine.devices_of_users(session, [user.id])
         await session.delete(user)
         await session.flush()
+        await assignment_engine.refresh_devices(session, devices)  # they no longer come through the user
         await audit_service.record(
             session,
             activity="user.delete",
@@ -511,7 +515,7 @@ class UserService:
             target_name=user.user_principal_name,
             changes=[(name, None, value) for name, value in snapshot.items() if value is not None],
         )
-        await group_membership.refresh_user(session, user)
+        await assignment_hooks.user_changed(session, user)
         return user
 
     async def update_provisioned(

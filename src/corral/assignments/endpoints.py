@@ -1,0 +1,175 @@
+"""/api/v1: assignments of compliance policies and configuration profiles, assignment filters, reach previews,
+a device's targets and why it gets (or misses) an object."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from corral.assignments.kinds import KINDS, Kind
+from corral.assignments.schemas import (
+    AssignmentsOut,
+    AssignmentsUpdate,
+    DeviceTargets,
+    Explanation,
+    FilterCreate,
+    FilterDetail,
+    FilterOut,
+    FilterPreviewOut,
+    FilterPreviewRequest,
+    FilterUpdate,
+    ReachPreviewOut,
+    ReachPreviewRequest,
+)
+from corral.assignments.service import assignment_service
+from corral.auth.dependencies import Require
+from corral.kit.db import SessionDep
+from corral.models import Platform
+from corral.rbac.permissions import P
+from corral.rbac.principal import Principal
+
+router = APIRouter(tags=["assignments"])
+
+FiltersRead = Annotated[Principal, Depends(Require(P.filters_read))]
+FiltersWrite = Annotated[Principal, Depends(Require(P.filters_write))]
+DevicesRead = Annotated[Principal, Depends(Require(P.devices_read))]
+FiltersAndDevicesRead = Annotated[Principal, Depends(Require(P.filters_read, P.devices_read))]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": "Refused: see the problem's detail"}}
+
+
+# ---------------------------------------------------------------------------------------------- filters
+@router.get("/assignment-filters", response_model=list[FilterOut])
+async def list_assignment_filters(
+    session: SessionDep,
+    principal: FiltersRead,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+    platform: Platform | None = None,
+) -> list[FilterOut]:
+    """Filters you may see, by name."""
+    return await assignment_service.filters(session, principal, search, platform)
+
+
+@router.post(
+    "/assignment-filters",
+    response_model=FilterDetail,
+    status_code=status.HTTP_201_CREATED,
+    responses=CONFLICT,
+)
+async def create_assignment_filter(
+    data: FilterCreate, session: SessionDep, principal: FiltersWrite
+) -> FilterDetail:
+    """Create a filter: a rule over device properties in the dynamic-group rule language (a 422 names the
+    position of a mistake)."""
+    item = await assignment_service.create_filter(session, principal, data)
+    return await assignment_service.filter_detail(session, principal, item)
+
+
+@router.post("/assignment-filters/preview", response_model=FilterPreviewOut)
+async def preview_assignment_filter(
+    data: FilterPreviewRequest, session: SessionDep, principal: FiltersAndDevicesRead
+) -> FilterPreviewOut:
+    """The active devices of the platform (in your scope) a rule matches, without saving anything."""
+    return await assignment_service.preview_filter(session, principal, data)
+
+
+@router.get("/assignment-filters/{filter_id}", response_model=FilterDetail, responses=NOT_FOUND)
+async def get_assignment_filter(
+    filter_id: uuid.UUID, session: SessionDep, principal: FiltersRead
+) -> FilterDetail:
+    item = await assignment_service.get_filter(session, principal, filter_id)
+    return await assignment_service.filter_detail(session, principal, item)
+
+
+@router.patch(
+    "/assignment-filters/{filter_id}", response_model=FilterDetail, responses={**NOT_FOUND, **CONFLICT}
+)
+async def update_assignment_filter(
+    filter_id: uuid.UUID, data: FilterUpdate, session: SessionDep, principal: FiltersWrite
+) -> FilterDetail:
+    """Edit a filter; a new rule recomputes the targets of every object whose assignments use it."""
+    item = await assignment_service.update_filter(session, principal, filter_id, data)
+    return await assignment_service.filter_detail(session, principal, item)
+
+
+@router.delete(
+    "/assignment-filters/{filter_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, **CONFLICT},
+)
+async def delete_assignment_filter(
+    filter_id: uuid.UUID, session: SessionDep, principal: FiltersWrite
+) -> Response:
+    """Delete a filter no assignment uses (409 names the objects that do)."""
+    await assignment_service.delete_filter(session, principal, filter_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# ------------------------------------------------------------------------------------------ assignments
+@router.post("/assignments/preview", response_model=ReachPreviewOut)
+async def preview_assignments(
+    data: ReachPreviewRequest, session: SessionDep, principal: DevicesRead
+) -> ReachPreviewOut:
+    """How many devices (in your scope) these assignments would reach for an object of the platform."""
+    return await assignment_service.preview(session, principal, data)
+
+
+def _assignment_routes(kind: Kind) -> None:
+    # Dependencies as defaults: the annotations are strings (postponed), resolved in this module's globals.
+    read, assign = Depends(Require(kind.read)), Depends(Require(kind.assign))
+    singular = kind.label.replace(" ", "_")
+
+    async def get_assignments(
+        object_id: uuid.UUID, session: SessionDep, principal: Principal = read
+    ) -> AssignmentsOut:
+        obj = await assignment_service.get_object(session, principal, object_id, kind.kind)
+        return await assignment_service.assignments_out(session, principal, obj)
+
+    async def put_assignments(
+        object_id: uuid.UUID, data: AssignmentsUpdate, session: SessionDep, principal: Principal = assign
+    ) -> AssignmentsOut:
+        obj = await assignment_service.get_object(session, principal, object_id, kind.kind, for_update=True)
+        return await assignment_service.replace(session, principal, obj, data.assignments)
+
+    get_assignments.__doc__ = f"The {kind.label}'s assignments and how many devices it reaches now."
+    put_assignments.__doc__ = (
+        f"Replace the {kind.label}'s assignments (include/exclude groups, all devices, all users, filters); "
+        "its targets are recomputed at once and the old and new lists audited."
+    )
+    _named(get_assignments, f"get_{singular}_assignments")
+    _named(put_assignments, f"set_{singular}_assignments")
+    path = f"/{kind.path}/{{object_id}}/assignments"
+    router.get(path, response_model=AssignmentsOut, responses=NOT_FOUND, tags=[kind.path])(get_assignments)
+    router.put(path, response_model=AssignmentsOut, responses=NOT_FOUND, tags=[kind.path])(put_assignments)
+
+
+def _named(function: Callable[..., Awaitable[Any]], name: str) -> None:
+    function.__name__ = function.__qualname__ = name
+
+
+for _kind in KINDS.values():
+    _assignment_routes(_kind)
+
+
+# ---------------------------------------------------------------------------------------- device side
+@router.get("/devices/{device_id}/assignments", response_model=DeviceTargets, responses=NOT_FOUND)
+async def list_device_targets(
+    device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> DeviceTargets:
+    """The compliance policies and configuration profiles that reach the device (those you may see), and
+    the version of its desired state."""
+    return await assignment_service.device_targets(session, principal, device_id)
+
+
+@router.get(
+    "/devices/{device_id}/assignments/{object_id}/explain", response_model=Explanation, responses=NOT_FOUND
+)
+async def explain_device_target(
+    device_id: uuid.UUID, object_id: uuid.UUID, session: SessionDep, principal: DevicesRead
+) -> Explanation:
+    """Why the object reaches the device, or not: each assignment with the group chain or user it comes
+    through, each filter's result on the device's property values, and the verdict (exclusion wins)."""
+    return await assignment_service.explain(session, principal, device_id, object_id)
