@@ -2,7 +2,7 @@
 filters, the effective device targets and desired-state versions
 
 Revision ID: f2e5a167fe83
-Revises: 51c970864a10
+Revises: 440f912ea831
 Create Date: 2026-12-03 06:26:35.613408+00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "f2e5a167fe83"
-down_revision: str | None = "51c970864a10"
+down_revision: str | None = "440f912ea831"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
