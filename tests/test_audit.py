@@ -315,22 +315,52 @@ async def test_failed_sign_in_is_audited_as_failure(
     (event,) = await audit_rows(sessionmaker, activity="signin")
     assert event.result == "failure"
     assert event.category == "authentication"
-    assert event.actor_type == "anonymous"
-    assert event.actor_name == admin.email
+    assert (event.actor_type, event.actor_name) == ("anonymous", None)  # the caller is not known
     assert event.target_type == "user" and event.target_id == str(admin.id)
-    assert event.detail == "wrong password"
+    assert event.target_name == admin.email  # the account's own name, as the server knows it
+    assert event.detail == "/portal/sign-in: wrong password"
     assert event.ip_address == "203.0.113.7"
     assert wrong not in json.dumps(event.modified_properties) + (event.detail or "")
 
 
-async def test_sign_in_to_unknown_account_is_audited_without_a_target_id(
+async def test_sign_in_to_unknown_account_is_audited_without_the_typed_name(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    response = await sign_in(client, "nobody@example.com", "whatever-password")
+    response = await sign_in(client, "nobody-typed-this@example.com", "whatever-password")
     assert response.status_code == 401
     (event,) = await audit_rows(sessionmaker, activity="signin")
-    assert (event.result, event.detail, event.target_id) == ("failure", "unknown account", None)
-    assert event.target_name == "nobody@example.com"
+    assert (event.result, event.target_id, event.target_name, event.actor_name) == (
+        "failure",
+        None,
+        None,
+        None,
+    )
+    assert event.detail == "/portal/sign-in: no account has this sign-in name"
+    assert "nobody-typed-this" not in repr(vars(event))
+
+
+async def test_failed_sign_ins_cannot_flood_the_audit_log(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Anyone can fail to sign in: 60 attempts with made-up names (each a new one) and 30 wrong passwords on
+    one account from one address write one row per kind, then summaries with their counts — never a row each,
+    never a typed name."""
+    admin = await factory.admin(HELP_DESK_OPERATOR.name, token=False)
+    for n in range(60):
+        response = await sign_in(client, f"guess-{n}-attacker-text@example.com", "x" * 12)
+        assert response.status_code in (401, 429)
+    for _ in range(30):
+        assert (await sign_in(client, admin.email, "wrong password!")).status_code in (401, 429)
+    rows = await audit_rows(sessionmaker, activity="signin")
+    assert len(rows) <= 3, [r.detail for r in rows]  # unknown account, wrong password, throttled
+    assert not any("attacker-text" in repr(vars(r)) for r in rows)
+    await client._transport.app.state.refusals.flush()  # type: ignore[attr-defined]
+    rows = await audit_rows(sessionmaker, activity="signin")
+    # Each attempt is in exactly one row: a first one, or a summary's count.
+    assert sum(r.modified_properties[0]["new"] if r.modified_properties else 1 for r in rows) == 90
+    assert len(rows) <= 6
+    assert {r.target_name for r in rows} == {None, admin.email}
+    assert not any("attacker-text" in repr(vars(r)) for r in rows)
 
 
 async def test_successful_sign_in_is_audited(
@@ -348,14 +378,17 @@ async def test_failed_sign_ins_are_listed_by_the_api(client: httpx.AsyncClient, 
     admin = await factory.admin(GLOBAL_ADMINISTRATOR.name)
     await sign_in(client, admin.email, "wrong-password-1")
     await sign_in(client, admin.email, "wrong-password-2")
+    await sign_in(client, admin.email, "wrong-password-3")
     client.cookies.clear()
+    await client._transport.app.state.refusals.flush()  # type: ignore[attr-defined]
     page = await client.get(
         "/api/v1/audit-events", params={"activity": "signin", "result": "failure"}, headers=admin.headers
     )
     assert page.status_code == 200
     items = page.json()["items"]
-    assert len(items) == 2
+    assert len(items) == 2  # the first at once, then a summary of the two that followed
     assert all(i["result"] == "failure" and i["target_name"] == admin.email for i in items)
+    assert sorted(i["detail"].split(" ")[0] for i in items) == ["/portal/sign-in:", "2"]
 
 
 # ------------------------------------------------------------------------------------------- append-only

@@ -24,8 +24,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends, Request
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -276,3 +277,12 @@ class RefusalLog:
             log.exception(
                 "refusal audit: final flush failed; %d kind(s) of refusal not summarised", len(self)
             )
+
+
+async def get_refusals(request: Request) -> RefusalLog:
+    """This process's refusal log (created in main.py's lifespan)."""
+    refusals: RefusalLog = request.app.state.refusals
+    return refusals
+
+
+RefusalsDep = Annotated[RefusalLog, Depends(get_refusals)]

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import pyotp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from corral.audit.refusals import Refusal, RefusalLog
 from corral.audit.service import audit_service
 from corral.auth import repository
 from corral.config import Settings
@@ -66,6 +67,18 @@ def _duration(seconds: int) -> str:
         return f"{seconds} second{'s' if seconds != 1 else ''}"
     minutes = math.ceil(seconds / 60)
     return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+SIGN_IN_ENDPOINT = "/portal/sign-in"
+SECOND_FACTOR_ENDPOINT = "/portal/sign-in/verify"
+# Refused sign-ins: reason codes (metric labels, aggregation keys) and the audit log's words for them.
+SIGN_IN_REFUSALS = {
+    "unknown_account": "no account has this sign-in name",
+    "wrong_password": "wrong password",
+    "account_disabled": "the account is disabled",
+    "throttled": "too many failed attempts: wait",
+    "wrong_second_factor": "wrong or reused verification code",
+}
 
 
 def _actor_for(user: User) -> context.Actor:
@@ -232,25 +245,27 @@ class AuthService:
         return self.known_client_cookie(settings, user)
 
     async def _refused(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        attempted: str,
-        detail: str,
-        *,
-        user: User | None,
-        actor: context.Actor,
+        self, refusals: RefusalLog, reason: str, *, user: User | None, second_factor: bool = False
     ) -> None:
-        await audit_service.record_now(
-            sessionmaker,
-            activity="signin",
-            category="authentication",
-            operation="signin",
-            result="failure",
-            target_type="user",
-            target_id=user.id if user else None,
-            target_name=attempted,
-            detail=detail,
-            actor=actor,
+        """Audit a refused sign-in through the refusal log: anyone can cause these, so they are aggregated
+        (the first of a kind at once, then a summary per window) and carry only what the server knows — the
+        account when there is one, never the name that was typed."""
+        client = context.current().client_ip
+        await refusals.record(
+            Refusal(
+                activity="signin",
+                category="authentication",
+                operation="signin",
+                endpoint=SECOND_FACTOR_ENDPOINT if second_factor else SIGN_IN_ENDPOINT,
+                reason=reason,
+                text=SIGN_IN_REFUSALS[reason],
+                source=client,
+                actor=_actor_for(user) if second_factor and user else context.Actor(type="anonymous"),
+                target_type="user" if user else None,
+                target_id=user.id if user else None,
+                target_name=user.user_principal_name if user else None,
+                subject=f"user:{user.id}" if user else None,
+            )
         )
 
     # ---------------------------------------------------------------- sign-in
@@ -262,11 +277,13 @@ class AuthService:
         *,
         username: str,
         password: str,
+        refusals: RefusalLog,
         known_client: str | None = None,
     ) -> SignInResult:
         """Password sign-in with a user principal name, or a local account's own (unshared) email address.
-        Failures count against the account whichever of its names was typed; ``known_client`` is the
-        browser's known-client cookie, if any. Without a second factor the result carries a new one."""
+        Failures count against the account whichever of its names was typed, and are audited through
+        ``refusals``; ``known_client`` is the browser's known-client cookie, if any. Without a second factor
+        the result carries a new one."""
         ctx = context.current()
         user = await repository.user_by_sign_in_name(session, username)
         keys = self._throttle_keys(
@@ -276,18 +293,17 @@ class AuthService:
             client_ip=ctx.client_ip,
             known_client=known_client,
         )
-        attempted = username.strip()[:320]
-        anonymous = context.Actor(type="anonymous", name=attempted)
         try:
             await self._admit(session, sessionmaker, settings, keys)
         except TooManyRequests:
-            # Before the password is checked, and the same for unknown accounts: says nothing about either.
-            await self._refused(sessionmaker, attempted, "throttled", user=None, actor=anonymous)
+            # Before the password is checked, and the same answer for unknown accounts: says nothing about
+            # either (the audit log, which only administrators read, names the account when there is one).
+            await self._refused(refusals, "throttled", user=user)
             raise
         ok = verify_password(user.password_hash if user else None, password)
         if not ok or user is None or not user.enabled:
-            reason = "unknown account" if user is None else ("account disabled" if ok else "wrong password")
-            await self._refused(sessionmaker, attempted, reason, user=user, actor=anonymous)
+            reason = "unknown_account" if user is None else ("account_disabled" if ok else "wrong_password")
+            await self._refused(refusals, reason, user=user)
             raise NotAuthenticated(INVALID_CREDENTIALS)
         assert user.password_hash is not None
         if password_needs_rehash(user.password_hash):
@@ -337,10 +353,11 @@ class AuthService:
         user_session: UserSession,
         user: User,
         code: str,
+        refusals: RefusalLog,
         known_client: str | None = None,
     ) -> SignInResult:
         """The second step of a sign-in with a second factor, throttled like the first (wrong codes count
-        against the same keys as wrong passwords)."""
+        against the same keys as wrong passwords) and audited alike."""
         keys = self._throttle_keys(
             settings,
             account=user.user_principal_name,
@@ -351,23 +368,11 @@ class AuthService:
         try:
             await self._admit(session, sessionmaker, settings, keys)
         except TooManyRequests:
-            await self._refused(
-                sessionmaker,
-                user.user_principal_name,
-                "throttled at second factor",
-                user=user,
-                actor=_actor_for(user),
-            )
+            await self._refused(refusals, "throttled", user=user, second_factor=True)
             raise
         step = self.totp_step_if_valid(settings, user, code)
         if step is None:
-            await self._refused(
-                sessionmaker,
-                user.user_principal_name,
-                "wrong second factor",
-                user=user,
-                actor=_actor_for(user),
-            )
+            await self._refused(refusals, "wrong_second_factor", user=user, second_factor=True)
             raise NotAuthenticated("The verification code is incorrect or was already used.")
         user.totp_last_used_step = step
         # A fresh session id once fully signed in.

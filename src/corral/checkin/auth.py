@@ -24,8 +24,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from corral.audit.refusals import Refusal
-from corral.checkin.throttle import UNKNOWN_DEVICE, DeviceLimits, endpoint_of, get_refusals
+from corral.audit.refusals import Refusal, get_refusals
+from corral.checkin.throttle import UNKNOWN_DEVICE, DeviceLimits, endpoint_of
 from corral.config import Settings
 from corral.errors import CorralError, NotAuthenticated, PayloadTooLarge, TooManyRequests
 from corral.kit import context

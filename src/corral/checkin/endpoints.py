@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from corral.audit.refusals import RefusalsDep
 from corral.auth.dependencies import PUBLIC
 from corral.checkin.auth import MAX_BODY, CurrentDevice
 from corral.checkin.last_seen import LastSeenBuffer
@@ -21,7 +22,7 @@ from corral.checkin.schemas import (
     RenewResponse,
 )
 from corral.checkin.service import checkin_service
-from corral.checkin.throttle import ENROLL_THROTTLE, RefusalsDep
+from corral.checkin.throttle import ENROLL_THROTTLE
 from corral.config import Settings
 from corral.enrollment.service import DeviceFacts, enrollment_service
 from corral.errors import PayloadTooLarge, ValidationFailed

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
 
 from fastapi import Depends, Request
 
-from corral.audit.refusals import Refusal, RefusalLog
+from corral.audit.refusals import Refusal, get_refusals
 from corral.config import Settings
 from corral.errors import CorralError, TooManyRequests
 from corral.kit import context
@@ -42,11 +41,6 @@ class DeviceLimits:
 def endpoint_of(request: Request) -> str:
     """The route template (bounded, unlike the path)."""
     return str(getattr(request.scope.get("route"), "path", "unmatched"))
-
-
-async def get_refusals(request: Request) -> RefusalLog:
-    refusals: RefusalLog = request.app.state.refusals
-    return refusals
 
 
 async def enroll_throttle(request: Request) -> AsyncIterator[None]:
@@ -79,5 +73,4 @@ async def enroll_throttle(request: Request) -> AsyncIterator[None]:
         raise
 
 
-RefusalsDep = Annotated[RefusalLog, Depends(get_refusals)]
 ENROLL_THROTTLE = Depends(enroll_throttle)

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.assignments import hooks as assignment_hooks
+from corral.audit.refusals import Refusal, RefusalLog
 from corral.audit.service import audit_service, diff
 from corral.auth.service import auth_service
 from corral.config import Settings
@@ -37,6 +38,15 @@ AUDITED = (
 UPN_CLAIMS = ("preferred_username", "upn", "email")
 # The properties the provider's claims set at first sign-in and refresh at each later one.
 PROFILE = ("display_name", "email")
+
+
+# Single sign-ons refused before the ID token is validated: reason codes and the audit log's words for them.
+OIDC_REFUSALS = {
+    "state_invalid": "single sign-on: the sign-in state is missing, expired or not this browser's",
+    "connection_unavailable": "single sign-on: the identity connection is not available for sign-in",
+    "provider_unavailable": "single sign-on: the identity provider could not be reached",
+    "provider_error": "single sign-on: the provider's answer was refused",
+}
 
 
 class SignInRefused(CorralError):
@@ -220,14 +230,43 @@ class IdentityService:
     # ---------------------------------------------------------------- single sign-on
     async def refuse(
         self,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        refusals: RefusalLog,
         connection: IdentityConnection | None,
         reason: str,
+        *,
+        endpoint: str,
+    ) -> None:
+        """Audit a single sign-on refused before the provider's ID token was validated (anyone can cause
+        these): through the refusal log, aggregated per connection (or per client address when no connection
+        is known), with the server's fixed words for ``reason`` — never text from the request."""
+        await refusals.record(
+            Refusal(
+                activity="signin",
+                category="authentication",
+                operation="signin",
+                endpoint=endpoint,
+                reason=reason,
+                text=OIDC_REFUSALS[reason] + (f" ({connection.name})" if connection else ""),
+                source=context.current().client_ip,
+                actor=context.Actor(type="anonymous"),
+                target_type="identity_connection" if connection else None,
+                target_id=connection.id if connection else None,
+                target_name=connection.name if connection else None,
+                subject=f"identity_connection:{connection.id}" if connection else None,
+            )
+        )
+
+    async def refuse_account(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        connection: IdentityConnection,
+        detail: str,
         *,
         name: str | None = None,
         user_id: uuid.UUID | None = None,
     ) -> None:
-        """Audit a refused single sign-on (in its own transaction: the request rolls back)."""
+        """Audit a single sign-on refused after the provider's ID token was validated (the account it names is
+        not admitted): one row each, since only a real account at the provider can cause one."""
         await audit_service.record_now(
             sessionmaker,
             activity="signin",
@@ -237,7 +276,7 @@ class IdentityService:
             target_type="user",
             target_id=user_id,
             target_name=(name or "unknown")[:320],
-            detail=f"oidc {connection.name if connection else '?'}: {reason}"[:500],
+            detail=f"oidc {connection.name}: {detail}"[:500],
             actor=context.Actor(type="anonymous", name=(name or "unknown")[:320]),
         )
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.audit.refusals import RefusalsDep
 from corral.auth.dependencies import PUBLIC, Authenticated, resolve_principal, session_cookie_name
 from corral.auth.service import auth_service, session_expiry
 from corral.config import Settings
@@ -159,6 +160,7 @@ async def sign_in(
     session: SessionDep,
     sessionmaker: SessionMakerDep,
     settings: SettingsDep,
+    refusals: RefusalsDep,
     username: Annotated[str, Form(max_length=320)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
     form_token: Annotated[str, Form(max_length=200)] = "",
@@ -192,6 +194,7 @@ async def sign_in(
             settings,
             username=username,
             password=password,
+            refusals=refusals,
             known_client=_known_client(request, settings),
         )
     except TooManyRequests as exc:
@@ -248,6 +251,7 @@ async def second_factor(
     session: SessionDep,
     sessionmaker: SessionMakerDep,
     settings: SettingsDep,
+    refusals: RefusalsDep,
     code: Annotated[str, Form(max_length=16)] = "",
     csrf_token: Annotated[str, Form(max_length=200)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/portal",
@@ -265,6 +269,7 @@ async def second_factor(
             user_session=pending,
             user=user,
             code=code,
+            refusals=refusals,
             known_client=_known_client(request, settings),
         )
     except CorralError as exc:

@@ -8,12 +8,14 @@ nobody else, and useless after FLOW_SECONDS."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from corral.audit.refusals import RefusalsDep
 from corral.auth.dependencies import PUBLIC
 from corral.config import Settings
 from corral.identity import oidc
@@ -21,10 +23,10 @@ from corral.identity.service import SignInRefused, identity_service, redirect_ur
 from corral.kit.db import SessionDep
 from corral.kit.deps import SessionMakerDep, SettingsDep
 from corral.kit.security import SecretBox, constant_time_equals
-from corral.models import IdentityConnection
 from corral.portal.auth_views import _safe_next, _set_session_cookie
 from corral.portal.rendering import render
 
+log = logging.getLogger("corral.identity")
 router = APIRouter(include_in_schema=False)
 
 FLOW_SECONDS = 600
@@ -48,12 +50,16 @@ def _forget_flow(response: Response, request: Request) -> None:
     )
 
 
-@router.get("/portal/sign-in/oidc/{connection_id}", dependencies=[PUBLIC])
+START = "/portal/sign-in/oidc/{connection_id}"
+CALLBACK = "/auth/oidc/callback"
+
+
+@router.get(START, dependencies=[PUBLIC])
 async def start(
     request: Request,
     connection_id: uuid.UUID,
     session: SessionDep,
-    sessionmaker: SessionMakerDep,
+    refusals: RefusalsDep,
     settings: SettingsDep,
     next: str | None = None,
 ) -> Response:
@@ -65,7 +71,8 @@ async def start(
     except SignInRefused as exc:
         return _refused(request, exc.detail, 404)
     except oidc.OidcError as exc:
-        await identity_service.refuse(sessionmaker, connection, f"provider unavailable: {exc}")
+        log.warning("single sign-on through %s: provider unavailable: %s", connection.name, exc)
+        await identity_service.refuse(refusals, connection, "provider_unavailable", endpoint=START)
         return _refused(request, f"{connection.name} cannot be reached right now: {exc}", 502)
     auth = oidc.authorization(
         metadata,
@@ -108,11 +115,12 @@ def _flow(request: Request, settings: Settings) -> dict[str, str] | None:
     return flow
 
 
-@router.get("/auth/oidc/callback", dependencies=[PUBLIC])
+@router.get(CALLBACK, dependencies=[PUBLIC])
 async def callback(
     request: Request,
     session: SessionDep,
     sessionmaker: SessionMakerDep,
+    refusals: RefusalsDep,
     settings: SettingsDep,
     code: str = "",
     state: str = "",
@@ -122,14 +130,17 @@ async def callback(
 ) -> Response:
     flow = _flow(request, settings)
     if flow is None or not state or not constant_time_equals(state[:200], flow["s"]):
-        await identity_service.refuse(sessionmaker, None, "state missing, expired or not this browser's")
+        await identity_service.refuse(refusals, None, "state_invalid", endpoint=CALLBACK)
         return _refused(
             request, "This sign-in could not be verified (it expired or did not start here). Try again.", 400
         )
-    connection: IdentityConnection | None = None
     try:
         connection = await identity_service.usable(session, uuid.UUID(flow["c"]))
-        assert connection.issuer is not None and connection.client_id is not None
+    except SignInRefused as exc:
+        await identity_service.refuse(refusals, None, "connection_unavailable", endpoint=CALLBACK)
+        return _refused(request, exc.detail)
+    assert connection.issuer is not None and connection.client_id is not None
+    try:
         if error:
             raise oidc.OidcError(f"the provider answered {error[:100]}: {(error_description or '')[:200]}")
         if not code or len(code) > 2000:
@@ -150,15 +161,18 @@ async def callback(
             metadata, id_token, client_id=connection.client_id, nonce=flow["n"]
         )
         result = await identity_service.complete_sign_in(session, settings, connection, claims)
-    except SignInRefused as exc:
-        await identity_service.refuse(sessionmaker, connection, exc.detail)
+    except SignInRefused as exc:  # the ID token was valid: the account it names is not admitted
+        await identity_service.refuse_account(sessionmaker, connection, exc.detail)
         return _refused(request, exc.detail)
     except oidc.OidcError as exc:
-        await identity_service.refuse(sessionmaker, connection, str(exc))
+        # Its text may come from the request (the error parameter): the application log has it, the audit
+        # log the reason code.
+        log.warning("single sign-on through %s refused: %s", connection.name, exc)
+        await identity_service.refuse(refusals, connection, "provider_error", endpoint=CALLBACK)
         return _refused(request, f"Signing in through the identity provider failed: {exc}")
     if result.refused is not None or result.user_session is None or result.token is None:
         reason = result.refused or "refused"
-        await identity_service.refuse(
+        await identity_service.refuse_account(
             sessionmaker, connection, reason, name=result.user.user_principal_name, user_id=result.user.id
         )
         return _refused(request, reason)
