@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
@@ -26,6 +26,7 @@ from corral.enrollment.service import DeviceFacts, enrollment_service
 from corral.errors import PayloadTooLarge, ValidationFailed
 from corral.kit.db import SessionDep
 from corral.kit.deps import SessionMakerDep, SettingsDep
+from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
 
 router = APIRouter(prefix="/device/v1", include_in_schema=False)

@@ -8,13 +8,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from corral.auth.dependencies import Require
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.models import Group, IdentityConnection, User
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
