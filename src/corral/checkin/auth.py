@@ -24,7 +24,7 @@ from sqlalchemy.orm import defer
 
 from corral.audit.service import audit_service
 from corral.config import Settings
-from corral.errors import NotAuthenticated, PayloadTooLarge
+from corral.errors import NotAuthenticated
 from corral.kit import context
 from corral.kit.db import SessionDep
 from corral.kit.middleware import is_trusted_proxy
@@ -45,7 +45,6 @@ SIGNATURE_LABEL = "corral"
 SIGNATURE_TAG = "corral-device"
 MAX_AGE = dt.timedelta(seconds=300)
 CLOCK_SKEW = dt.timedelta(seconds=60)
-MAX_BODY = 2 * 1024 * 1024
 ENDED_STATES = frozenset({ManagementState.retired, ManagementState.wiped})
 #: RFC 9440: the client certificate a trusted TLS-terminating proxy verified, as structured-field bytes.
 CLIENT_CERT = "client-cert"
@@ -193,13 +192,6 @@ async def _lookup(session: AsyncSession, fingerprint: str) -> tuple[DeviceCertif
     return certificate, device, pending
 
 
-async def _read_body(request: Request) -> bytes:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise PayloadTooLarge(f"Device requests carry at most {MAX_BODY // (1024 * 1024)} MiB.")
-    return body
-
-
 async def _by_signature(
     request: Request, session: AsyncSession, settings: Settings, signature_input: str
 ) -> AuthenticatedDevice:
@@ -208,7 +200,7 @@ async def _by_signature(
     except (ValueError, TypeError) as exc:
         raise _Refused(f"malformed Signature-Input ({exc})") from exc
     certificate, device, pending = await _lookup(session, key_id.lower())
-    body = await _read_body(request)
+    body = await request.body()  # only now, and at most CORRAL_MAX_BODY_DEVICE_BYTES (corral/body_limits.py)
     try:
         public_key = _public_key(certificate.certificate_pem)
     except ValueError as exc:
@@ -260,7 +252,7 @@ async def _by_client_certificate(request: Request, session: AsyncSession, value:
             verified.clear()
         verified[value] = fingerprint
     certificate, device, pending = await _lookup(session, fingerprint)
-    body = await _read_body(request)
+    body = await request.body()
     return AuthenticatedDevice(device, certificate, body, pending, method="client-cert")
 
 
@@ -294,9 +286,6 @@ async def authenticate_device(request: Request, session: SessionDep) -> Authenti
     # Application state read directly: plain-function dependencies would each cost a thread-pool hop.
     settings: Settings = request.app.state.settings
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    declared = request.headers.get("content-length", "0")
-    if not declared.isdigit() or int(declared) > MAX_BODY:
-        raise PayloadTooLarge(f"Device requests carry at most {MAX_BODY // (1024 * 1024)} MiB.")
     signature_input = request.headers.get("signature-input")
     signature = request.headers.get("signature")
     client_cert = request.headers.get(CLIENT_CERT)

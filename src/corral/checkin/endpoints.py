@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from corral.auth.dependencies import PUBLIC
-from corral.checkin.auth import MAX_BODY, CurrentDevice
+from corral.checkin.auth import CurrentDevice
 from corral.checkin.last_seen import LastSeenBuffer
 from corral.checkin.schemas import (
     CheckinRequest,
@@ -23,7 +23,7 @@ from corral.checkin.schemas import (
 from corral.checkin.service import checkin_service
 from corral.config import Settings
 from corral.enrollment.service import DeviceFacts, enrollment_service
-from corral.errors import PayloadTooLarge, ValidationFailed
+from corral.errors import ValidationFailed
 from corral.kit.db import SessionDep
 from corral.kit.deps import SessionMakerDep, SettingsDep
 from corral.kit.routing import APIRouter
@@ -54,10 +54,8 @@ def parse(model: type[M], body: bytes) -> M:
 async def enroll(
     request: Request, session: SessionDep, sessionmaker: SessionMakerDep, settings: SettingsDep
 ) -> JSONResponse:
-    """Public: the enrollment token in the body is the credential (checked, counted and audited)."""
-    declared = request.headers.get("content-length", "0")
-    if not declared.isdigit() or int(declared) > MAX_BODY:
-        raise PayloadTooLarge("Enrollment requests carry at most 2 MiB.")
+    """Public: the enrollment token in the body is the credential (checked, counted and audited). The body is
+    at most CORRAL_MAX_BODY_DEVICE_BYTES, however it is sent (corral/body_limits.py)."""
     data = parse(EnrollRequest, await request.body())
     enrolled = await enrollment_service.enroll(
         session,
