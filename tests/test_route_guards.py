@@ -1,6 +1,6 @@
 """Default-deny, proven from the route table: every route carries exactly one guard, the public ones are an
-explicit list, and every other route refuses an anonymous caller (Ivanti EPMM CVE-2023-35078 was one
-unauthenticated API route too many)."""
+explicit list, and every other route refuses an anonymous caller without reading its body (Ivanti EPMM
+CVE-2023-35078 was one unauthenticated API route too many)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,16 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.auth.dependencies import Authenticated, Public, Require
 from corral.config import Settings
 from corral.error_handlers import MACHINE_PREFIXES
 from corral.kit.routes import RouteInfo, api_routes
+from corral.kit.routing import GuardFirstRoute, HeaderGuard, header_guard
 from corral.main import create_app
 from corral.rbac.permissions import P
-from tests.conftest import make_settings, new_client, running_app
+from tests.conftest import BASE_URL, make_settings, running_app
 
 GUARD_TYPES: tuple[type, ...] = (Require, Authenticated, Public)
 try:  # the device protocol's guard: the caller proves a device key (HTTP message signatures)
@@ -153,6 +155,27 @@ def test_require_route_names_only_known_permissions(info: RouteInfo) -> None:
         assert permission.value in P._value2member_map_
 
 
+def test_every_route_is_a_guard_first_route() -> None:
+    """Every router is corral.kit.routing.APIRouter: a route with a body authenticates before reading it."""
+    plain = [_route_id(info) for info in ROUTES if not isinstance(info.route, GuardFirstRoute)]
+    assert plain == []
+
+
+BODY_ROUTES = [info for info in ROUTES if info.route.body_field is not None]
+
+
+@pytest.mark.parametrize("info", BODY_ROUTES, ids=_route_id)
+def test_a_route_with_a_body_runs_its_guard_before_reading_it(info: RouteInfo) -> None:
+    """The guard FastAPI would solve after parsing the body is the one run before it (kit/routing.py):
+    every guard but Public() (nothing to check) and the device signature (which covers the body)."""
+    guard = _guard_of(info)
+    found = header_guard(info.route.dependant)
+    if isinstance(guard, (Public, DeviceSigned)):
+        assert found is None and not isinstance(guard, HeaderGuard)
+    else:
+        assert found is not None and found.call is guard, _route_id(info)
+
+
 def test_only_openapi_schema_and_static_are_not_api_routes() -> None:
     others = [
         ctx.original_route
@@ -167,14 +190,36 @@ def test_only_openapi_schema_and_static_are_not_api_routes() -> None:
 
 
 # ------------------------------------------------------------------------------------------- anonymous sweep
+class BodyProbe:
+    """Counts the request body bytes the application reads."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.read = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                self.read += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, counted, send)
+
+
 @pytest.fixture(scope="module")
-async def anonymous_client(
+async def anonymous(
     module_db_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[tuple[httpx.AsyncClient, BodyProbe]]:
     """One application for the whole sweep: anonymous requests change nothing, so they share a database."""
     settings = make_settings(tmp_path_factory.mktemp("guards"), module_db_url)
-    async with running_app(settings, module_db_url) as application, new_client(application) as client:
-        yield client
+    async with running_app(settings, module_db_url) as application:
+        probe = BodyProbe(application)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=probe, client=("203.0.113.7", 50000)), base_url=BASE_URL
+        )
+        async with client:
+            yield client, probe
 
 
 ANONYMOUS_CASES = [(method, info) for info in NON_PUBLIC for method in sorted(info.methods)]
@@ -183,12 +228,17 @@ ANONYMOUS_CASES = [(method, info) for info in NON_PUBLIC for method in sorted(in
 @pytest.mark.parametrize(
     ("method", "info"), ANONYMOUS_CASES, ids=[f"{m} {i.path}" for m, i in ANONYMOUS_CASES]
 )
-async def test_anonymous_caller_is_refused(
-    anonymous_client: httpx.AsyncClient, method: str, info: RouteInfo
+async def test_anonymous_caller_is_refused_without_its_body_being_read(
+    anonymous: tuple[httpx.AsyncClient, BodyProbe], method: str, info: RouteInfo
 ) -> None:
+    client, probe = anonymous
     path = _concrete_path(info)
-    kwargs: dict[str, Any] = {"json": {}} if method in UNSAFE else {}
-    response = await anonymous_client.request(method, path, **kwargs)
+    # Not even JSON: parsed before the guard ran, it would be a 422.
+    body = {"content": b'{"not json', "headers": {"Content-Type": "application/json"}}
+    kwargs: dict[str, Any] = body if method in UNSAFE else {}
+    probe.read = 0
+    response = await client.request(method, path, **kwargs)
+    assert probe.read == 0, f"{method} {path} read {probe.read} bytes of an anonymous body"
     assert response.status_code < 500, response.text
     assert not 200 <= response.status_code < 300, f"{method} {path} answered {response.status_code}"
     if path.startswith("/scim/"):  # SCIM clients get SCIM error bodies
@@ -209,9 +259,10 @@ async def test_anonymous_caller_is_refused(
 
 
 async def test_anonymous_caller_with_a_cookie_that_means_nothing_is_refused(
-    anonymous_client: httpx.AsyncClient,
+    anonymous: tuple[httpx.AsyncClient, BodyProbe],
 ) -> None:
-    response = await anonymous_client.get(
+    client, _ = anonymous
+    response = await client.get(
         "/api/v1/users", headers={"Cookie": "__Host-corral_session=cs_forged; corral_session=cs_forged"}
     )
     assert response.status_code == 401

@@ -1,7 +1,5 @@
 """The /api/v1 router tree. Every route carries a guard (see corral.auth.dependencies)."""
 
-from fastapi import APIRouter
-
 from corral.assignments.endpoints import router as assignments_router
 from corral.audit.endpoints import router as audit_router
 from corral.auth.endpoints import router as me_router
@@ -9,6 +7,7 @@ from corral.devices.endpoints import router as devices_router
 from corral.enrollment.endpoints import router as enrollment_router
 from corral.groups.endpoints import router as groups_router
 from corral.identity.endpoints import router as identity_router
+from corral.kit.routing import APIRouter
 from corral.licensing.endpoints import router as licensing_router
 from corral.rbac.endpoints import router as rbac_router
 from corral.scim.endpoints import api_router as scim_admin_router

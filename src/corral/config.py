@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     audit_refusal_window_seconds: float = Field(default=300, ge=1, le=86_400)
     audit_refusal_max_keys: int = Field(default=1000, ge=1, le=100_000)
 
+    # Request body limits in bytes, by route family, enforced while the body streams: a larger declared
+    # Content-Length or chunked body is answered 413 (docs/operations.md, security notes). Uploads of later
+    # features declare their own limit in corral/body_limits.py.
+    max_body_device_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)  # /device/v1
+    max_body_api_bytes: int = Field(default=1024 * 1024, ge=1024)  # /api/v1
+    max_body_scim_bytes: int = Field(default=1024 * 1024, ge=1024)  # /scim/v2
+    max_body_form_bytes: int = Field(default=1024 * 1024, ge=1024)  # /portal and every other path
+
     db_pool_size: int = 10
     db_max_overflow: int = 10
 

@@ -13,11 +13,13 @@ from fastapi.staticfiles import StaticFiles
 from corral import error_handlers
 from corral.api import api_router
 from corral.audit.refusals import RefusalLog
+from corral.body_limits import body_limits
 from corral.checkin.endpoints import router as device_router
 from corral.checkin.last_seen import LastSeenBuffer
 from corral.checkin.throttle import DeviceLimits
 from corral.config import Settings, get_settings
 from corral.health.endpoints import router as health_router
+from corral.kit.body_limit import BodyLimitMiddleware
 from corral.kit.db import asyncpg_dsn, create_engine, create_sessionmaker
 from corral.kit.embedded import resolve_database_url
 from corral.kit.middleware import RequestContextMiddleware
@@ -101,6 +103,8 @@ def create_app(
     app.include_router(portal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.route_templates = route_templates(app)
+    # Innermost: its 413s carry the request context's headers and are logged with their status.
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings), render=error_handlers.http_error)
     app.add_middleware(
         RequestContextMiddleware,
         trusted_proxies=settings.trusted_proxy_networks,

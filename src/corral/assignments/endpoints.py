@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import Depends, Query, Response, status
 
 from corral.assignments.kinds import KINDS, Kind
 from corral.assignments.schemas import (
@@ -27,6 +27,7 @@ from corral.assignments.schemas import (
 from corral.assignments.service import assignment_service
 from corral.auth.dependencies import Require
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.models import Platform
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal

@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import Depends, Query, Response
 
 from corral.audit.schemas import AuditEventOut, AuditFilter, AuditPage
 from corral.audit.service import audit_service
 from corral.auth.dependencies import Require
 from corral.kit.csvexport import to_csv
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.models import AuditEvent
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal

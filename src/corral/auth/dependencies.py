@@ -1,5 +1,6 @@
 """The route guard. Every route depends on exactly one of ``Require(permission…)``, ``Authenticated()`` or
-``Public()``; a test walks the route table to prove it."""
+``Public()``; a test walks the route table to prove it. Require and Authenticated run before the request body
+is read (kit/routing.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from corral.errors import Forbidden, NotAuthenticated
 from corral.kit import context
 from corral.kit.db import SessionDep
 from corral.kit.deps import SessionMakerDep, SettingsDep
+from corral.kit.routing import HeaderGuard
 from corral.kit.security import constant_time_equals
 from corral.models import User, UserSession
 from corral.rbac.permissions import P
@@ -110,7 +112,7 @@ async def _refuse(request: Request, sessionmaker: async_sessionmaker[AsyncSessio
         )
 
 
-class Require:
+class Require(HeaderGuard):
     """Allow callers holding every listed permission (or any one, with ``any_of=True``)."""
 
     def __init__(self, *permissions: P, any_of: bool = False) -> None:
@@ -142,7 +144,7 @@ class Require:
         return principal
 
 
-class Authenticated:
+class Authenticated(HeaderGuard):
     """Allow any signed-in person (self-service: own account, own tokens, sign-out)."""
 
     def __init__(self, *, allow_password_change: bool = False) -> None:

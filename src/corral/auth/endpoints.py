@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from corral.auth.dependencies import SignedIn
+from corral.kit.routing import APIRouter
 from corral.rbac.principal import Scope
 
 router = APIRouter(tags=["me"])

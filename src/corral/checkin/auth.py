@@ -27,7 +27,7 @@ from sqlalchemy.orm import defer
 from corral.audit.refusals import Refusal, get_refusals
 from corral.checkin.throttle import UNKNOWN_DEVICE, DeviceLimits, endpoint_of
 from corral.config import Settings
-from corral.errors import CorralError, NotAuthenticated, PayloadTooLarge, TooManyRequests
+from corral.errors import CorralError, NotAuthenticated, TooManyRequests
 from corral.kit import context
 from corral.kit.db import SessionDep
 from corral.kit.middleware import is_trusted_proxy
@@ -48,7 +48,6 @@ SIGNATURE_LABEL = "corral"
 SIGNATURE_TAG = "corral-device"
 MAX_AGE = dt.timedelta(seconds=300)
 CLOCK_SKEW = dt.timedelta(seconds=60)
-MAX_BODY = 2 * 1024 * 1024
 ENDED_STATES = frozenset({ManagementState.retired, ManagementState.wiped})
 #: RFC 9440: the client certificate a trusted TLS-terminating proxy verified, as structured-field bytes.
 CLIENT_CERT = "client-cert"
@@ -215,13 +214,6 @@ async def _lookup(session: AsyncSession, fingerprint: str) -> tuple[DeviceCertif
     return certificate, device, pending
 
 
-async def _read_body(request: Request) -> bytes:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise PayloadTooLarge(f"Device requests carry at most {MAX_BODY // (1024 * 1024)} MiB.")
-    return body
-
-
 async def _by_signature(
     request: Request, session: AsyncSession, settings: Settings, signature_input: str
 ) -> AuthenticatedDevice:
@@ -230,7 +222,7 @@ async def _by_signature(
     except (ValueError, TypeError) as exc:
         raise _Refused("malformed_signature_input", explanation=str(exc)) from exc
     certificate, device, pending = await _lookup(session, key_id.lower())
-    body = await _read_body(request)
+    body = await request.body()  # only now, and at most CORRAL_MAX_BODY_DEVICE_BYTES (corral/body_limits.py)
     try:
         public_key = _public_key(certificate.certificate_pem)
     except ValueError as exc:
@@ -282,7 +274,7 @@ async def _by_client_certificate(request: Request, session: AsyncSession, value:
             verified.clear()
         verified[value] = fingerprint
     certificate, device, pending = await _lookup(session, fingerprint)
-    body = await _read_body(request)
+    body = await request.body()
     return AuthenticatedDevice(device, certificate, body, pending, method="client-cert")
 
 
@@ -327,9 +319,6 @@ def _client_cert_allowed(request: Request, settings: Settings) -> bool:
 async def authenticate_device(request: Request, session: SessionDep) -> AuthenticatedDevice:
     # Application state read directly: plain-function dependencies would each cost a thread-pool hop.
     settings: Settings = request.app.state.settings
-    declared = request.headers.get("content-length", "0")
-    if not declared.isdigit() or int(declared) > MAX_BODY:
-        raise PayloadTooLarge(f"Device requests carry at most {MAX_BODY // (1024 * 1024)} MiB.")
     signature_input = request.headers.get("signature-input")
     signature = request.headers.get("signature")
     client_cert = request.headers.get(CLIENT_CERT)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from corral.audit.refusals import RefusalsDep
 from corral.auth.dependencies import PUBLIC
-from corral.checkin.auth import MAX_BODY, CurrentDevice
+from corral.checkin.auth import CurrentDevice
 from corral.checkin.last_seen import LastSeenBuffer
 from corral.checkin.schemas import (
     CheckinRequest,
@@ -25,9 +25,10 @@ from corral.checkin.service import checkin_service
 from corral.checkin.throttle import ENROLL_THROTTLE
 from corral.config import Settings
 from corral.enrollment.service import DeviceFacts, enrollment_service
-from corral.errors import PayloadTooLarge, ValidationFailed
+from corral.errors import ValidationFailed
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
 
 router = APIRouter(prefix="/device/v1", include_in_schema=False)
@@ -56,10 +57,8 @@ async def enroll(
     request: Request, session: SessionDep, refusals: RefusalsDep, settings: SettingsDep
 ) -> JSONResponse:
     """Public: the enrollment token in the body is the credential (checked, counted and audited); an address
-    with too many refused enrollments is answered 429 first (checkin/throttle.py)."""
-    declared = request.headers.get("content-length", "0")
-    if not declared.isdigit() or int(declared) > MAX_BODY:
-        raise PayloadTooLarge("Enrollment requests carry at most 2 MiB.")
+    with too many refused enrollments is answered 429 first (checkin/throttle.py). The body is at most
+    CORRAL_MAX_BODY_DEVICE_BYTES, however it is sent (corral/body_limits.py)."""
     data = parse(EnrollRequest, await request.body())
     enrolled = await enrollment_service.enroll(
         session,

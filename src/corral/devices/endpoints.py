@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.auth.dependencies import Require
@@ -28,6 +28,7 @@ from corral.devices.schemas import (
 from corral.devices.service import IssueRequest, device_out, device_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.models import DeviceCommand
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal

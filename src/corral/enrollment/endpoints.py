@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, status
+from fastapi import Depends, status
 
 from corral.auth.dependencies import Require
 from corral.enrollment.schemas import (
@@ -15,6 +15,7 @@ from corral.enrollment.schemas import (
 from corral.enrollment.service import enrollment_service, qr_svg, token_out
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 

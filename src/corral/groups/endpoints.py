@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import Depends, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.auth.dependencies import Require
@@ -31,6 +31,7 @@ from corral.groups.schemas import (
 )
 from corral.groups.service import group_service
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.models import Group
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from corral.auth.dependencies import PUBLIC, Require
 from corral.kit.migrations import is_current
+from corral.kit.routing import APIRouter
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 from corral.worker import metrics as worker_metrics

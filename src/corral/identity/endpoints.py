@@ -3,13 +3,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import Depends, Response, status
 
 from corral.auth.dependencies import Require
 from corral.identity.schemas import IdentityConnectionCreate, IdentityConnectionOut, IdentityConnectionUpdate
 from corral.identity.service import identity_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 

@@ -79,10 +79,19 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+_REQUEST_SESSION = "corral.db_session"
+
+
 async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed when the handler succeeds, rolled back when it raises."""
+    """One transaction per request: committed when the handler succeeds, rolled back when it raises. The
+    route guard may have opened it before the body was read (kit/routing.py): later uses get the same one."""
+    opened: AsyncSession | None = request.scope.get(_REQUEST_SESSION)
+    if opened is not None:
+        yield opened
+        return
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     async with sessionmaker() as session:
+        request.scope[_REQUEST_SESSION] = session
         try:
             yield session
         except BaseException:
@@ -90,6 +99,8 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
+        finally:
+            del request.scope[_REQUEST_SESSION]
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_db_session, scope="function")]

@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -19,6 +19,7 @@ from corral.errors import CorralError, Forbidden, ValidationFailed
 from corral.kit.csvexport import to_csv
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
 from corral.models import ApiToken, AuditEvent, RoleDefinition, User, UserSession
 from corral.portal.rendering import clear_reveal, read_reveal, redirect, render, set_reveal

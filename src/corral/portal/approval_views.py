@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from corral.auth.dependencies import Require
@@ -15,6 +15,7 @@ from corral.devices.commands import REGISTRY
 from corral.devices.service import MIN_REASON, device_service
 from corral.errors import CorralError
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
 from corral.portal.rendering import redirect, render
 from corral.rbac.permissions import P

@@ -7,7 +7,7 @@ from typing import Annotated
 from urllib.parse import quote, urlsplit
 
 import segno
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +19,7 @@ from corral.errors import CorralError, NotAuthenticated, TooManyRequests
 from corral.identity.service import identity_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SessionMakerDep, SettingsDep
+from corral.kit.routing import APIRouter
 from corral.kit.security import SecretBox, constant_time_equals, hmac_sign
 from corral.models import UserSession
 from corral.portal.rendering import redirect, render

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData
@@ -26,6 +26,7 @@ from corral.groups.schemas import MemberType
 from corral.groups.service import group_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
 from corral.models import CommandStatus, ComplianceState, Device, ManagementState, Ownership, Platform
 from corral.models.device_command import FINAL_STATUSES

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +28,7 @@ from corral.groups.schemas import (
 )
 from corral.groups.service import group_service
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.models import DynamicKind, Group, GroupSource, MembershipType
 from corral.portal.rendering import redirect, render
 from corral.rbac.permissions import P

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import Depends, Form, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -15,6 +15,7 @@ from corral.identity.schemas import IdentityConnectionCreate, IdentityConnection
 from corral.identity.service import identity_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.portal.rendering import redirect, render
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal

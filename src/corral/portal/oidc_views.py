@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
 from corral.audit.refusals import RefusalsDep
@@ -22,6 +22,7 @@ from corral.identity import oidc
 from corral.identity.service import SignInRefused, identity_service, redirect_uri
 from corral.kit.db import SessionDep
 from corral.kit.deps import SessionMakerDep, SettingsDep
+from corral.kit.routing import APIRouter
 from corral.kit.security import SecretBox, constant_time_equals
 from corral.portal.auth_views import _safe_next, _set_session_cookie
 from corral.portal.rendering import render

@@ -1,9 +1,9 @@
 """The admin center (server-rendered) under /portal."""
 
-from fastapi import APIRouter
 from fastapi.responses import RedirectResponse
 
 from corral.auth.dependencies import PUBLIC
+from corral.kit.routing import APIRouter
 from corral.portal.admin_views import router as admin_router
 from corral.portal.approval_views import router as approval_router
 from corral.portal.auth_views import router as auth_router

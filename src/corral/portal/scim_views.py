@@ -6,12 +6,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from corral.auth.dependencies import Require
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.portal.rendering import clear_reveal, read_reveal, redirect, render, set_reveal
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal

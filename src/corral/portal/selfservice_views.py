@@ -3,11 +3,12 @@ same service as its /api/v1/me twin."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from corral.auth.dependencies import SignedIn
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.portal.rendering import render
 from corral.selfservice.service import selfservice_service
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData
@@ -14,6 +14,7 @@ from corral.auth.dependencies import Require
 from corral.errors import CorralError
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.licensing.schemas import LicenceCreate, LicenceUpdate
 from corral.licensing.service import licence_service
 from corral.models import User, UserSource

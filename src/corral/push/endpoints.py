@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from starlette.responses import Response
 
 from corral.checkin.auth import CurrentDevice
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.push.hub import PushHub
 from corral.push.service import push_service
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import Depends, Response, status
 
 from corral.auth.dependencies import Require
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.rbac.permissions import DESCRIPTIONS, P
 from corral.rbac.principal import Principal
 from corral.rbac.schemas import (

@@ -8,13 +8,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from corral.auth.dependencies import Require
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.models import Group, IdentityConnection, User
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
@@ -32,7 +33,6 @@ from corral.scim.resources import (
 from corral.scim.service import paging, scim_service
 
 PREFIX = "/scim/v2"
-MAX_BODY = 1_000_000
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
@@ -46,9 +46,7 @@ def scim(body: Any, status_code: int = 200, headers: dict[str, str] | None = Non
 
 
 async def read_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ScimError(413, "The request body is too large.")
+    raw = await request.body()  # at most CORRAL_MAX_BODY_SCIM_BYTES (corral/body_limits.py)
     try:
         return json.loads(raw)
     except ValueError:

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from corral.auth.dependencies import SignedIn
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.selfservice.schemas import MyDevice
 from corral.selfservice.service import selfservice_service
 

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 
 from corral.auth.dependencies import Require
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 from corral.tenant.schemas import TenantSettingsOut, TenantSettingsUpdate

@@ -3,11 +3,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import Depends, status
 
 from corral.auth.dependencies import Authenticated, Require
 from corral.errors import Forbidden
 from corral.kit.db import SessionDep
+from corral.kit.routing import APIRouter
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 from corral.tokens.schemas import ApiTokenCreate, ApiTokenCreated, ApiTokenOut, ApiTokenOwnedOut

@@ -3,12 +3,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import Depends, Query, Response, status
 
 from corral.auth.dependencies import Require
 from corral.errors import Forbidden
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
+from corral.kit.routing import APIRouter
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 from corral.rbac.schemas import EffectiveAccess
