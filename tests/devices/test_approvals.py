@@ -13,8 +13,8 @@ import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from corral.devices.service import WAKE_CHANNEL
 from corral.models import CommandStatus, DeviceCommand
+from corral.push.hub import WAKE_CHANNEL
 from corral.rbac.permissions import P
 from corral.rbac.roles import BUILTIN_ROLES, SERVICE_ADMINISTRATOR
 from tests.conftest import Admin, Factory, audit_rows, bearer, csrf_of, issue_token, portal_csrf

@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from corral.devices.service import WAKE_CHANNEL
 from corral.kit.time import utcnow
 from corral.models import BulkAction, CommandStatus, Device, DeviceCommand
+from corral.push.hub import WAKE_CHANNEL
 from tests.conftest import Admin, Factory, audit_rows, count_rows, issue_token
 from tests.devices.device import TestDevice
 from tests.devices.test_enrollment_and_checkin import enrolled, make_token

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from corral.devices.service import wake
 from corral.kit.db import asyncpg_dsn
 from corral.push.hub import MAX_PENDING, PushHub, WakeQueue
+from corral.push.service import push_service
 from tests.conftest import Factory
 from tests.live import LiveServer
 from tests.push.conftest import enroll_on, eventually, lock, open_events
@@ -33,7 +33,7 @@ async def hub(db_url: str) -> AsyncIterator[PushHub]:
 
 async def notify(sessionmaker: async_sessionmaker[AsyncSession], device_id: str, reason: str) -> None:
     async with sessionmaker() as session:
-        await wake(session, uuid.UUID(device_id), reason)
+        await push_service.wake(session, uuid.UUID(device_id), reason)
         await session.commit()
 
 
@@ -68,7 +68,7 @@ async def test_a_committed_notification_reaches_every_stream_of_that_device_only
     assert elsewhere._pending == []
 
     async with sessionmaker() as session:  # rolled back: PostgreSQL delivers nothing
-        await wake(session, uuid.UUID(device), "command")
+        await push_service.wake(session, uuid.UUID(device), "command")
         await session.rollback()
     await asyncio.sleep(0.2)
     assert first._pending == []

@@ -393,7 +393,7 @@ async def test_disabling_with_the_retire_policy_queues_a_retire_for_each_managed
         (command,) = await commands_of(sessionmaker, device_id)
         assert command.type == "retire" and command.status == "queued"
         assert command.reason == DEPROVISION_REASON
-        assert command.requested_by_name == DEPROVISIONING.user_principal_name
+        assert command.requested_by_name == DEPROVISIONING.name
         device = await device_row(sessionmaker, device_id)
         assert device is not None and device.management_state == "retire_pending"
     assert await commands_of(sessionmaker, retired) == [] and await commands_of(sessionmaker, wiping) == []

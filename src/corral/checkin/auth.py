@@ -19,13 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, Request
 from http_message_signatures import HTTPMessageVerifier, HTTPSignatureKeyResolver, algorithms
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
-from sqlalchemy import bindparam, delete, exists, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from corral.audit.refusals import Refusal, get_refusals
 from corral.checkin.throttle import UNKNOWN_DEVICE, DeviceLimits, endpoint_of
+from corral.commands.repository import PENDING_FOR_DEVICE
 from corral.config import Settings
 from corral.errors import CorralError, NotAuthenticated, TooManyRequests
 from corral.kit import context
@@ -36,11 +37,9 @@ from corral.models import (
     CertificateAuthority,
     Device,
     DeviceCertificate,
-    DeviceCommand,
     DeviceNonce,
     ManagementState,
 )
-from corral.models.device_command import OPEN_STATUSES
 from corral.pki import certs
 from corral.pki.service import DEVICE as DEVICE_CA
 
@@ -54,18 +53,10 @@ CLIENT_CERT = "client-cert"
 MAX_CLIENT_CERT = 16 * 1024
 VERIFIED_CLIENT_CERTS = 16_384
 
-# Whether commands wait for the device, in the same statement as the certificate lookup. The statuses are
-# rendered as literals: PostgreSQL can then always use the partial index ix_device_commands_pending.
-_PENDING = exists().where(
-    DeviceCommand.device_id == Device.id,
-    DeviceCommand.status.in_(
-        bindparam("open_statuses", [s.value for s in OPEN_STATUSES], expanding=True, literal_execute=True)
-    ),
-)
 # The certificate, its device (without the inventory document: only an inventory upload needs it) and whether
 # commands are pending: one indexed lookup per request. Built once; SQLAlchemy caches its compiled form.
 _LOOKUP = (
-    select(DeviceCertificate, Device, _PENDING.label("pending"))
+    select(DeviceCertificate, Device, PENDING_FOR_DEVICE.label("pending"))
     .join(Device, Device.id == DeviceCertificate.device_id)
     .where(DeviceCertificate.fingerprint_sha256 == bindparam("fingerprint"))
     .options(defer(Device.inventory, raiseload=True))

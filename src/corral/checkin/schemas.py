@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.commands.schemas import CommandResult, PendingCommand
 from corral.devices.schemas import Inventory
 from corral.models import Platform
 
@@ -40,25 +41,11 @@ class EnrollResponse(BaseModel):
     server_time: datetime
 
 
-class CommandResult(_Strict):
-    command_id: uuid.UUID
-    status: Literal["acknowledged", "succeeded", "failed", "not_now"]
-    result: dict[str, Any] | None = None
-    error: str | None = Field(default=None, max_length=1024)
-
-
 class CheckinRequest(_Strict):
     agent_version: str | None = Field(default=None, max_length=64)
     inventory_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     inventory: Inventory | None = None
     command_results: list[CommandResult] = Field(default_factory=list, max_length=500)
-
-
-class PendingCommand(BaseModel):
-    id: uuid.UUID
-    type: str
-    params: dict[str, Any]
-    expires_at: datetime
 
 
 class CheckinResponse(BaseModel):
@@ -77,3 +64,16 @@ class RenewResponse(BaseModel):
     certificate: str
     ca_certificates: str
     certificate_fingerprint: str
+
+
+__all__ = [
+    "CheckinRequest",
+    "CheckinResponse",
+    "CommandResult",
+    "DeviceFacts",
+    "EnrollRequest",
+    "EnrollResponse",
+    "PendingCommand",
+    "RenewRequest",
+    "RenewResponse",
+]

@@ -10,31 +10,27 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import inspect, select, update
+from sqlalchemy import inspect, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.assignments import hooks as assignment_hooks
 from corral.audit.service import audit_service
 from corral.checkin.auth import AuthenticatedDevice
 from corral.checkin.last_seen import LastSeenBuffer
-from corral.checkin.schemas import CheckinRequest, CheckinResponse, CommandResult, PendingCommand
+from corral.checkin.schemas import CheckinRequest, CheckinResponse, PendingCommand
+from corral.commands.service import command_service
 from corral.config import Settings
 from corral.devices import repository as devices_repository
-from corral.devices.commands import REGISTRY
 from corral.devices.schemas import Inventory
-from corral.devices.service import device_service
 from corral.errors import ValidationFailed
 from corral.kit import context
 from corral.kit.time import utcnow
 from corral.models import (
-    CommandStatus,
     Device,
     DeviceCertificate,
-    DeviceCommand,
     DeviceInventoryChange,
     ManagementState,
 )
-from corral.models.device_command import OPEN_STATUSES
 from corral.pki import certs
 from corral.pki.service import pki_service
 
@@ -155,75 +151,6 @@ class CheckinService:
         device.inventory_updated_at = now
         return "accepted"
 
-    # ---------------------------------------------------------------- command results
-    async def apply_results(
-        self, session: AsyncSession, device: Device, results: list[CommandResult], now: datetime
-    ) -> None:
-        if not results:
-            return
-        ids = {r.command_id for r in results}
-        commands = {
-            c.id: c
-            for c in (
-                await session.scalars(
-                    select(DeviceCommand)
-                    .where(DeviceCommand.id.in_(ids), DeviceCommand.device_id == device.id)
-                    .with_for_update()
-                )
-            ).all()
-        }
-        unknown = ids - set(commands)
-        if unknown:
-            raise ValidationFailed(
-                f"Results for unknown commands: {', '.join(sorted(map(str, unknown)))}. Nothing was recorded."
-            )
-        for result in results:
-            command = commands[result.command_id]
-            if command.status not in (*OPEN_STATUSES, CommandStatus.acknowledged):
-                continue  # a late or repeated result for a finished command changes nothing
-            status = CommandStatus(result.status)
-            if status is CommandStatus.acknowledged:
-                command.status = status
-                command.acknowledged_at = now
-            elif status is CommandStatus.not_now:
-                command.status = status
-            else:
-                command.status = status
-                command.completed_at = now
-                command.result = result.result
-                command.error = result.error
-            await self._outcome(session, device, command, status, now)
-
-    async def _outcome(
-        self,
-        session: AsyncSession,
-        device: Device,
-        command: DeviceCommand,
-        status: CommandStatus,
-        now: datetime,
-    ) -> None:
-        command_type = REGISTRY[command.type]
-        if command_type.ended_state is not None and status in (
-            CommandStatus.acknowledged,
-            CommandStatus.succeeded,
-        ):
-            before = device.management_state
-            device.management_state = command_type.ended_state
-            revoked = await device_service.revoke_certificates(session, device.id, command_type.name)
-            await audit_service.record(
-                session,
-                activity=f"device.{command_type.ended_state.value}",
-                category="device",
-                operation="update",
-                target_type="device",
-                target_id=device.id,
-                target_name=device.name,
-                changes=[("management_state", before, device.management_state)],
-                detail=f"{command_type.label} taken by the device; {revoked} certificate(s) revoked",
-            )
-        if command.type == "rename" and status is CommandStatus.succeeded:
-            device.name = str(command.params.get("name", device.name))
-
     # ---------------------------------------------------------------- check-in
     async def checkin(
         self,
@@ -247,13 +174,13 @@ class CheckinService:
         else:
             inputs = assignment_hooks.device_inputs(device)  # before this check-in changes it
             # The device row first (the UPDATE locks it), then its commands: the order admin actions take
-            # them (devices/service.py), so a check-in and a command or a cancellation cannot deadlock.
+            # them (corral.commands), so a check-in and a command or a cancellation cannot deadlock.
             device.last_checkin_at = now
             device.last_checkin_ip = client_ip
             if request.agent_version:
                 device.agent_version = request.agent_version
             await session.flush()
-            await self.apply_results(session, device, request.command_results, now)
+            await command_service.record_results(session, device, request.command_results, now)
         if request.inventory is not None:
             raw = raw_inventory if raw_inventory is not None else request.inventory.model_dump(mode="json")
             inventory_state = await self.ingest_inventory(session, device, request.inventory, raw, now)
@@ -265,7 +192,7 @@ class CheckinService:
             # Dynamic groups and assignment targets follow new inventory, a rename, a retire or wipe: in this
             # transaction. When nothing a rule or filter can read changed, this returns without a query.
             await assignment_hooks.device_changed(session, device, unless=inputs)
-            pending = await self.deliver(session, device, now)
+            pending = await command_service.deliver(session, device, now)
         certificate = auth.certificate
         lifetime = certificate.not_after - certificate.not_before
         renew = certificate.not_after - now < lifetime / 3
@@ -280,7 +207,7 @@ class CheckinService:
     def is_steady(self, device: Device, auth: AuthenticatedDevice, request: CheckinRequest) -> bool:
         """A check-in that changes nothing: no result, no inventory, the same agent version, no command
         waiting (seen by authentication through the partial index of open commands), a device in plain
-        ``managed`` state (pending wipes and retirements have their own bookkeeping in ``deliver``) that has
+        ``managed`` state (pending wipes and retirements have their own bookkeeping in delivery) that has
         checked in before (the first check-in is written at once)."""
         return (
             not request.command_results
@@ -290,49 +217,6 @@ class CheckinService:
             and device.management_state is ManagementState.managed
             and device.last_checkin_at is not None
         )
-
-    async def deliver(self, session: AsyncSession, device: Device, now: datetime) -> list[PendingCommand]:
-        """Open commands, oldest first; expired ones are closed. At least once: unacknowledged ones go
-        again."""
-        if device.management_state in (ManagementState.retired, ManagementState.wiped):
-            return []
-        await session.flush()  # results applied in this check-in must count before choosing what to send
-        if device.management_state == ManagementState.wipe_pending:
-            # A wipe waiting for a second administrator is never delivered; past its deadline it expires here.
-            await device_service.expire_approvals(session, device, now)
-        commands = list(
-            (
-                await session.scalars(
-                    select(DeviceCommand)
-                    .where(DeviceCommand.device_id == device.id, DeviceCommand.status.in_(OPEN_STATUSES))
-                    .order_by(DeviceCommand.created_at)
-                    .with_for_update()
-                )
-            ).all()
-        )
-        out = []
-        for command in commands:
-            if command.status not in OPEN_STATUSES:
-                continue
-            if command.expires_at <= now:
-                command.status = CommandStatus.expired
-                command.completed_at = now
-                if REGISTRY[command.type].pending_state is not None:
-                    device.management_state = ManagementState.managed
-                continue
-            if command.status is not CommandStatus.sent:
-                command.status = CommandStatus.sent
-            command.sent_at = command.sent_at or now
-            command.delivery_count += 1
-            issued_state = REGISTRY[command.type].issued_state
-            if issued_state is not None:
-                device.management_state = issued_state
-            out.append(
-                PendingCommand(
-                    id=command.id, type=command.type, params=command.params, expires_at=command.expires_at
-                )
-            )
-        return out
 
     # ---------------------------------------------------------------- renewal
     async def renew(

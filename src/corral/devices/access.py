@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.auth import repository as auth_repository
 from corral.auth.service import scope_of
-from corral.devices import approvals
-from corral.devices.commands import REGISTRY, CommandType
+from corral.commands.registry import REGISTRY, CommandType
+from corral.commands.service import command_service
 from corral.devices.schemas import HolderOut, WhoCanOut
 from corral.devices.service import reaches
 from corral.errors import NotFound
@@ -24,7 +24,6 @@ from corral.models import Device, User, group_users
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
 from corral.rbac.roles import role_permissions
-from corral.tenant.service import tenant_service
 
 
 @dataclass
@@ -97,9 +96,7 @@ async def who_can(session: AsyncSession, device: Device, action: str) -> WhoCan:
         ]
         return sorted(found, key=lambda h: h.user.user_principal_name.lower())
 
-    approval_required = (
-        kind.name in approvals.APPROVAL_TYPES and (await tenant_service.get(session)).wipe_requires_approval
-    )
+    approval_required = await command_service.needs_approval(session, kind)
     return WhoCan(
         command_type=kind,
         holders=listed(kind.permission),

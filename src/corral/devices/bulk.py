@@ -1,25 +1,27 @@
 """Bulk remote actions: one remote action sent to a selection of devices (Intune's "bulk device actions").
 
-Each device takes the action by the rules of a single device's (``DeviceService.decide``), all of them at once
-(``DeviceService.issue_many``: a fixed number of statements, whatever the selection's size); a device that
-refuses it (not found, wrong platform, already retired…) is recorded as skipped with the reason and the others
-go on. The bulk action's progress is its commands'; the queries behind it live here."""
+Each device takes the action by the rules of a single device's (``CommandService.decide``), all of them at
+once (``CommandService.queue_many``: a fixed number of statements, whatever the selection's size); a device
+that refuses it (not found, wrong platform, already retired…) is recorded as skipped with the reason and the
+others go on. The bulk action's progress is its commands' (counted by ``corral.commands.repository``)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, select, tuple_
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit.service import audit_service
+from corral.commands import repository as commands_repository
+from corral.commands.registry import REGISTRY, CommandType
+from corral.commands.service import CommandRequest, command_service
 from corral.config import Settings
 from corral.devices import repository
-from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import (
     MAX_BULK_DEVICES,
     BulkActionCreate,
@@ -29,23 +31,19 @@ from corral.devices.schemas import (
     BulkSkipped,
     DeviceFilter,
 )
-from corral.devices.service import MIN_REASON, IssueRequest, device_service
+from corral.devices.service import MIN_REASON
 from corral.errors import BadRequest, CorralError, Forbidden, NotFound, ValidationFailed
 from corral.kit.pagination import decode_cursor, encode_cursor
 from corral.kit.time import utcnow
-from corral.models import BulkAction, CommandStatus, Device, DeviceCommand
-from corral.models.device_command import OPEN_STATUSES
+from corral.models import BulkAction, CommandStatus, Device
+from corral.models.device_command import WAITING_STATUSES
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal, Scope
 
-# Renaming a selection to one name makes no sense: each device needs its own.
-NOT_IN_BULK = frozenset({"rename"})
-BULK_TYPES: tuple[CommandType, ...] = tuple(c for c in REGISTRY.values() if c.name not in NOT_IN_BULK)
+BULK_TYPES: tuple[CommandType, ...] = tuple(c for c in REGISTRY.values() if c.not_in_bulk is None)
 # The route guard: any one of these; the service then checks the chosen action's own permission.
 BULK_PERMISSIONS: tuple[P, ...] = tuple(dict.fromkeys(c.permission for c in BULK_TYPES))
 NOT_FOUND_REASON = "No such device."
-# Commands that still wait for something (the device, or a second administrator) until their deadline.
-WAITING = (*OPEN_STATUSES, CommandStatus.pending_approval)
 # Still-queued commands a bulk cancel withdraws (never delivered to the device).
 UNDELIVERED = (CommandStatus.queued, CommandStatus.pending_approval)
 
@@ -80,19 +78,6 @@ class Segment:
     width: float
 
 
-def _effective_status() -> Any:
-    """A command still waiting past its deadline counts as expired: check-in (or the approval check) closes
-    it as such at the device's next contact, and a device that never comes back must not keep the bulk
-    action open for ever."""
-    return case(
-        (
-            and_(DeviceCommand.status.in_(WAITING), DeviceCommand.expires_at <= func.now()),
-            CommandStatus.expired.value,
-        ),
-        else_=DeviceCommand.status,
-    )
-
-
 @dataclass
 class Progress:
     counts: dict[str, int]
@@ -116,7 +101,7 @@ def _progress(command_type: CommandType | None, rows: Iterable[tuple[str, bool, 
     ends = command_type is not None and command_type.ended_state is not None
     for status, live, n in rows:
         counts[status] = counts.get(status, 0) + n
-        if status in WAITING or (status == CommandStatus.acknowledged and live and not ends):
+        if status in WAITING_STATUSES or (status == CommandStatus.acknowledged and live and not ends):
             waiting += n
         else:
             finished += n
@@ -152,46 +137,7 @@ def segments(out: BulkActionOut) -> list[Segment]:
 
 
 # ------------------------------------------------------------------------------------------- queries
-async def _counts(
-    session: AsyncSession, bulk_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[tuple[str, bool, int]]]:
-    """Commands by bulk action and effective state, in one GROUP BY."""
-    if not bulk_ids:
-        return {}
-    # The state is computed in a subquery: grouping by an expression with bound parameters in it would not
-    # match the same expression in the select list (each copy gets parameters of its own).
-    inner = (
-        select(
-            DeviceCommand.bulk_action_id.label("bulk_action_id"),
-            _effective_status().label("state"),
-            (DeviceCommand.expires_at > func.now()).label("live"),
-        )
-        .where(DeviceCommand.bulk_action_id.in_(bulk_ids))
-        .subquery()
-    )
-    stmt = select(inner.c.bulk_action_id, inner.c.state, inner.c.live, func.count()).group_by(
-        inner.c.bulk_action_id, inner.c.state, inner.c.live
-    )
-    out: dict[uuid.UUID, list[tuple[str, bool, int]]] = {}
-    for bulk_id, state, is_live, n in (await session.execute(stmt)).all():
-        out.setdefault(bulk_id, []).append((str(state), bool(is_live), int(n)))
-    return out
-
-
 async def _items(session: AsyncSession, bulk_id: uuid.UUID, scope: Scope) -> list[BulkActionItem]:
-    stmt = repository.scoped(
-        select(
-            Device.id,
-            Device.name,
-            DeviceCommand.id,
-            _effective_status(),
-            DeviceCommand.error,
-            DeviceCommand.sent_at,
-            DeviceCommand.completed_at,
-        ).join(DeviceCommand, DeviceCommand.device_id == Device.id),
-        scope,
-    )
-    stmt = stmt.where(DeviceCommand.bulk_action_id == bulk_id).order_by(func.lower(Device.name), Device.id)
     return [
         BulkActionItem(
             device_id=row[0],
@@ -202,7 +148,7 @@ async def _items(session: AsyncSession, bulk_id: uuid.UUID, scope: Scope) -> lis
             sent_at=row[5],
             completed_at=row[6],
         )
-        for row in (await session.execute(stmt)).all()
+        for row in await commands_repository.bulk_items(session, bulk_id, scope)
     ]
 
 
@@ -234,9 +180,9 @@ class BulkActionService:
         if command_type is None:
             known = ", ".join(c.name for c in BULK_TYPES)
             raise ValidationFailed(f"There is no remote action named {name!r}. Known: {known}.")
-        if command_type.name in NOT_IN_BULK:
+        if command_type.not_in_bulk is not None:
             raise ValidationFailed(
-                f"{command_type.label} cannot be sent in bulk: each device needs its own name. "
+                f"{command_type.label} cannot be sent in bulk: {command_type.not_in_bulk}. "
                 "Use the device's page."
             )
         return command_type
@@ -269,15 +215,16 @@ class BulkActionService:
     ) -> BulkActionDetail:
         """Check the whole request first (action, permission, parameters, reason and the typed device count
         for wipe and retire): a refusal writes nothing. Then one command per device that takes it, by the
-        rules of a single device's action, written set-based (``DeviceService.issue_many``)."""
+        rules of a single device's action, written set-based (``CommandService.queue_many``)."""
         command_type = self.command_type(data.type)
         if not principal.has(command_type.permission):
             raise Forbidden(f"This needs the permission {command_type.permission.value}.")
         bulk_id = uuid.uuid4()
-        action = await device_service.prepare(
+        action = await command_service.prepare(
             session,
+            principal,
             command_type,
-            IssueRequest(
+            CommandRequest(
                 type=command_type.name, params=data.params, reason=data.reason, bulk_action_id=bulk_id
             ),
         )
@@ -306,7 +253,7 @@ class BulkActionService:
         )
         session.add(bulk)
         await session.flush()
-        issues, refusals = await device_service.issue_many(session, principal, action, device_ids)
+        issues, refusals = await command_service.queue_many(session, principal, action, device_ids)
         bulk.queued_count = len(issues)
         bulk.skipped = [
             {
@@ -350,7 +297,7 @@ class BulkActionService:
         """The bulk action with its progress; devices outside the caller's read scope are counted, not
         named."""
         scope = principal.scope_for(P.devices_read)
-        out = _out(bulk, (await _counts(session, [bulk.id])).get(bulk.id, []))
+        out = _out(bulk, (await commands_repository.bulk_counts(session, [bulk.id])).get(bulk.id, []))
         items = await _items(session, bulk.id, scope)
         skipped_ids = []
         for entry in bulk.skipped:
@@ -396,7 +343,7 @@ class BulkActionService:
         rows = list((await session.scalars(stmt)).all())
         more = len(rows) > limit
         rows = rows[:limit]
-        counts = await _counts(session, [b.id for b in rows])
+        counts = await commands_repository.bulk_counts(session, [b.id for b in rows])
         next_cursor = (
             encode_cursor([rows[-1].created_at.isoformat(), str(rows[-1].id)]) if more and rows else None
         )
@@ -415,29 +362,20 @@ class BulkActionService:
         self, session: AsyncSession, principal: Principal, bulk_id: uuid.UUID
     ) -> tuple[int, int]:
         """Cancel the bulk action's still-queued commands this admin may cancel, each through
-        ``DeviceService.cancel`` in a savepoint; returns (canceled, kept)."""
+        ``CommandService.cancel`` in a savepoint; returns (canceled, kept)."""
         bulk = await self.get(session, bulk_id)
         command_type = REGISTRY.get(bulk.type)
         if command_type is None or not principal.has(command_type.permission):
             permission = command_type.permission.value if command_type else "of this action"
             raise Forbidden(f"This needs the permission {permission}.")
-        undelivered = (
-            await session.execute(
-                select(DeviceCommand.device_id, DeviceCommand.id)
-                .where(
-                    DeviceCommand.bulk_action_id == bulk.id,
-                    DeviceCommand.status.in_(UNDELIVERED),
-                )
-                .order_by(DeviceCommand.device_id)
-            )
-        ).all()
+        undelivered = await commands_repository.bulk_undelivered(session, bulk.id, UNDELIVERED)
         canceled = kept = 0
         baseline = set(session.identity_map.keys())
         for device_id, command_id in undelivered:
             _forget_since(session, baseline)
             try:
                 async with session.begin_nested():
-                    await device_service.cancel(session, principal, device_id, command_id)
+                    await command_service.cancel(session, principal, device_id, command_id)
             except CorralError as exc:
                 if not _is_client_error(exc):
                     raise

@@ -2,16 +2,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
 
 from corral.auth.dependencies import Require
+from corral.commands.registry import REGISTRY, CommandType
+from corral.commands.schemas import (
+    ActionOut,
+    ActionRequest,
+    ApproveRequest,
+    CommandOut,
+    PendingApprovalOut,
+    RejectRequest,
+)
+from corral.commands.service import CommandRequest, command_service
 from corral.devices import access
 from corral.devices.bulk import BULK_PERMISSIONS, bulk_service
-from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import (
     BulkActionCreate,
     BulkActionDetail,
@@ -25,7 +32,7 @@ from corral.devices.schemas import (
     InventoryChangeOut,
     WhoCanOut,
 )
-from corral.devices.service import IssueRequest, device_out, device_service
+from corral.devices.service import device_out, device_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
@@ -39,55 +46,6 @@ DevicesRead = Annotated[Principal, Depends(Require(P.devices_read))]
 DevicesUpdate = Annotated[Principal, Depends(Require(P.devices_update))]
 DevicesDelete = Annotated[Principal, Depends(Require(P.devices_delete))]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
-
-
-class CommandOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    device_id: uuid.UUID
-    type: str
-    params: dict[str, Any]
-    status: str
-    reason: str | None
-    requested_by_name: str | None
-    created_at: datetime
-    expires_at: datetime
-    sent_at: datetime | None
-    acknowledged_at: datetime | None
-    completed_at: datetime | None
-    delivery_count: int
-    result: dict[str, Any] | None
-    error: str | None
-    reviewed_by_name: str | None = Field(
-        default=None, description="The second administrator who approved or rejected it, when it needed one"
-    )
-    reviewed_at: datetime | None = None
-
-
-class ActionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    params: dict[str, Any] = Field(default_factory=dict)
-    reason: str | None = Field(default=None, max_length=1024, description="Required for wipe and retire")
-    confirm: str | None = Field(
-        default=None, max_length=256, description="For wipe and retire: the device name, typed to confirm"
-    )
-    idempotency_key: str | None = Field(
-        default=None, max_length=128, description="The same key again returns the first command"
-    )
-
-
-class ActionOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    name: str
-    label: str
-    permission: str
-    platforms: list[str]
-    company_only: bool
-    destructive: bool
-    description: str
 
 
 @router.get("", response_model=DevicePage)
@@ -139,12 +97,6 @@ async def list_remote_actions(_: DevicesRead) -> list[ActionOut]:
     ]
 
 
-class PendingApprovalOut(CommandOut):
-    device_name: str
-    device_serial_number: str
-    can_approve: bool = Field(description="False for your own requests: a second administrator must approve")
-
-
 # Before "/{device_id}", which would take "approvals" for a device id.
 @router.get("/approvals", response_model=list[PendingApprovalOut])
 async def list_pending_approvals(
@@ -159,10 +111,10 @@ async def list_pending_approvals(
                 **CommandOut.model_validate(command).model_dump(),
                 "device_name": device.name,
                 "device_serial_number": device.serial_number,
-                "can_approve": device_service.can_approve(principal, device, command),
+                "can_approve": command_service.can_approve(principal, device, command),
             }
         )
-        for command, device in await device_service.pending_approvals(session, principal)
+        for command, device in await command_service.pending_approvals(session, principal)
     ]
 
 
@@ -278,7 +230,7 @@ async def device_commands(
 ) -> list[CommandOut]:
     """The device's remote actions, newest first, with their state."""
     return [
-        CommandOut.model_validate(c) for c in await device_service.commands(session, principal, device_id)
+        CommandOut.model_validate(c) for c in await command_service.history(session, principal, device_id)
     ]
 
 
@@ -287,7 +239,7 @@ async def cancel_command(
     device_id: uuid.UUID, command_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> CommandOut:
     """Cancel a command not yet carried out (needs the permission of the action itself)."""
-    return CommandOut.model_validate(await device_service.cancel(session, principal, device_id, command_id))
+    return CommandOut.model_validate(await command_service.cancel(session, principal, device_id, command_id))
 
 
 @router.post("/{device_id}/commands/clear", response_model=CancelCounts, responses=NOT_FOUND)
@@ -295,7 +247,7 @@ async def clear_command_queue(
     device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> CancelCounts:
     """Cancel every open command you may cancel (wipe and retire only until delivered); the others stay."""
-    canceled, kept = await device_service.clear_queue(session, principal, device_id)
+    canceled, kept = await command_service.clear(session, principal, device_id)
     return CancelCounts(canceled=canceled, kept=kept)
 
 
@@ -305,11 +257,11 @@ def _action_endpoint(command_type: CommandType) -> Callable[..., Awaitable[Respo
     async def run_action(
         device_id: uuid.UUID, data: ActionRequest, session: SessionDep, principal: guard
     ) -> Response:
-        command, created = await device_service.issue(
+        command, created = await command_service.queue(
             session,
             principal,
             device_id,
-            IssueRequest(
+            CommandRequest(
                 type=command_type.name,
                 params=data.params,
                 reason=data.reason,
@@ -352,18 +304,6 @@ REVIEW_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class ApproveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    comment: str | None = Field(default=None, max_length=1024, description="Recorded in the audit log")
-
-
-class RejectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str = Field(max_length=900, description="Why (at least 5 characters): shown on the command")
-
-
 @router.post("/{device_id}/commands/{command_id}/approve", response_model=CommandOut, responses=REVIEW_ERRORS)
 async def approve_command(
     device_id: uuid.UUID,
@@ -375,7 +315,7 @@ async def approve_command(
     """Approve a wipe another administrator requested: it is queued and the device woken to fetch it.
 
     Its lifetime (expires_at) starts again from the approval. Needs remote:approve over the device."""
-    command = await device_service.approve(
+    command = await command_service.approve(
         session, principal, device_id, command_id, data.comment if data else None
     )
     return CommandOut.model_validate(command)
@@ -393,5 +333,5 @@ async def reject_command(
 
     The reason is kept on the command (its error) and in the audit log."""
     return CommandOut.model_validate(
-        await device_service.reject(session, principal, device_id, command_id, data.reason)
+        await command_service.reject(session, principal, device_id, command_id, data.reason)
     )

@@ -18,7 +18,6 @@ from corral.models import (
     Device,
     DeviceApp,
     DeviceCertificate,
-    DeviceCommand,
     DeviceInventoryChange,
     ManagementState,
     User,
@@ -26,7 +25,6 @@ from corral.models import (
     group_devices,
     group_users,
 )
-from corral.models.device_command import OPEN_STATUSES
 from corral.rbac.principal import Scope
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -286,9 +284,13 @@ async def managed_of_user(session: AsyncSession, user_id: uuid.UUID) -> list[tup
     return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
 
 
-async def has_open_commands(session: AsyncSession, device_id: uuid.UUID) -> bool:
-    """Whether commands wait for the device (queued, sent and unacknowledged, or answered "not now")."""
-    stmt = select(
-        exists().where(DeviceCommand.device_id == device_id, DeviceCommand.status.in_(OPEN_STATUSES))
+async def lock_unless_busy(session: AsyncSession, device_ids: Sequence[uuid.UUID]) -> list[Device]:
+    """Those of the devices no other transaction holds, locked in id order; the others are skipped, not
+    waited for (background work that a later run, or the device's own check-in, can do instead)."""
+    stmt = (
+        select(Device)
+        .where(Device.id.in_(sorted(device_ids)))
+        .order_by(Device.id)
+        .with_for_update(skip_locked=True)
     )
-    return bool(await session.scalar(stmt))
+    return list((await session.scalars(stmt)).all())

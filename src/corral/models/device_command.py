@@ -25,7 +25,10 @@ class CommandStatus(StrEnum):
     canceled = "canceled"
 
 
+# Waiting for the device: delivered at its check-ins until it answers or the command's deadline passes.
 OPEN_STATUSES = (CommandStatus.queued, CommandStatus.sent, CommandStatus.not_now)
+# Waiting for something (the device, or a second administrator) until the deadline, then expired.
+WAITING_STATUSES = (*OPEN_STATUSES, CommandStatus.pending_approval)
 FINAL_STATUSES = (
     CommandStatus.succeeded,
     CommandStatus.failed,

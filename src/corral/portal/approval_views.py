@@ -11,8 +11,9 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from corral.auth.dependencies import Require
-from corral.devices.commands import REGISTRY
-from corral.devices.service import MIN_REASON, device_service
+from corral.commands.registry import REGISTRY
+from corral.commands.service import command_service
+from corral.devices.service import MIN_REASON
 from corral.errors import CorralError
 from corral.kit.db import SessionDep
 from corral.kit.routing import APIRouter
@@ -54,10 +55,10 @@ async def approvals_page(request: Request, session: SessionDep, principal: Remot
             "device": device,
             "label": REGISTRY[command.type].label if command.type in REGISTRY else command.type,
             "age": age(command.created_at, now),
-            "can_approve": device_service.can_approve(principal, device, command),
+            "can_approve": command_service.can_approve(principal, device, command),
             "mine": command.requested_by_id == principal.user_id,
         }
-        for command, device in await device_service.pending_approvals(session, principal)
+        for command, device in await command_service.pending_approvals(session, principal)
     ]
     tenant = await tenant_service.get(session)
     return render(
@@ -84,7 +85,7 @@ async def approve_command(
     form = await request.form()
     back = _back(form, device_id)
     try:
-        command = await device_service.approve(
+        command = await command_service.approve(
             session, principal, device_id, command_id, str(form.get("comment") or "")[:1024] or None
         )
     except CorralError as exc:
@@ -106,7 +107,7 @@ async def reject_command(
     form = await request.form()
     back = _back(form, device_id)
     try:
-        command = await device_service.reject(
+        command = await command_service.reject(
             session, principal, device_id, command_id, str(form.get("reason") or "")[:900]
         )
     except CorralError as exc:

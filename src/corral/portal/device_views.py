@@ -14,11 +14,12 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from corral.auth.dependencies import Require
+from corral.commands.registry import REGISTRY, CommandType
+from corral.commands.service import CommandRequest, command_service
 from corral.devices import access
 from corral.devices.bulk import BULK_PERMISSIONS, bulk_service, bulk_types_for, segments
-from corral.devices.commands import REGISTRY, CommandType
 from corral.devices.schemas import BulkActionCreate, DeviceFilter
-from corral.devices.service import MIN_REASON, IssueRequest, device_service, is_stale
+from corral.devices.service import MIN_REASON, device_service, is_stale
 from corral.enrollment.schemas import EnrollmentTokenCreate
 from corral.enrollment.service import enrollment_service, qr_svg, token_status
 from corral.errors import CorralError, ValidationFailed
@@ -198,13 +199,13 @@ def _params_from_form(command: CommandType, form: FormData) -> dict[str, Any]:
 
 
 async def _commands_context(session: SessionDep, principal: Principal, device: Device) -> dict[str, Any]:
-    commands = await device_service.commands(session, principal, device.id)
+    commands = await command_service.history(session, principal, device.id)
     return {
         "device": device,
         "commands": commands,
         "registry": REGISTRY,
-        "cancelable": {c.id for c in commands if device_service.can_cancel(principal, device, c)},
-        "approvable": {c.id for c in commands if device_service.can_approve(principal, device, c)},
+        "cancelable": {c.id for c in commands if command_service.can_cancel(principal, device, c)},
+        "approvable": {c.id for c in commands if command_service.can_approve(principal, device, c)},
         "in_progress": any(c.status not in FINAL_STATUSES for c in commands),
         "now_ms": int(utcnow().timestamp() * 1000),
     }
@@ -214,7 +215,7 @@ async def _detail_context(
     session: SessionDep, settings: SettingsDep, principal: Principal, device: Device
 ) -> dict[str, Any]:
     detail = await device_service.detail(session, settings, device)
-    actions = device_service.available_actions(principal, device)
+    actions = command_service.available(principal, device)
     user = None
     if detail.user_id is not None and principal.has(P.users_read):
         user = await user_service.get(session, detail.user_id)
@@ -419,11 +420,11 @@ def _action_view(command_type: CommandType) -> Callable[..., Awaitable[Response]
     ) -> Response:
         form = await request.form()
         try:
-            command, created = await device_service.issue(
+            command, created = await command_service.queue(
                 session,
                 principal,
                 device_id,
-                IssueRequest(
+                CommandRequest(
                     type=command_type.name,
                     params=_params_from_form(command_type, form),
                     reason=str(form.get("reason") or "") or None,
@@ -471,7 +472,7 @@ async def cancel_command(
     """Needs the permission of the action itself (checked by the service), as the API does."""
     back = f"/portal/devices/{device_id}"
     try:
-        command = await device_service.cancel(session, principal, device_id, command_id)
+        command = await command_service.cancel(session, principal, device_id, command_id)
     except CorralError as exc:
         if exc.status_code == 404:
             raise
@@ -487,7 +488,7 @@ async def clear_command_queue(
     """Cancel every open command this admin may cancel, as the API does."""
     back = f"/portal/devices/{device_id}"
     try:
-        canceled, kept = await device_service.clear_queue(session, principal, device_id)
+        canceled, kept = await command_service.clear(session, principal, device_id)
     except CorralError as exc:
         if exc.status_code == 404:
             raise

@@ -1,7 +1,7 @@
 """Wake-ups for connected devices, from any replica (device-protocol.md §7).
 
 Whoever queues a command for a device calls ``pg_notify('corral_device_wake', '<device_id>:<reason>')`` in the
-same transaction (``corral.devices.service.wake``); PostgreSQL delivers it at commit to every listener. Each
+same transaction (``corral.push.service.wake_many``); PostgreSQL delivers it at commit to every listener. Each
 process runs one :class:`PushHub`: a dedicated asyncpg connection (not from the SQLAlchemy pool, which must
 never be held by a long-lived task) that ``LISTEN``s on the channel and hands every notification to the
 :class:`WakeQueue` of each stream of that device held by this process. A replica therefore wakes devices
@@ -25,9 +25,10 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from corral.devices.service import WAKE_CHANNEL
-
 log = logging.getLogger("corral.push")
+
+#: The PostgreSQL channel of wake-ups; each payload is ``<device_id>:<reason>``.
+WAKE_CHANNEL = "corral_device_wake"
 
 CONNECTED_DEVICES = Gauge("corral_push_connected_devices", "Devices holding a wake-up stream to this process")
 STREAMS = Gauge("corral_push_streams", "Open wake-up streams (a device may hold more than one)")

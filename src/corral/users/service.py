@@ -17,9 +17,10 @@ from corral.assignments import hooks as assignment_hooks
 from corral.audit.service import Change, audit_service, diff
 from corral.auth import repository as auth_repository
 from corral.auth.service import auth_service
+from corral.commands.service import CommandRequest, System, command_service
 from corral.config import Settings
 from corral.devices.schemas import DeviceFilter
-from corral.devices.service import IssueRequest, device_out, device_service
+from corral.devices.service import device_out, device_service
 from corral.enrollment.service import enrollment_service
 from corral.errors import Conflict, CorralError, NotFound, ValidationFailed
 from corral.groups import membership as group_membership
@@ -31,7 +32,7 @@ from corral.licensing.service import licence_service
 from corral.models import RoleAssignment, User, UserSource
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
-from corral.rbac.principal import EVERYWHERE, Principal, authorize_object, system_principal
+from corral.rbac.principal import EVERYWHERE, Principal, authorize_object
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR, role_permissions
 from corral.rbac.service import rbac_service
 from corral.tenant.service import tenant_service
@@ -50,9 +51,7 @@ from corral.users.schemas import (
 DEPROVISION_REASON = "User deprovisioned"
 # Who asks for the retire of a deprovisioned user's devices: Corral applying the tenant setting (the audit
 # events still name the administrator or identity provider who disabled or deleted the user).
-DEPROVISIONING = system_principal(
-    "Corral (deprovisioned user's devices)", frozenset({P.devices_read, P.remote_retire})
-)
+DEPROVISIONING = System("Corral (deprovisioned user's devices)")
 DETAIL_DEVICES = 100
 
 PROPERTIES = (
@@ -426,9 +425,9 @@ class UserService:
         if outcome.policy != "retire":
             return outcome
         for device_id, name in await device_service.managed_of_user(session, user.id):
-            request = IssueRequest(type="retire", params={}, reason=DEPROVISION_REASON, confirm=name)
+            request = CommandRequest(type="retire", params={}, reason=DEPROVISION_REASON)
             try:
-                await device_service.issue(session, DEPROVISIONING, device_id, request)
+                await command_service.queue(session, DEPROVISIONING, device_id, request)
             except CorralError as exc:  # refused before any change: report it, go on with the others
                 outcome.retire_skipped.append(f"{name}: {exc.detail}")
             else:

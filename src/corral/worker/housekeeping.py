@@ -17,8 +17,8 @@ from sqlalchemy import ColumnElement, delete, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.checkin.auth import CLOCK_SKEW
+from corral.commands.service import command_service
 from corral.config import Settings
-from corral.devices import expiry
 from corral.kit.time import utcnow
 from corral.models import DeviceNonce, SignInThrottle, User, UserSession
 
@@ -105,14 +105,15 @@ async def expire_commands(
     sessionmaker: Sessionmaker, *, batch: int, now: datetime | None = None
 ) -> CommandExpiry:
     """Open commands (queued, sent, not now) past ``expires_at`` become expired; a retire or wipe that never
-    reached its device leaves the device managed again (:mod:`corral.devices.expiry`). Each overdue command is
+    reached its device leaves the device managed again (``corral.commands.service.expiry``, the rule check-in
+    applies too). Each overdue command is
     considered once per run (keyset order), so commands of busy devices cannot make a run loop."""
     now = now or utcnow()
     outcome = CommandExpiry()
     after: tuple[datetime, uuid.UUID] | None = None
     while True:
         async with sessionmaker() as session:
-            done = await expiry.expire_overdue(session, now, limit=batch, after=after)
+            done = await command_service.expire_overdue(session, now, limit=batch, after=after)
             await session.commit()
         outcome.expired += done.expired
         outcome.devices_managed_again += done.devices_managed_again
