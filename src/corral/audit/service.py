@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert
@@ -32,6 +33,21 @@ def hidden_categories(principal: Principal | None) -> frozenset[str]:
         category
         for category, permission in RESTRICTED_CATEGORIES.items()
         if principal is None or not principal.has(permission)
+    )
+
+
+def reader(principal: Principal | None) -> repository.Reader:
+    """What ``principal`` may read of the log (None: Corral itself, everything). Events about a device or a
+    user are theirs only when they could open that device or user (their devices:read or users:read scope)
+    and their audit:read grant reaches it too: outside their scope, an event does not exist for them either.
+    An unscoped administrator's reads carry no condition."""
+    if principal is None:
+        return repository.EVERYTHING
+    audit_scope = principal.scope_for(P.audit_read)
+    return repository.Reader(
+        hidden=hidden_categories(principal),
+        device_scopes=(audit_scope, principal.scope_for(P.devices_read)),
+        user_scopes=(audit_scope, principal.scope_for(P.users_read)),
     )
 
 
@@ -131,9 +147,8 @@ class AuditService:
     async def search(
         self, session: AsyncSession, filters: AuditFilter, principal: Principal | None = None
     ) -> Page[AuditEvent]:
-        """The filtered events; with ``principal``, without the categories it may not read."""
-        hidden = hidden_categories(principal) if principal is not None else frozenset()
-        return await repository.list_events(session, filters, hidden)
+        """The filtered events; with ``principal``, only those it may read (see ``reader``)."""
+        return await repository.list_events(session, filters, reader(principal))
 
     async def export(
         self,
@@ -142,12 +157,17 @@ class AuditService:
         limit: int = 100_000,
         principal: Principal | None = None,
     ) -> list[AuditEvent]:
-        hidden = hidden_categories(principal) if principal is not None else frozenset()
-        return await repository.export_events(session, filters, limit, hidden)
+        return await repository.export_events(session, filters, limit, reader(principal))
 
     async def activities(self, session: AsyncSession, principal: Principal | None = None) -> list[str]:
-        hidden = hidden_categories(principal) if principal is not None else frozenset()
-        return await repository.distinct_activities(session, hidden)
+        """The activity names of the events the reader may read (the filter's choices)."""
+        return await repository.distinct_activities(session, reader(principal))
+
+    async def recent_counts(
+        self, session: AsyncSession, principal: Principal, since: datetime
+    ) -> tuple[int, int]:
+        """Changes and failed sign-ins since ``since`` among the events ``principal`` may read."""
+        return await repository.recent_counts(session, since, reader(principal))
 
 
 audit_service = AuditService()

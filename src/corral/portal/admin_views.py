@@ -98,25 +98,8 @@ async def dashboard(
         )
     recent: list[AuditEvent] = []
     if principal.has(P.audit_read):
-        counts["changes_24h"] = int(
-            await session.scalar(
-                select(func.count())
-                .select_from(AuditEvent)
-                .where(AuditEvent.occurred_at >= since, AuditEvent.category != "authentication")
-            )
-            or 0
-        )
-        counts["failed_signins_24h"] = int(
-            await session.scalar(
-                select(func.count())
-                .select_from(AuditEvent)
-                .where(
-                    AuditEvent.occurred_at >= since,
-                    AuditEvent.activity == "signin",
-                    AuditEvent.result == "failure",
-                )
-            )
-            or 0
+        counts["changes_24h"], counts["failed_signins_24h"] = await audit_service.recent_counts(
+            session, principal, since
         )
         recent = (await audit_service.search(session, AuditFilter(limit=8), principal)).items
     tenant = await tenant_service.get(session)
