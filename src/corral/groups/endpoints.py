@@ -175,7 +175,7 @@ async def device_groups(
 
 @router.get("/users/{user_id}/groups", response_model=list[GroupMembership], responses=NOT_FOUND)
 async def user_groups(
-    user_id: uuid.UUID, session: SessionDep, _: GroupsAndUsersRead
+    user_id: uuid.UUID, session: SessionDep, principal: GroupsAndUsersRead
 ) -> list[GroupMembership]:
-    """The groups a user belongs to, directly or through nested groups."""
-    return await group_service.groups_of_user(session, user_id)
+    """The groups a user belongs to, directly or through nested groups (404 outside your users:read scope)."""
+    return await group_service.groups_of_user(session, principal, user_id)
