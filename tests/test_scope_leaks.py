@@ -1,7 +1,8 @@
 """Outside your scope is "not found" on every way in, not only on the user and device pages: rule previews
 and explanations, a user's groups and effective permissions, the administrators' list and pages, licence
-holders, a device's enrolled-for user and the audit log (API, CSV, admin center, activity names, dashboard)
-show nothing of the users and devices an administrator's scope groups or scope tags leave out.
+holders, a device's enrolled-for user, an enrollment token's uses and the audit log (API, CSV, admin
+center, activity names, dashboard) show nothing of the users and devices an administrator's scope groups or
+scope tags leave out.
 
 tests/test_route_scope.py proves the same for every route taking a user or device id, from the route table."""
 
@@ -16,8 +17,9 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import Admin, Factory, issue_token, sign_in
-from tests.devices.test_enrollment_and_checkin import enrolled
+from tests.conftest import Admin, Factory, sign_in
+from tests.devices.device import TestDevice
+from tests.devices.test_enrollment_and_checkin import enrolled, make_token
 from tests.groups.helpers import add, create_group, set_user
 from tests.test_scope_groups import Paris, custom_role, paris, role_id, scoped_admin, set_primary_user
 
@@ -331,3 +333,41 @@ async def test_a_help_desk_limited_to_scope_groups_reads_events_about_its_users_
     assert deleted.status_code == 204, deleted.text
     assert ("device", p.direct.device_id) in await audit_targets(client, admin)
     assert ("device", p.direct.device_id) not in await audit_targets(client, helpdesk)
+
+
+async def test_an_enrollment_tokens_uses_leave_out_devices_outside_scope(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    admin = await factory.admin("Global administrator")
+    group = (await create_group(client, admin, "Paris"))["id"]
+    token = await make_token(client, admin)
+    paris_laptop, lyon_laptop = TestDevice(client), TestDevice(client)
+    for device in (paris_laptop, lyon_laptop):
+        assert (await device.enroll(token)).status_code == 201
+    assert (await add(client, admin, group, "device", paris_laptop.device_id)).status_code == 201
+    helpdesk = await scoped_admin(
+        client,
+        factory,
+        sessionmaker,
+        admin,
+        await role_id(client, admin, "Help desk operator"),
+        scope_group_ids=[group],
+    )
+    token_id = next(
+        t["id"]
+        for t in (await client.get("/api/v1/enrollment-tokens", headers=admin.headers)).json()
+        if token.startswith(t["prefix"])
+    )
+
+    async def uses(who: Admin) -> set[str | None]:
+        response = await client.get(f"/api/v1/enrollment-tokens/{token_id}/uses", headers=who.headers)
+        assert response.status_code == 200, response.text
+        return {u["device_id"] for u in response.json()}
+
+    assert await uses(admin) == {paris_laptop.device_id, lyon_laptop.device_id}
+    assert await uses(helpdesk) == {paris_laptop.device_id}
+    assert (await sign_in(client, helpdesk.email)).status_code == 303
+    page = await client.get(f"/portal/enrollment/{token_id}")
+    assert (
+        page.status_code == 200 and paris_laptop.serial in page.text and lyon_laptop.serial not in page.text
+    )

@@ -682,6 +682,8 @@ class DeviceService:
     async def cancel(
         self, session: AsyncSession, principal: Principal, device_id: uuid.UUID, command_id: uuid.UUID
     ) -> DeviceCommand:
+        # The device first: outside the caller's read scope it does not exist, whatever the command id.
+        await self.get(session, principal, device_id)
         command = await session.scalar(
             select(DeviceCommand).where(DeviceCommand.id == command_id, DeviceCommand.device_id == device_id)
         )
