@@ -33,7 +33,7 @@ def _ids(stmt: Select[Any], scoped: Any, scopes: tuple[Scope, ...]) -> Select[An
     """The ids (as text, as ``target_id`` stores them) of the objects every scope reaches; None when the
     scopes reach them all (no condition, so an unscoped reader's query is unchanged)."""
     limited = stmt
-    for scope in scopes:
+    for scope in dict.fromkeys(scopes):  # the same scope twice is one condition
         limited = scoped(limited, scope)
     return None if limited is stmt else limited
 
