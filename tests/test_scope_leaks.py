@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import Admin, Factory, sign_in
+from tests.conftest import Admin, Factory, issue_token, sign_in
 from tests.devices.device import TestDevice
 from tests.devices.test_enrollment_and_checkin import enrolled, make_token
 from tests.groups.helpers import add, create_group, set_user
@@ -326,6 +326,11 @@ async def test_a_help_desk_limited_to_scope_groups_reads_events_about_its_users_
     assert ("user", None) not in seen
     everything = await audit_targets(client, admin)
     assert ("user", str(p.outsider)) in everything and ("user", None) in everything
+    # What decides is the audit:read grant's scope: an unscoped administrator's token narrowed to audit:read
+    # (say, for a SIEM) still reads every event.
+    siem = Admin(admin.id, admin.email, admin.password, admin.role)
+    siem.token = await issue_token(sessionmaker, admin.id, permissions=["audit:read"])
+    assert await audit_targets(client, siem) == await audit_targets(client, admin)
 
     # Events about a device that no longer exists: nobody's scope can say it reached it, but an
     # unscoped administrator still reads them.

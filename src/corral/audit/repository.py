@@ -12,37 +12,28 @@ from corral.devices import repository as devices_repository
 from corral.errors import BadRequest
 from corral.kit.pagination import Page, decode_cursor, encode_cursor
 from corral.models import AuditEvent, Device, User
-from corral.rbac.principal import Scope
+from corral.rbac.principal import EVERYWHERE, Scope
 from corral.users import repository as users_repository
 
 
 @dataclass(frozen=True)
 class Reader:
-    """Who reads the log: the categories hidden from them, and the scopes (each a list, all of which must
-    reach) that decide which devices and users they may see events about. An empty list: every one."""
+    """Who reads the log: the categories hidden from them, and the scope that decides which devices and
+    users they may read events about."""
 
     hidden: frozenset[str] = frozenset()
-    device_scopes: tuple[Scope, ...] = ()
-    user_scopes: tuple[Scope, ...] = ()
+    scope: Scope = EVERYWHERE
 
 
 EVERYTHING = Reader()
 
 
-def _ids(stmt: Select[Any], scoped: Any, scopes: tuple[Scope, ...]) -> Select[Any] | None:
-    """The ids (as text, as ``target_id`` stores them) of the objects every scope reaches; None when the
-    scopes reach them all (no condition, so an unscoped reader's query is unchanged)."""
-    limited = stmt
-    for scope in dict.fromkeys(scopes):  # the same scope twice is one condition
-        limited = scoped(limited, scope)
-    return None if limited is stmt else limited
-
-
-def _about(target_type: str, ids: Select[Any] | None) -> ColumnElement[bool] | None:
-    """Events about another kind of object, or about one of ``ids``. PostgreSQL runs the id list once per
-    query and probes it as a hash (no lookup per event); an event about an object that no longer exists,
-    or that names none, is not in it."""
-    if ids is None:
+def _about(target_type: str, everyone: Select[Any], ids: Select[Any]) -> ColumnElement[bool] | None:
+    """Events about another kind of object, or about one of ``ids`` (the objects' ids as text, as
+    ``target_id`` holds them); None when ``ids`` is every one (``everyone`` unfiltered), so an unscoped
+    reader's query is unchanged. PostgreSQL runs the id list once per query and probes it as a hash (no
+    lookup per event); an event about an object that no longer exists, or that names none, is not in it."""
+    if ids is everyone:
         return None
     return or_(AuditEvent.target_type.is_distinct_from(target_type), AuditEvent.target_id.in_(ids))
 
@@ -51,9 +42,11 @@ def _visible(reader: Reader) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if reader.hidden:
         conditions.append(AuditEvent.category.not_in(reader.hidden))
-    devices = _ids(select(cast(Device.id, String)), devices_repository.scoped, reader.device_scopes)
-    users = _ids(select(cast(User.id, String)), users_repository.scoped, reader.user_scopes)
-    for condition in (_about("device", devices), _about("user", users)):
+    devices, users = select(cast(Device.id, String)), select(cast(User.id, String))
+    for condition in (
+        _about("device", devices, devices_repository.scoped(devices, reader.scope)),
+        _about("user", users, users_repository.scoped(users, reader.scope)),
+    ):
         if condition is not None:
             conditions.append(condition)
     return conditions

@@ -38,17 +38,12 @@ def hidden_categories(principal: Principal | None) -> frozenset[str]:
 
 def reader(principal: Principal | None) -> repository.Reader:
     """What ``principal`` may read of the log (None: Corral itself, everything). Events about a device or a
-    user are theirs only when they could open that device or user (their devices:read or users:read scope)
-    and their audit:read grant reaches it too: outside their scope, an event does not exist for them either.
-    An unscoped administrator's reads carry no condition."""
+    user are theirs only when their audit:read grant reaches that device or user (its scope tags and scope
+    groups, as for devices:read and users:read): outside their scope, an event does not exist for them
+    either. An unscoped reader's queries carry no condition."""
     if principal is None:
         return repository.EVERYTHING
-    audit_scope = principal.scope_for(P.audit_read)
-    return repository.Reader(
-        hidden=hidden_categories(principal),
-        device_scopes=(audit_scope, principal.scope_for(P.devices_read)),
-        user_scopes=(audit_scope, principal.scope_for(P.users_read)),
-    )
+    return repository.Reader(hidden=hidden_categories(principal), scope=principal.scope_for(P.audit_read))
 
 
 def _json_safe(value: Any) -> Any:
