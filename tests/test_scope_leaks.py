@@ -376,3 +376,27 @@ async def test_an_enrollment_tokens_uses_leave_out_devices_outside_scope(
     assert (
         page.status_code == 200 and paris_laptop.serial in page.text and lyon_laptop.serial not in page.text
     )
+
+
+async def test_an_administrator_who_reaches_no_device_or_no_user_sees_none_rather_than_an_error(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """An empty scope is a condition that selects nothing (it used to be invalid SQL: a 500)."""
+    admin = await factory.admin("Global administrator")
+    holder = await factory.user(licence=True)
+    # A user's page lists their devices within the caller's devices:read scope: here, none at all.
+    users_only = Admin(admin.id, admin.email, admin.password, admin.role)
+    users_only.token = await issue_token(sessionmaker, admin.id, permissions=["users:read"])
+    page = await client.get(f"/api/v1/users/{holder}", headers=users_only.headers)
+    assert page.status_code == 200, page.text
+    assert page.json()["devices"] == [] and page.json()["devices_total"] == 0
+    # Licence holders are listed within the caller's users:read scope: none without users:read.
+    licence_id = (await client.get(f"/api/v1/users/{holder}/licences", headers=admin.headers)).json()[0][
+        "licence_id"
+    ]
+    licences_only = Admin(admin.id, admin.email, admin.password, admin.role)
+    licences_only.token = await issue_token(sessionmaker, admin.id, permissions=["licences:read"])
+    holders = await client.get(f"/api/v1/licences/{licence_id}/users", headers=licences_only.headers)
+    assert holders.status_code == 200 and holders.json() == []
+    everyone = await client.get(f"/api/v1/licences/{licence_id}/users", headers=admin.headers)
+    assert [h["user_id"] for h in everyone.json()] == [str(holder)]

@@ -10,6 +10,7 @@ from sqlalchemy import (
     CompoundSelect,
     Select,
     exists,
+    false,
     func,
     literal_column,
     or_,
@@ -85,7 +86,7 @@ def scoped(stmt: Select[Any], scope: Scope) -> Select[Any]:
     """Users in a scope: users carry no scope tags, so only scope groups limit it (members of one of the
     groups some reach names; everyone if a reach names none)."""
     if scope.empty:
-        return stmt.where(func.false())
+        return stmt.where(false())
     if any(reach.group_ids is None for reach in scope.reaches):
         return stmt
     ids = sorted({g for reach in scope.reaches for g in reach.group_ids or ()})
