@@ -4,9 +4,10 @@ up — answers an id outside the caller's scope exactly as it answers an id nobo
 same problem or page, same flash message), and answers one inside it differently (so the probe reaches the
 object, and the refusal is the scope's).
 
-The caller is a Global administrator whose role assignment is limited to one scope group: every permission,
-over the members of Paris only. Each probe makes three subjects of its own (a user or device in Paris, one
-outside it, an id never used), so in-scope actions (delete, wipe…) touch nothing another probe needs.
+The caller is a Global administrator whose role assignment is limited to one scope group (every permission,
+over the members of Paris only) or, for devices, to one scope tag. Each probe makes three subjects of its
+own (a user or device in scope, one outside it, an id never used), so in-scope actions (delete, wipe…) touch
+nothing another probe needs.
 
 A new route taking such an id fails ``test_every_route_taking_a_user_or_device_id_is_probed`` until it gets
 a probe here, or an entry in ALLOWED saying why it needs none."""
@@ -23,6 +24,7 @@ import textwrap
 import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
@@ -40,7 +42,7 @@ from corral.devices.commands import REGISTRY
 from corral.groups.schemas import MemberType
 from corral.kit.db import create_engine, create_sessionmaker
 from corral.kit.routes import RouteInfo, api_routes
-from corral.models import CommandStatus, DeviceCommand, group_devices, group_users
+from corral.models import CommandStatus, DeviceCommand, device_scope_tags, group_devices, group_users
 from corral.portal.rendering import FLASH_COOKIE, REVEAL_COOKIE
 from tests.conftest import Admin, Factory, issue_token, make_settings, new_client, running_app, sign_in
 from tests.groups.helpers import create_group, dynamic_group, insert_devices
@@ -189,17 +191,28 @@ class Subject:
         return [s for s in (self.id, self.name, self.queued, self.pending) if s]
 
 
+Reach = Literal["group", "tag"]
+
+
+@dataclass
+class Caller:
+    """A Global administrator whose role assignment is limited to one scope group (Paris) or one scope tag
+    (Kiosks): through their API token and signed in to the admin center."""
+
+    admin: Admin
+    api: httpx.AsyncClient
+    browser: httpx.AsyncClient
+    csrf: str
+
+
 @dataclass
 class World:
-    app: FastAPI
     sessionmaker: async_sessionmaker[AsyncSession]
     factory: Factory
     root: Admin
-    scoped: Admin  # Global administrator over the Paris scope group only
-    api: httpx.AsyncClient  # the scoped admin's API token
-    browser: httpx.AsyncClient  # the scoped admin, signed in to the admin center
-    csrf: str
+    callers: dict[Reach, Caller]
     paris: str
+    kiosks: str  # a scope tag
     extra: str  # an assigned group to add members to
     user_rule: str  # dynamic groups, for "does this user / device match?"
     device_rule: str
@@ -216,7 +229,8 @@ class World:
                 await session.commit()
         return Subject(str(user_id), upn)
 
-    async def device(self, inside: bool) -> Subject:
+    async def device(self, inside: bool, reach: Reach = "group") -> Subject:
+        """A device in Paris (or tagged Kiosks), or in neither."""
         name = f"probe-{uuid.uuid4().hex[:10]}"
         (device_id,) = await insert_devices(self.sessionmaker, [{"name": name}])
         now = datetime.now(UTC)
@@ -226,9 +240,13 @@ class World:
         }
         ids = {key: uuid.uuid4() for key in commands}
         async with self.sessionmaker() as session:
-            if inside:
+            if inside and reach == "group":
                 await session.execute(
                     insert(group_devices).values(group_id=uuid.UUID(self.paris), device_id=device_id)
+                )
+            elif inside:
+                await session.execute(
+                    insert(device_scope_tags).values(scope_tag_id=uuid.UUID(self.kiosks), device_id=device_id)
                 )
             for key, values in commands.items():
                 await session.execute(
@@ -261,12 +279,7 @@ async def world(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     engine = create_engine(module_db_url, pool_size=2, max_overflow=0)
     sessionmaker = create_sessionmaker(engine)
     factory = Factory(sessionmaker)
-    async with (
-        running_app(settings, module_db_url) as app,
-        new_client(app) as api,
-        new_client(app) as browser,
-        new_client(app) as setup,
-    ):
+    async with running_app(settings, module_db_url) as app, new_client(app) as setup:
         root = await factory.admin("Global administrator")
 
         async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -276,6 +289,7 @@ async def world(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) ->
             return created
 
         paris = (await create_group(setup, root, "Paris"))["id"]
+        kiosks = (await post("/api/v1/scope-tags", {"name": "Kiosks"}))["id"]
         extra = (await create_group(setup, root, "Extra"))["id"]
         user_rule = (
             await dynamic_group(setup, root, "Probed users", 'user.department -eq "Probes"', "user")
@@ -286,36 +300,28 @@ async def world(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) ->
         licence = (await post("/api/v1/licences", {"name": "Probe suite", "sku": "PROBE", "seats": 100_000}))[
             "id"
         ]
-        person = await factory.admin(None, token=False)
-        granted = await assign(
-            setup,
-            root,
-            await role_id(setup, root, "Global administrator"),
-            person.id,
-            scope_group_ids=[paris],
-        )
-        assert granted.status_code == 201, granted.text
-        person.token = await issue_token(sessionmaker, person.id)
-        api.headers["Authorization"] = f"Bearer {person.token}"
-        assert (await sign_in(browser, person.email)).status_code == 303
-        page = await browser.get("/portal/account")
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-        assert csrf is not None
-        yield World(
-            app,
-            sessionmaker,
-            factory,
-            root,
-            person,
-            api,
-            browser,
-            csrf.group(1),
-            paris,
-            extra,
-            user_rule,
-            device_rule,
-            licence,
-        )
+        global_role = await role_id(setup, root, "Global administrator")
+        callers: dict[Reach, Caller] = {}
+        async with AsyncExitStack() as stack:
+            for reach, scope in (
+                ("group", {"scope_group_ids": [paris]}),
+                ("tag", {"scope_all": False, "scope_tag_ids": [kiosks]}),
+            ):
+                person = await factory.admin(None, token=False)
+                granted = await assign(setup, root, global_role, person.id, **scope)
+                assert granted.status_code == 201, granted.text
+                person.token = await issue_token(sessionmaker, person.id)
+                api = await stack.enter_async_context(new_client(app))
+                api.headers["Authorization"] = f"Bearer {person.token}"
+                browser = await stack.enter_async_context(new_client(app))
+                assert (await sign_in(browser, person.email)).status_code == 303
+                page = await browser.get("/portal/account")
+                csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+                assert csrf is not None
+                callers[reach] = Caller(person, api, browser, csrf.group(1))
+            yield World(
+                sessionmaker, factory, root, callers, paris, kiosks, extra, user_rule, device_rule, licence
+            )
     await engine.dispose()
 
 
@@ -342,7 +348,9 @@ class Probe:
     def id(self) -> str:
         return f"{self.method} {self.path} [{self.field}, {self.kind}]"
 
-    def request(self, w: World, s: Subject) -> tuple[httpx.AsyncClient, str, str, dict[str, Any]]:
+    def request(
+        self, w: World, caller: Caller, s: Subject
+    ) -> tuple[httpx.AsyncClient, str, str, dict[str, Any]]:
         path = self.path.replace("{user_id}", s.id).replace("{device_id}", s.id)
         for name, value in self.values(w, s).items():
             path = path.replace("{" + name + "}", value)
@@ -354,8 +362,8 @@ class Probe:
             kwargs["params"] = self.query(w, s)
         portal = path.startswith("/portal")
         if portal and self.method != "GET":
-            kwargs["data"] = {"csrf_token": w.csrf, **(self.form(w, s) if self.form else {})}
-        return (w.browser if portal else w.api), self.method, path, kwargs
+            kwargs["data"] = {"csrf_token": caller.csrf, **(self.form(w, s) if self.form else {})}
+        return (caller.browser if portal else caller.api), self.method, path, kwargs
 
 
 def _p(method: str, path: str, kind: Literal["user", "device"], **options: Any) -> Probe:
@@ -697,13 +705,27 @@ def test_the_detection_finds_ids_in_paths_queries_bodies_and_hand_read_forms() -
     }
 
 
-@pytest.mark.parametrize("probe", PROBES, ids=lambda p: p.id)
-async def test_outside_scope_is_answered_as_never_existed(world: World, probe: Probe) -> None:
-    make = world.user if probe.kind == "user" else world.device
-    outside, inside, missing = await make(False), await make(True), nobody(probe.kind)
+# Users carry no scope tags: only scope groups leave users out, so user probes run for the group-limited
+# caller alone; device probes run for both.
+CASES = [
+    (probe, reach)
+    for probe in PROBES
+    for reach in ("group", "tag")
+    if probe.kind == "device" or reach == "group"
+]
+
+
+@pytest.mark.parametrize(("probe", "reach"), CASES, ids=[f"{p.id} by {r}" for p, r in CASES])
+async def test_outside_scope_is_answered_as_never_existed(world: World, probe: Probe, reach: Reach) -> None:
+    caller = world.callers[reach]
+    if probe.kind == "user":
+        outside, inside = await world.user(False), await world.user(True)
+    else:
+        outside, inside = await world.device(False, reach), await world.device(True, reach)
+    missing = nobody(probe.kind)
 
     async def ask(subject: Subject) -> httpx.Response:
-        client, method, path, kwargs = probe.request(world, subject)
+        client, method, path, kwargs = probe.request(world, caller, subject)
         # What an earlier request left for the next page (a flash message, a one-time password) is not
         # this request's answer.
         for cookie in [c for c in client.cookies.jar if c.name in (FLASH_COOKIE, REVEAL_COOKIE)]:
