@@ -63,8 +63,9 @@ async def list_assignment_filters(
 async def create_assignment_filter(
     data: FilterCreate, session: SessionDep, principal: FiltersWrite
 ) -> FilterDetail:
-    """Create a filter: a rule over device properties in the dynamic-group rule language (a 422 names the
-    position of a mistake)."""
+    """Create a filter: a rule over device properties, in the dynamic-group rule language.
+
+    A rule that does not parse is refused (422) with the position of the mistake."""
     item = await assignment_service.create_filter(session, principal, data)
     return await assignment_service.filter_detail(session, principal, item)
 
@@ -81,6 +82,7 @@ async def preview_assignment_filter(
 async def get_assignment_filter(
     filter_id: uuid.UUID, session: SessionDep, principal: FiltersRead
 ) -> FilterDetail:
+    """A filter, with the objects whose assignments use it."""
     item = await assignment_service.get_filter(session, principal, filter_id)
     return await assignment_service.filter_detail(session, principal, item)
 
@@ -137,8 +139,8 @@ def _assignment_routes(kind: Kind) -> None:
 
     get_assignments.__doc__ = f"The {kind.label}'s assignments and how many devices it reaches now."
     put_assignments.__doc__ = (
-        f"Replace the {kind.label}'s assignments (include/exclude groups, all devices, all users, filters); "
-        "its targets are recomputed at once and the old and new lists audited."
+        f"Replace the {kind.label}'s assignments: groups in or out, all devices or users, filters.\n\n"
+        "Its targets are recomputed at once; the old and new lists are audited."
     )
     _named(get_assignments, f"get_{singular}_assignments")
     _named(put_assignments, f"set_{singular}_assignments")
@@ -160,8 +162,9 @@ for _kind in KINDS.values():
 async def list_device_targets(
     device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> DeviceTargets:
-    """The compliance policies and configuration profiles that reach the device (those you may see), and
-    the version of its desired state."""
+    """The compliance policies and configuration profiles reaching the device, and its desired-state version.
+
+    Only the objects you may see are listed."""
     return await assignment_service.device_targets(session, principal, device_id)
 
 
@@ -171,6 +174,9 @@ async def list_device_targets(
 async def explain_device_target(
     device_id: uuid.UUID, object_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> Explanation:
-    """Why the object reaches the device, or not: each assignment with the group chain or user it comes
-    through, each filter's result on the device's property values, and the verdict (exclusion wins)."""
+    """Why the object reaches the device or not: each assignment, its group chain, filter and verdict.
+
+    For each assignment: whether its target reaches the device, through which chain of nested groups or
+    which primary user; its filter's result on the device's property values; and the verdict (exclusion
+    wins)."""
     return await assignment_service.explain(session, principal, device_id, object_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -67,6 +68,7 @@ from corral.models import (
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal, Scope
+from corral.users.service import user_service
 
 EVERYWHERE = Scope(all=True)
 
@@ -361,10 +363,14 @@ class AssignmentService:
         groups = await repo.groups_by_ids(session, sorted(group_ids))
         profile = await groups_repository.enrollment_token_name(session, device.enrollment_token_id)
         values = device_attribute_values(device, enrollment_profile_name=profile)
-        user_name = device.primary_user
-        if device.user_id is not None:
-            user = await groups_repository.user(session, device.user_id)
-            user_name = user.user_principal_name if user is not None else user_name
+        # The primary user is named only within the caller's users:read scope (a device may be in scope and
+        # its user not: outside, they are "its primary user", unnamed).
+        user_name = None
+        if device.user_id is not None and principal.has(P.users_read):
+            with contextlib.suppress(NotFound):
+                user_name = (
+                    await user_service.get_for(session, principal, device.user_id)
+                ).user_principal_name
         items = [
             self._explain_one(result, assignments[i], groups, filters, values, user_name)
             for i, result in enumerate(resolution.results)
@@ -433,14 +439,15 @@ class AssignmentService:
             effect = "includes" if assignment.mode is AssignmentMode.include else "excludes"
             how = {
                 Via.all_devices: "all devices",
-                Via.all_users: f"all users (its primary user {user_name})",
+                Via.all_users: "all users (its primary user" + (f" {user_name}" if user_name else "") + ")",
                 Via.device: "the device's membership"
                 + (
                     f" through {' → '.join(s.display_name for s in chain)}"
                     if len(chain) > 1
                     else f" of {target}"
                 ),
-                Via.primary_user: f"its primary user {user_name}'s membership"
+                Via.primary_user: (f"its primary user {user_name}'s" if user_name else "its primary user's")
+                + " membership"
                 + (
                     f" through {' → '.join(s.display_name for s in chain)}"
                     if len(chain) > 1

@@ -1,18 +1,59 @@
 from __future__ import annotations
 
-from sqlalchemy import Select, select
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, String, and_, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit.schemas import AuditFilter
+from corral.devices import repository as devices_repository
 from corral.errors import BadRequest
 from corral.kit.pagination import Page, decode_cursor, encode_cursor
-from corral.models import AuditEvent
+from corral.models import AuditEvent, Device, User
+from corral.rbac.principal import EVERYWHERE, Scope
+from corral.users import repository as users_repository
 
 
-def _filtered(filters: AuditFilter, hidden: frozenset[str] = frozenset()) -> Select[AuditEvent]:
-    stmt = select(AuditEvent)
-    if hidden:
-        stmt = stmt.where(AuditEvent.category.not_in(hidden))
+@dataclass(frozen=True)
+class Reader:
+    """Who reads the log: the categories hidden from them, and the scope that decides which devices and
+    users they may read events about."""
+
+    hidden: frozenset[str] = frozenset()
+    scope: Scope = EVERYWHERE
+
+
+EVERYTHING = Reader()
+
+
+def _about(target_type: str, everyone: Select[Any], ids: Select[Any]) -> ColumnElement[bool] | None:
+    """Events about another kind of object, or about one of ``ids`` (the objects' ids as text, as
+    ``target_id`` holds them); None when ``ids`` is every one (``everyone`` unfiltered), so an unscoped
+    reader's query is unchanged. PostgreSQL runs the id list once per query and probes it as a hash (no
+    lookup per event); an event about an object that no longer exists, or that names none, is not in it."""
+    if ids is everyone:
+        return None
+    return or_(AuditEvent.target_type.is_distinct_from(target_type), AuditEvent.target_id.in_(ids))
+
+
+def _visible(reader: Reader) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if reader.hidden:
+        conditions.append(AuditEvent.category.not_in(reader.hidden))
+    devices, users = select(cast(Device.id, String)), select(cast(User.id, String))
+    for condition in (
+        _about("device", devices, devices_repository.scoped(devices, reader.scope)),
+        _about("user", users, users_repository.scoped(users, reader.scope)),
+    ):
+        if condition is not None:
+            conditions.append(condition)
+    return conditions
+
+
+def _filtered(filters: AuditFilter, reader: Reader) -> Select[AuditEvent]:
+    stmt = select(AuditEvent).where(*_visible(reader))
     if filters.actor:
         stmt = stmt.where(AuditEvent.actor_name.icontains(filters.actor, autoescape=True))
     if filters.activity:
@@ -35,9 +76,9 @@ def _filtered(filters: AuditFilter, hidden: frozenset[str] = frozenset()) -> Sel
 
 
 async def list_events(
-    session: AsyncSession, filters: AuditFilter, hidden: frozenset[str] = frozenset()
+    session: AsyncSession, filters: AuditFilter, reader: Reader = EVERYTHING
 ) -> Page[AuditEvent]:
-    stmt = _filtered(filters, hidden)
+    stmt = _filtered(filters, reader)
     cursor = decode_cursor(filters.cursor)
     if cursor is not None:
         # Exactly one sequence number that fits the BIGINT column; anything else is a forged cursor (a value
@@ -53,13 +94,22 @@ async def list_events(
 
 
 async def export_events(
-    session: AsyncSession, filters: AuditFilter, limit: int, hidden: frozenset[str] = frozenset()
+    session: AsyncSession, filters: AuditFilter, limit: int, reader: Reader = EVERYTHING
 ) -> list[AuditEvent]:
-    return list((await session.scalars(_filtered(filters, hidden).limit(limit))).all())
+    return list((await session.scalars(_filtered(filters, reader).limit(limit))).all())
 
 
-async def distinct_activities(session: AsyncSession, hidden: frozenset[str] = frozenset()) -> list[str]:
-    stmt = select(AuditEvent.activity).distinct().order_by(AuditEvent.activity)
-    if hidden:
-        stmt = stmt.where(AuditEvent.category.not_in(hidden))
+async def distinct_activities(session: AsyncSession, reader: Reader = EVERYTHING) -> list[str]:
+    stmt = select(AuditEvent.activity).where(*_visible(reader)).distinct().order_by(AuditEvent.activity)
     return list((await session.scalars(stmt)).all())
+
+
+async def recent_counts(
+    session: AsyncSession, since: datetime, reader: Reader = EVERYTHING
+) -> tuple[int, int]:
+    """Since ``since``: changes (events other than sign-ins and sign-outs) and failed sign-ins (one scan)."""
+    changes = func.count().filter(AuditEvent.category != "authentication")
+    failed = func.count().filter(and_(AuditEvent.activity == "signin", AuditEvent.result == "failure"))
+    stmt = select(changes, failed).where(AuditEvent.occurred_at >= since, *_visible(reader))
+    row = (await session.execute(stmt)).one()
+    return int(row[0] or 0), int(row[1] or 0)

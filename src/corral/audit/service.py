@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert
@@ -33,6 +34,16 @@ def hidden_categories(principal: Principal | None) -> frozenset[str]:
         for category, permission in RESTRICTED_CATEGORIES.items()
         if principal is None or not principal.has(permission)
     )
+
+
+def reader(principal: Principal | None) -> repository.Reader:
+    """What ``principal`` may read of the log (None: Corral itself, everything). Events about a device or a
+    user are theirs only when their audit:read grant reaches that device or user (its scope tags and scope
+    groups, as for devices:read and users:read): outside their scope, an event does not exist for them
+    either. An unscoped reader's queries carry no condition."""
+    if principal is None:
+        return repository.EVERYTHING
+    return repository.Reader(hidden=hidden_categories(principal), scope=principal.scope_for(P.audit_read))
 
 
 def _json_safe(value: Any) -> Any:
@@ -131,9 +142,8 @@ class AuditService:
     async def search(
         self, session: AsyncSession, filters: AuditFilter, principal: Principal | None = None
     ) -> Page[AuditEvent]:
-        """The filtered events; with ``principal``, without the categories it may not read."""
-        hidden = hidden_categories(principal) if principal is not None else frozenset()
-        return await repository.list_events(session, filters, hidden)
+        """The filtered events; with ``principal``, only those it may read (see ``reader``)."""
+        return await repository.list_events(session, filters, reader(principal))
 
     async def export(
         self,
@@ -142,12 +152,17 @@ class AuditService:
         limit: int = 100_000,
         principal: Principal | None = None,
     ) -> list[AuditEvent]:
-        hidden = hidden_categories(principal) if principal is not None else frozenset()
-        return await repository.export_events(session, filters, limit, hidden)
+        return await repository.export_events(session, filters, limit, reader(principal))
 
     async def activities(self, session: AsyncSession, principal: Principal | None = None) -> list[str]:
-        hidden = hidden_categories(principal) if principal is not None else frozenset()
-        return await repository.distinct_activities(session, hidden)
+        """The activity names of the events the reader may read (the filter's choices)."""
+        return await repository.distinct_activities(session, reader(principal))
+
+    async def recent_counts(
+        self, session: AsyncSession, principal: Principal, since: datetime
+    ) -> tuple[int, int]:
+        """Changes and failed sign-ins since ``since`` among the events ``principal`` may read."""
+        return await repository.recent_counts(session, since, reader(principal))
 
 
 audit_service = AuditService()

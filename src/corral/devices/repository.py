@@ -5,7 +5,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, literal_column, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    delete,
+    exists,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,7 +63,7 @@ def scoped(stmt: Select[Any], scope: Scope) -> Select[Any]:
     if scope.all:
         return stmt
     if scope.empty:
-        return stmt.where(func.false())
+        return stmt.where(false())
     clauses = []
     for reach in sorted(scope.reaches, key=repr):  # a stable statement text
         parts = []

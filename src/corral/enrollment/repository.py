@@ -3,10 +3,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Select, exists, select, update
+from sqlalchemy import Select, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from corral.devices import repository as devices_repository
 from corral.models import (
     Device,
     EnrollmentToken,
@@ -60,13 +61,22 @@ async def token_by_hash_for_update(session: AsyncSession, token_hash: bytes) -> 
     return result
 
 
-async def uses_of(session: AsyncSession, token_id: uuid.UUID, limit: int = 200) -> list[EnrollmentTokenUse]:
+async def uses_of(
+    session: AsyncSession, token_id: uuid.UUID, device_scope: Scope, limit: int = 200
+) -> list[EnrollmentTokenUse]:
+    """The token's latest uses: attempts that enrolled no device, and those whose device ``device_scope``
+    reaches."""
     stmt = (
         select(EnrollmentTokenUse)
         .where(EnrollmentTokenUse.token_id == token_id)
         .order_by(EnrollmentTokenUse.occurred_at.desc())
         .limit(limit)
     )
+    if not device_scope.all:
+        reached = devices_repository.scoped(select(Device.id), device_scope)
+        stmt = stmt.where(
+            or_(EnrollmentTokenUse.device_id.is_(None), EnrollmentTokenUse.device_id.in_(reached))
+        )
     return list((await session.scalars(stmt)).all())
 
 

@@ -160,8 +160,11 @@ class EnrollmentService:
                 "Devices enrolled with this token would fall outside your scope: choose scope tags "
                 "you administer."
             )
-        if data.user_id is not None and await users_repository.get(session, data.user_id) is None:
-            raise ValidationFailed("The bound user does not exist.")
+        if data.user_id is not None:
+            # A user outside the caller's users:read scope does not exist for them.
+            bound = await users_repository.get_with_groups(session, data.user_id)
+            if bound is None or not users_repository.reaches_user(bound)(principal.scope_for(P.users_read)):
+                raise ValidationFailed("The bound user does not exist.")
         secret = new_token(TOKEN_PREFIX, 24)
         now = utcnow()
         token = EnrollmentToken(
@@ -249,8 +252,10 @@ class EnrollmentService:
     async def uses(
         self, session: AsyncSession, principal: Principal, token_id: uuid.UUID
     ) -> list[EnrollmentTokenUse]:
+        """The token's uses; those that enrolled a device outside the caller's devices:read scope are left
+        out (failed attempts, which enrolled nothing, stay: they are the token's)."""
         await self.get_token(session, principal, token_id)
-        return await repository.uses_of(session, token_id)
+        return await repository.uses_of(session, token_id, principal.scope_for(P.devices_read))
 
     async def revoke_tokens_bound_to(self, session: AsyncSession, user_id: uuid.UUID) -> list[str]:
         """When a user is deleted: their tokens would otherwise enroll devices for nobody. Returns the

@@ -111,7 +111,7 @@ async def update_group(
     "/groups/{group_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT}
 )
 async def delete_group(group_id: uuid.UUID, session: SessionDep, _: GroupsWrite) -> Response:
-    """Delete a group; refused while a role assignment uses it."""
+    """Delete a group; refused while a role assignment or a policy's assignment uses it."""
     await group_service.delete(session, group_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -176,7 +176,7 @@ async def device_groups(
 
 @router.get("/users/{user_id}/groups", response_model=list[GroupMembership], responses=NOT_FOUND)
 async def user_groups(
-    user_id: uuid.UUID, session: SessionDep, _: GroupsAndUsersRead
+    user_id: uuid.UUID, session: SessionDep, principal: GroupsAndUsersRead
 ) -> list[GroupMembership]:
-    """The groups a user belongs to, directly or through nested groups."""
-    return await group_service.groups_of_user(session, user_id)
+    """The groups a user belongs to, directly or through nested groups (404 outside your users:read scope)."""
+    return await group_service.groups_of_user(session, principal, user_id)

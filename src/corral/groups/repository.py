@@ -417,10 +417,6 @@ def devices_scoped(stmt: Select[Any], scope: Scope) -> Select[Any]:
     return devices_repository.scoped(stmt, scope)
 
 
-async def user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
-    return await session.get(User, user_id)
-
-
 async def enrollment_token_name(session: AsyncSession, token_id: uuid.UUID | None) -> str | None:
     if token_id is None:
         return None

@@ -260,10 +260,10 @@ class GroupService:
         await device_service.get(session, principal, device_id)  # 404 outside the caller's scope
         return await self.groups_of(session, MemberType.device, device_id)
 
-    async def groups_of_user(self, session: AsyncSession, user_id: uuid.UUID) -> list[GroupMembership]:
-        """The groups a user belongs to (for the user's page and API; the caller checks users:read)."""
-        if await repository.user(session, user_id) is None:
-            raise NotFound("No such user.")
+    async def groups_of_user(
+        self, session: AsyncSession, principal: Principal, user_id: uuid.UUID
+    ) -> list[GroupMembership]:
+        await self._user(session, principal, user_id)  # 404 outside the caller's scope
         return await self.groups_of(session, MemberType.user, user_id)
 
     # ---------------------------------------------------------------- create, edit, delete
@@ -416,15 +416,20 @@ class GroupService:
         )
 
     # ---------------------------------------------------------------- members
+    async def _user(self, session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> User:
+        """The user, within the caller's users:read scope (outside it, as if it did not exist)."""
+        user = await users_repository.get_with_groups(session, user_id)
+        if user is None or not users_repository.reaches_user(user)(principal.scope_for(P.users_read)):
+            raise NotFound("No such user.")
+        return user
+
     async def _member(self, session: AsyncSession, principal: Principal, ref: MemberRef) -> MemberOut:
-        """The user, device or group a member reference names (devices: within the caller's read scope)."""
+        """The user, device or group a member reference names (users and devices: within the caller's read
+        scope)."""
         if ref.type is MemberType.device:
             return device_member(await device_service.get(session, principal, ref.id))
         if ref.type is MemberType.user:
-            user = await users_repository.get_with_groups(session, ref.id)
-            if user is None or not users_repository.reaches_user(user)(principal.scope_for(P.users_read)):
-                raise NotFound("No such user.")
-            return user_member(user)
+            return user_member(await self._user(session, principal, ref.id))
         child = await repository.get(session, ref.id)
         if child is None:
             raise NotFound("No such group.")
@@ -705,8 +710,9 @@ class GroupService:
             raise Forbidden(f"Trying a {kind.value} rule needs the permission {permission.value}.")
 
     async def preview(self, session: AsyncSession, principal: Principal, data: PreviewRequest) -> PreviewOut:
-        """What a rule would select now, without saving anything: computed in SQL over the users, or the
-        devices in the caller's devices:read scope."""
+        """What a rule would select now, without saving anything: computed in SQL over the users in the
+        caller's users:read scope, or the devices in their devices:read scope. The count is of those too:
+        nothing says how many match outside it (a rule is a question, and a count an answer about them)."""
         kind = DynamicKind(data.dynamic_kind)
         rule = parse(kind, data.rule)
         self._need_read(principal, kind)
@@ -720,7 +726,9 @@ class GroupService:
             )
             members = [device_member(row[0]) for row in rows]
         else:
-            stmt = select(User).where(membership.predicate(kind, rule))
+            stmt = users_repository.scoped(
+                select(User).where(membership.predicate(kind, rule)), principal.scope_for(P.users_read)
+            )
             count, rows = await repository.preview(
                 session, stmt, func.lower(User.display_name), User.id, data.limit
             )
@@ -752,9 +760,7 @@ class GroupService:
             if user_id is None:
                 assert data.lookup is not None
                 user_id = (await self.resolve_member(session, principal, MemberType.user, data.lookup)).id
-            user = await repository.user(session, user_id)
-            if user is None:
-                raise NotFound("No such user.")
+            user = await self._user(session, principal, user_id)
             explanation = evaluate(rule, user_attribute_values(user))
             subject = user_member(user)
             entity = User

@@ -63,9 +63,10 @@ async def delete_licence(licence_id: uuid.UUID, session: SessionDep, _: Licences
 
 @router.get("/licences/{licence_id}/users", response_model=list[LicenceHolderOut], responses=NOT_FOUND)
 async def licence_holders(
-    licence_id: uuid.UUID, session: SessionDep, _: LicencesRead
+    licence_id: uuid.UUID, session: SessionDep, principal: LicencesRead
 ) -> list[LicenceHolderOut]:
-    return await licence_service.holders(session, licence_id)
+    """The licence's holders within your users:read scope."""
+    return await licence_service.holders(session, principal, licence_id)
 
 
 @router.get("/users/{user_id}/licences", response_model=list[UserLicenceOut], responses=NOT_FOUND)

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any, cast
 
-from sqlalchemy import ScalarSelect, exists, func, select
+from sqlalchemy import ScalarSelect, Select, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.models import Licence, User, UserLicence
+from corral.rbac.principal import Scope
+from corral.users import repository as users_repository
 
 
 def _assigned_count() -> ScalarSelect[int]:
@@ -64,15 +67,17 @@ async def holds_any(session: AsyncSession, user_id: uuid.UUID) -> bool:
 
 
 async def holders(
-    session: AsyncSession, licence_id: uuid.UUID, limit: int = 1000
+    session: AsyncSession, licence_id: uuid.UUID, scope: Scope, limit: int = 1000
 ) -> list[tuple[UserLicence, User]]:
+    """The licence's holders among the users ``scope`` reaches."""
     stmt = (
-        select(UserLicence, User)
+        cast("Select[Any]", select(UserLicence, User))
         .join(User, User.id == UserLicence.user_id)
         .where(UserLicence.licence_id == licence_id)
         .order_by(func.lower(User.user_principal_name))
         .limit(limit)
     )
+    stmt = users_repository.scoped(stmt, scope)
     return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
 
 

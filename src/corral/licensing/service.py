@@ -19,6 +19,7 @@ from corral.licensing.schemas import (
     UserLicenceOut,
 )
 from corral.models import Licence, User, UserLicence
+from corral.rbac.permissions import P
 from corral.rbac.principal import SYSTEM_USER_ID, Principal
 
 
@@ -142,7 +143,11 @@ class LicenceService:
             changes=[("sku", licence.sku, None), ("seats", licence.seats, None)],
         )
 
-    async def holders(self, session: AsyncSession, licence_id: uuid.UUID) -> list[LicenceHolderOut]:
+    async def holders(
+        self, session: AsyncSession, principal: Principal, licence_id: uuid.UUID
+    ) -> list[LicenceHolderOut]:
+        """The licence's holders within the caller's users:read scope (its seat counts stay whole: they
+        are the licence's)."""
         await self.get(session, licence_id)
         return [
             LicenceHolderOut(
@@ -152,7 +157,7 @@ class LicenceService:
                 enabled=user.enabled,
                 assigned_at=held.assigned_at,
             )
-            for held, user in await repository.holders(session, licence_id)
+            for held, user in await repository.holders(session, licence_id, principal.scope_for(P.users_read))
         ]
 
     # ---------------------------------------------------------------- assignments

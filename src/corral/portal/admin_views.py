@@ -21,7 +21,7 @@ from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
-from corral.models import ApiToken, AuditEvent, RoleDefinition, User, UserSession
+from corral.models import ApiToken, AuditEvent, RoleDefinition, UserSession
 from corral.portal.rendering import clear_reveal, read_reveal, redirect, render, set_reveal
 from corral.rbac.permissions import DESCRIPTIONS, P
 from corral.rbac.principal import Principal
@@ -68,12 +68,9 @@ async def dashboard(
     since = utcnow() - timedelta(hours=24)
     counts: dict[str, int] = {}
     if principal.has_any(P.roles_read, P.users_read):
-        counts["users"] = (
-            await user_service.count(session, principal)
-            if principal.has(P.users_read)
-            else int(await session.scalar(select(func.count()).select_from(User)) or 0)
-        )
-        counts["admins"] = len(await user_service.list_admins(session))
+        if principal.has(P.users_read):
+            counts["users"] = await user_service.count(session, principal)
+        counts["admins"] = len(await user_service.list_admins(session, principal))
         counts["active_sessions"] = int(
             await session.scalar(
                 select(func.count())
@@ -99,25 +96,8 @@ async def dashboard(
         )
     recent: list[AuditEvent] = []
     if principal.has(P.audit_read):
-        counts["changes_24h"] = int(
-            await session.scalar(
-                select(func.count())
-                .select_from(AuditEvent)
-                .where(AuditEvent.occurred_at >= since, AuditEvent.category != "authentication")
-            )
-            or 0
-        )
-        counts["failed_signins_24h"] = int(
-            await session.scalar(
-                select(func.count())
-                .select_from(AuditEvent)
-                .where(
-                    AuditEvent.occurred_at >= since,
-                    AuditEvent.activity == "signin",
-                    AuditEvent.result == "failure",
-                )
-            )
-            or 0
+        counts["changes_24h"], counts["failed_signins_24h"] = await audit_service.recent_counts(
+            session, principal, since
         )
         recent = (await audit_service.search(session, AuditFilter(limit=8), principal)).items
     tenant = await tenant_service.get(session)
@@ -127,7 +107,7 @@ async def dashboard(
 # ------------------------------------------------------------------------------------------- administrators
 @router.get("/admins")
 async def admins(request: Request, session: SessionDep, principal: AdminsRead) -> Response:
-    rows = await user_service.list_admins_with_roles(session)
+    rows = await user_service.list_admins_with_roles(session, principal)
     roles = await rbac_service.list_roles(session) if principal.has(P.roles_assign) else []
     return render(request, "admins/admin_list.html", {"rows": rows, "roles": roles})
 
@@ -141,7 +121,7 @@ async def create_admin(
     display_name: Annotated[str, Form(max_length=400)] = "",
     role_id: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
-    rows = await user_service.list_admins_with_roles(session)
+    rows = await user_service.list_admins_with_roles(session, principal)
     roles = await rbac_service.list_roles(session) if principal.has(P.roles_assign) else []
     form = {"email": email, "display_name": display_name, "role_id": role_id}
     try:
@@ -174,13 +154,18 @@ async def create_admin(
 
 @router.get("/admins/{user_id}/credentials")
 async def admin_credentials(
-    request: Request, user_id: uuid.UUID, session: SessionDep, _: UsersWrite
+    request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
 ) -> Response:
-    """Shows a new account's (or a reset's) one-time password once, right after the POST that made it."""
-    user = await user_service.get(session, user_id)
+    """Shows a new account's (or a reset's) one-time password once, right after the POST that made it. The
+    account just made is shown to its maker (it may lie outside their scope: it is in no group yet);
+    otherwise the page is the user's, within the caller's scope like any other."""
     revealed = read_reveal(request, "password")
-    if revealed is not None and revealed.get("user_id") != str(user.id):
+    if revealed is not None and revealed.get("user_id") != str(user_id):
         revealed = None
+    if revealed is not None:
+        user = await user_service.get(session, user_id)
+    else:
+        user = await user_service.get_for(session, principal, user_id, P.users_write)
     response = render(
         request,
         "admins/admin_created.html",
@@ -197,7 +182,7 @@ async def admin_credentials(
 async def admin_detail(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: AdminsRead
 ) -> Response:
-    user = await user_service.get(session, user_id)
+    user = await user_service.get_admin_view(session, principal, user_id)
     access = await rbac_service.effective_access(session, user) if principal.has(P.roles_read) else None
     assignments = (
         [a for a in await rbac_service.list_assignments(session) if any(m.id == user.id for m in a.members)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from corral.devices.schemas import BulkActionCreate, DeviceFilter
 from corral.devices.service import MIN_REASON, device_service, is_stale
 from corral.enrollment.schemas import EnrollmentTokenCreate
 from corral.enrollment.service import enrollment_service, qr_svg, token_status
-from corral.errors import CorralError, ValidationFailed
+from corral.errors import CorralError, NotFound, ValidationFailed
 from corral.groups.schemas import MemberType
 from corral.groups.service import group_service
 from corral.kit.db import SessionDep
@@ -218,7 +219,9 @@ async def _detail_context(
     actions = command_service.available(principal, device)
     user = None
     if detail.user_id is not None and principal.has(P.users_read):
-        user = await user_service.get(session, detail.user_id)
+        # Shown only within the caller's users:read scope (a device may be in scope, its user not).
+        with contextlib.suppress(NotFound):
+            user = await user_service.get_for(session, principal, detail.user_id)
     ctx = await _commands_context(session, principal, device)
     ctx.update(
         {

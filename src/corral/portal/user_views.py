@@ -69,7 +69,7 @@ async def users(request: Request, session: SessionDep, principal: UsersRead) -> 
         "filters": filters_in_use,
         "active_filters": sum(1 for k in filters_in_use if k not in {"sort", "limit"}),
         "sources": list(UserSource),
-        "departments": await user_service.departments(session),
+        "departments": await user_service.departments(session, principal),
     }
     try:
         filters = _user_filter(params)
@@ -288,6 +288,7 @@ async def create_licence(request: Request, session: SessionDep, _: LicencesWrite
 async def _licence_detail(
     request: Request,
     session: SessionDep,
+    principal: Principal,
     licence_id: uuid.UUID,
     *,
     form: dict[str, str] | None = None,
@@ -303,7 +304,7 @@ async def _licence_detail(
     }
     ctx = {
         "licence": licence,
-        "holders": await licence_service.holders(session, licence_id),
+        "holders": await licence_service.holders(session, principal, licence_id),
         "form": values,
         "error": error,
     }
@@ -312,14 +313,14 @@ async def _licence_detail(
 
 @router.get("/licences/{licence_id}")
 async def licence_detail(
-    request: Request, licence_id: uuid.UUID, session: SessionDep, _: LicencesRead
+    request: Request, licence_id: uuid.UUID, session: SessionDep, principal: LicencesRead
 ) -> Response:
-    return await _licence_detail(request, session, licence_id)
+    return await _licence_detail(request, session, principal, licence_id)
 
 
 @router.post("/licences/{licence_id}/edit")
 async def update_licence(
-    request: Request, licence_id: uuid.UUID, session: SessionDep, _: LicencesWrite
+    request: Request, licence_id: uuid.UUID, session: SessionDep, principal: LicencesWrite
 ) -> Response:
     form = await request.form()
     values = {k: str(form.get(k) or "").strip() for k in ("name", "sku", "seats", "description")}
@@ -329,7 +330,7 @@ async def update_licence(
     except (ValidationError, CorralError) as exc:
         error, status = _failure(exc)
         return await _licence_detail(
-            request, session, licence_id, form=values, error=error, status_code=status
+            request, session, principal, licence_id, form=values, error=error, status_code=status
         )
     return redirect(request, f"/portal/licences/{licence_id}", "Licence saved.")
 

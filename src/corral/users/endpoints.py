@@ -116,10 +116,11 @@ async def reset_password(user_id: uuid.UUID, session: SessionDep, principal: Use
 
 
 @router.get("/admins", response_model=list[AdminOut])
-async def list_admins(session: SessionDep, _: RolesRead) -> list[AdminOut]:
+async def list_admins(session: SessionDep, principal: RolesRead) -> list[AdminOut]:
+    """Administrators (users holding a role assignment) within your users:read or roles:read scope."""
     return [
         AdminOut(**user_out(user).model_dump(), roles=roles)
-        for user, roles in await user_service.list_admins_with_roles(session)
+        for user, roles in await user_service.list_admins_with_roles(session, principal)
     ]
 
 
@@ -142,6 +143,9 @@ async def create_admin(data: AdminCreate, session: SessionDep, principal: UsersW
 
 
 @router.get("/users/{user_id}/effective-permissions", response_model=EffectiveAccess, responses=NOT_FOUND)
-async def effective_permissions(user_id: uuid.UUID, session: SessionDep, _: RolesRead) -> EffectiveAccess:
-    """What can this admin do, and where?"""
-    return await rbac_service.effective_access(session, await user_service.get(session, user_id))
+async def effective_permissions(
+    user_id: uuid.UUID, session: SessionDep, principal: RolesRead
+) -> EffectiveAccess:
+    """What can this admin do, and where? 404 for a user outside your users:read and roles:read scope."""
+    user = await user_service.get_admin_view(session, principal, user_id)
+    return await rbac_service.effective_access(session, user)

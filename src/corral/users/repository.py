@@ -10,6 +10,7 @@ from sqlalchemy import (
     CompoundSelect,
     Select,
     exists,
+    false,
     func,
     literal_column,
     or_,
@@ -85,7 +86,7 @@ def scoped(stmt: Select[Any], scope: Scope) -> Select[Any]:
     """Users in a scope: users carry no scope tags, so only scope groups limit it (members of one of the
     groups some reach names; everyone if a reach names none)."""
     if scope.empty:
-        return stmt.where(func.false())
+        return stmt.where(false())
     if any(reach.group_ids is None for reach in scope.reaches):
         return stmt
     ids = sorted({g for reach in scope.reaches for g in reach.group_ids or ()})
@@ -154,8 +155,9 @@ async def admin_role_names(session: AsyncSession) -> dict[uuid.UUID, set[str]]:
     return roles
 
 
-async def list_admins(session: AsyncSession) -> list[User]:
-    stmt = select(User).where(_is_admin()).order_by(func.lower(User.user_principal_name))
+async def list_admins(session: AsyncSession, scope: Scope) -> list[User]:
+    """The administrators a scope reaches."""
+    stmt = scoped(select(User).where(_is_admin()), scope).order_by(func.lower(User.user_principal_name))
     return list((await session.scalars(stmt)).all())
 
 
@@ -253,9 +255,10 @@ async def export(
     return list((await session.scalars(stmt)).all())
 
 
-async def departments(session: AsyncSession, limit: int = 500) -> list[str]:
+async def departments(session: AsyncSession, scope: Scope, limit: int = 500) -> list[str]:
+    """The departments of the users a scope reaches (the user list's filter choices)."""
     stmt = (
-        select(User.department)
+        scoped(select(User.department), scope)
         .where(User.department.isnot(None), User.department != "")
         .group_by(User.department)
         .order_by(func.lower(User.department))

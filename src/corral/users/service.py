@@ -24,6 +24,7 @@ from corral.devices.service import device_out, device_service
 from corral.enrollment.service import enrollment_service
 from corral.errors import Conflict, CorralError, NotFound, ValidationFailed
 from corral.groups import membership as group_membership
+from corral.groups.schemas import MemberType
 from corral.groups.service import group_service
 from corral.kit.csvexport import to_csv
 from corral.kit.security import SecretBox, generate_password, hash_password, password_problem, verify_password
@@ -32,7 +33,7 @@ from corral.licensing.service import licence_service
 from corral.models import RoleAssignment, User, UserSource
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
-from corral.rbac.principal import EVERYWHERE, Principal, authorize_object
+from corral.rbac.principal import EVERYWHERE, Principal, Scope, authorize_object
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR, role_permissions
 from corral.rbac.service import rbac_service
 from corral.tenant.service import tenant_service
@@ -78,6 +79,13 @@ CSV_HEADER = [
     "created_at",
 ]
 CSV_LICENCES = "licences"
+
+
+def admin_view_scope(principal: Principal) -> Scope:
+    """Where the caller sees administrators and what they may do: the users their users:read grant reaches
+    and, since role assignments name their members to whoever may read them, those their roles:read grant
+    reaches. Outside it an administrator is "not found", like any user."""
+    return principal.scope_for(P.users_read).union(principal.scope_for(P.roles_read))
 
 
 def user_out(user: User) -> UserOut:
@@ -183,6 +191,14 @@ class UserService:
             raise NotFound("No such user.") from None
         return user
 
+    async def get_admin_view(self, session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> User:
+        """The user, for the administrators' pages and their effective permissions: 404 outside the
+        caller's ``admin_view_scope``."""
+        user = await repository.get_with_groups(session, user_id)
+        if user is None or not repository.reaches_user(user)(admin_view_scope(principal)):
+            raise NotFound("No such user.")
+        return user
+
     async def page(
         self, session: AsyncSession, principal: Principal, filters: UserFilter
     ) -> tuple[list[User], str | None, int]:
@@ -202,8 +218,8 @@ class UserService:
         """How many users the caller may see (scope groups limit it)."""
         return await repository.count(session, principal.scope_for(P.users_read))
 
-    async def departments(self, session: AsyncSession) -> list[str]:
-        return await repository.departments(session)
+    async def departments(self, session: AsyncSession, principal: Principal) -> list[str]:
+        return await repository.departments(session, principal.scope_for(P.users_read))
 
     async def detail(
         self, session: AsyncSession, settings: Settings, principal: Principal, user: User
@@ -213,7 +229,11 @@ class UserService:
         devices, _cursor, total = await device_service.page(
             session, settings, principal, DeviceFilter(user_id=user.id, limit=DETAIL_DEVICES)
         )
-        groups = await group_service.groups_of_user(session, user.id) if principal.has(P.groups_read) else []
+        groups = (
+            await group_service.groups_of(session, MemberType.user, user.id)
+            if principal.has(P.groups_read)
+            else []
+        )
         values: dict[str, Any] = {
             **user_out(user).model_dump(),
             "is_admin": await repository.is_admin(session, user.id),
@@ -225,13 +245,18 @@ class UserService:
             return UserDetailLicensed(**values, licences=await licence_service.of_user(session, user.id))
         return UserDetail(**values)
 
-    async def list_admins(self, session: AsyncSession) -> list[User]:
-        return await repository.list_admins(session)
+    async def list_admins(self, session: AsyncSession, principal: Principal) -> list[User]:
+        """The administrators within the caller's ``admin_view_scope``."""
+        return await repository.list_admins(session, admin_view_scope(principal))
 
-    async def list_admins_with_roles(self, session: AsyncSession) -> list[tuple[User, list[str]]]:
-        """Administrators and the names of the roles they hold, directly or through groups."""
+    async def list_admins_with_roles(
+        self, session: AsyncSession, principal: Principal
+    ) -> list[tuple[User, list[str]]]:
+        """Administrators (within the caller's ``admin_view_scope``) and the names of the roles they hold,
+        directly or through groups."""
         roles = await repository.admin_role_names(session)
-        return [(user, sorted(roles.get(user.id, ()))) for user in await repository.list_admins(session)]
+        admins = await repository.list_admins(session, admin_view_scope(principal))
+        return [(user, sorted(roles.get(user.id, ()))) for user in admins]
 
     async def list_all(self, session: AsyncSession, search: str | None = None) -> list[User]:
         return await repository.list_all(session, search)
