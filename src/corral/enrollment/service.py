@@ -12,10 +12,10 @@ import segno
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from corral.audit.service import audit_service, build_event
+from corral.audit.service import RESTRICTED_CATEGORIES, audit_service, build_event, hidden_categories
 from corral.config import Settings
 from corral.enrollment import repository
-from corral.enrollment.schemas import EnrollmentTokenCreate, EnrollmentTokenOut
+from corral.enrollment.schemas import EnrollmentTokenCreate, EnrollmentTokenOut, EnrollmentTokenUseOut
 from corral.errors import Conflict, CorralError, Forbidden, NotAuthenticated, NotFound, ValidationFailed
 from corral.groups import membership as group_membership
 from corral.kit import context
@@ -25,6 +25,7 @@ from corral.licensing.service import licence_service
 from corral.models import (
     Device,
     DeviceCertificate,
+    EnrollmentRefusal,
     EnrollmentToken,
     EnrollmentTokenUse,
     ManagementState,
@@ -65,6 +66,35 @@ def token_out(token: EnrollmentToken) -> EnrollmentTokenOut:
         created_at=token.created_at,
         revoked_at=token.revoked_at,
         status=token_status(token),
+    )
+
+
+# A bound user's refusal tells whether they hold a licence (audit category "licence", licences:read). A
+# reader who may not see that category gets one stand-in for the whole family (a disabled user reads the
+# same), so the generic text does not single out the licence reason.
+_USER_REFUSALS = frozenset({EnrollmentRefusal.user_disabled, EnrollmentRefusal.user_unlicensed})
+USER_INELIGIBLE = "The bound user may not enroll devices: their account is disabled or not entitled."
+
+
+def visible_refusal(
+    reason: EnrollmentRefusal | None, detail: str | None, hidden: frozenset[str]
+) -> tuple[EnrollmentRefusal | None, str | None]:
+    """A refusal as a reader who may not see the audit categories ``hidden`` sees it."""
+    if reason in _USER_REFUSALS and "licence" in hidden:
+        return EnrollmentRefusal.user_ineligible, USER_INELIGIBLE
+    return reason, detail
+
+
+def use_out(use: EnrollmentTokenUse, hidden: frozenset[str]) -> EnrollmentTokenUseOut:
+    reason, detail = visible_refusal(use.reason, use.detail, hidden)
+    return EnrollmentTokenUseOut(
+        occurred_at=use.occurred_at,
+        ip_address=use.ip_address,
+        serial_number=use.serial_number,
+        result=use.result,
+        reason=reason,
+        detail=detail,
+        device_id=use.device_id,
     )
 
 
@@ -204,9 +234,11 @@ class EnrollmentService:
 
     async def uses(
         self, session: AsyncSession, principal: Principal, token_id: uuid.UUID
-    ) -> list[EnrollmentTokenUse]:
+    ) -> list[EnrollmentTokenUseOut]:
+        """The token's uses, each refusal reason as this reader may see it."""
         await self.get_token(session, principal, token_id)
-        return await repository.uses_of(session, token_id)
+        hidden = hidden_categories(principal)
+        return [use_out(use, hidden) for use in await repository.uses_of(session, token_id)]
 
     async def revoke_tokens_bound_to(self, session: AsyncSession, user_id: uuid.UUID) -> list[str]:
         """When a user is deleted: their tokens would otherwise enroll devices for nobody. Returns the
@@ -220,10 +252,14 @@ class EnrollmentService:
         token: EnrollmentToken | None,
         facts: DeviceFacts,
         error: CorralError,
+        reason: EnrollmentRefusal | None = None,
     ) -> CorralError:
         """Log the refusal on the token and in the audit log, in their own transaction, then hand the error
-        back to raise (the request's own transaction rolls back)."""
+        back to raise (the request's own transaction rolls back). The token's use keeps the reason and the
+        full text (readers see what the visibility rules allow); the audit event, which every audit:read
+        holder reads, gets the text as a reader who may see no restricted category would."""
         ctx = context.current()
+        _reason, public_detail = visible_refusal(reason, error.detail, frozenset(RESTRICTED_CATEGORIES))
         async with sessionmaker() as session:
             if token is not None:
                 session.add(
@@ -234,6 +270,7 @@ class EnrollmentService:
                         ip_address=ctx.client_ip,
                         serial_number=facts.serial_number[:128],
                         result="refused",
+                        reason=reason,
                         detail=error.detail[:512],
                     )
                 )
@@ -246,7 +283,7 @@ class EnrollmentService:
                     result="failure",
                     target_type="device",
                     target_name=facts.serial_number[:320],
-                    detail=error.detail,
+                    detail=public_detail,
                     actor=context.Actor(type="device", name=actor),
                 )
             )
@@ -270,12 +307,12 @@ class EnrollmentService:
             )
         status = token_status(token)
         if status != "active":
-            message = {
-                "revoked": "The enrollment token was revoked.",
-                "expired": "The enrollment token has expired.",
-                "used_up": "The enrollment token has been used up.",
+            message, reason = {
+                "revoked": ("The enrollment token was revoked.", EnrollmentRefusal.revoked),
+                "expired": ("The enrollment token has expired.", EnrollmentRefusal.expired),
+                "used_up": ("The enrollment token has been used up.", EnrollmentRefusal.used_up),
             }[status]
-            raise await self._refuse(sessionmaker, token, facts, NotAuthenticated(message))
+            raise await self._refuse(sessionmaker, token, facts, NotAuthenticated(message), reason)
         if facts.platform.value not in token.platforms:
             raise await self._refuse(
                 sessionmaker,
@@ -285,23 +322,33 @@ class EnrollmentService:
                     f"This enrollment token does not allow {facts.platform.value} devices "
                     f"(allowed: {', '.join(token.platforms)})."
                 ),
+                EnrollmentRefusal.platform_not_allowed,
             )
         if token.user_id is not None:
             # Devices enrolled with a bound token are the user's: the user must be able to hold them.
             user = await users_repository.get(session, token.user_id)
-            refusal = None
+            refusal: tuple[str, EnrollmentRefusal] | None = None
             if user is None or not user.enabled:
                 name = user.user_principal_name if user else "The bound user"
-                refusal = f"{name} is disabled: their devices cannot enroll."
+                refusal = f"{name} is disabled: their devices cannot enroll.", EnrollmentRefusal.user_disabled
             elif not await licence_service.holds_any(session, user.id):
-                refusal = f"{user.user_principal_name} holds no Corral licence."
+                # The device's user is told plainly (it is their own licence); readers of the token's uses
+                # without licences:read, and the audit log, get the generic text (visible_refusal).
+                refusal = (
+                    f"{user.user_principal_name} holds no Corral licence.",
+                    EnrollmentRefusal.user_unlicensed,
+                )
             if refusal:
-                raise await self._refuse(sessionmaker, token, facts, Forbidden(refusal))
+                raise await self._refuse(sessionmaker, token, facts, Forbidden(refusal[0]), refusal[1])
         try:
             csr = certs.load_csr(csr_pem)
         except certs.CsrRefused as exc:
             raise await self._refuse(
-                sessionmaker, token, facts, ValidationFailed(f"CSR refused: {exc}")
+                sessionmaker,
+                token,
+                facts,
+                ValidationFailed(f"CSR refused: {exc}"),
+                EnrollmentRefusal.csr_refused,
             ) from exc
 
         now = utcnow()
@@ -326,7 +373,9 @@ class EnrollmentService:
             "already exists; retire or delete it before enrolling it again."
         )
         if await repository.active_device_with_serial(session, facts.platform, facts.serial_number):
-            raise await self._refuse(sessionmaker, token, facts, duplicate)
+            raise await self._refuse(
+                sessionmaker, token, facts, duplicate, EnrollmentRefusal.duplicate_serial
+            )
         session.add(device)
         try:
             await session.flush()
