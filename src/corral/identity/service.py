@@ -94,9 +94,18 @@ class IdentityService:
             raise NotFound("No such identity connection.")
         return connection
 
-    async def _check_provider(self, issuer: str) -> None:
+    async def _check_provider(self, settings: Settings, issuer: str) -> None:
+        """The issuer's discovery document, fetched now. Every way the fetch can fail gets the same answer
+        (kit.outbound: the reason is logged), so saving a connection cannot probe what answers where."""
         try:
-            await oidc.discover(issuer, fresh=True)
+            await oidc.discover(issuer, allow_private=settings.oidc_allow_private_issuers, fresh=True)
+        except oidc.FetchFailed as exc:
+            raise ValidationFailed(
+                f"The identity provider at {issuer} cannot be used: its discovery document could not be "
+                "fetched. It must answer at <issuer>/.well-known/openid-configuration over HTTP(S), without "
+                "redirects, at a public address (a provider on a private, loopback or link-local address "
+                "needs CORRAL_OIDC_ALLOW_PRIVATE_ISSUERS=true)."
+            ) from exc
         except oidc.OidcError as exc:
             raise ValidationFailed(f"The identity provider at {issuer} cannot be used: {exc}") from exc
 
@@ -109,7 +118,7 @@ class IdentityService:
         self, session: AsyncSession, settings: Settings, data: IdentityConnectionCreate
     ) -> IdentityConnection:
         await self._check_name(session, data.name)
-        await self._check_provider(data.issuer)
+        await self._check_provider(settings, data.issuer)
         actor = context.current().actor
         creator = actor.id if actor is not None and actor.type in {"user", "token"} else None
         connection = IdentityConnection(
@@ -162,7 +171,7 @@ class IdentityService:
         if "name" in values:
             await self._check_name(session, values["name"], connection.id)
         if "issuer" in values:
-            await self._check_provider(values["issuer"])
+            await self._check_provider(settings, values["issuer"])
         for field, value in values.items():
             setattr(connection, field, value)
         changes = diff(before, {f: getattr(connection, f) for f in AUDITED})
