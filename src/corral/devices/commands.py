@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.kit.text import CLEAN_NAME
 from corral.models import ManagementState, Ownership, Platform
 from corral.rbac.permissions import P
 
@@ -30,7 +32,7 @@ class WipeParams(NoParams):
 
 
 class RenameParams(NoParams):
-    name: str = Field(min_length=1, max_length=256)
+    name: Annotated[str, Field(min_length=1, max_length=256), CLEAN_NAME]  # as at enrollment (kit.text)
 
 
 class LostModeParams(NoParams):

@@ -18,6 +18,7 @@ from corral.identity import oidc, repository
 from corral.identity.schemas import IdentityConnectionCreate, IdentityConnectionOut, IdentityConnectionUpdate
 from corral.kit import context
 from corral.kit.security import SecretBox
+from corral.kit.text import clean_name, identifier_problem
 from corral.kit.time import utcnow
 from corral.models import IdentityConnection, User, UserIdentity, UserSession, UserSource
 
@@ -251,20 +252,32 @@ class IdentityService:
 
     @staticmethod
     def upn_from(claims: dict[str, Any]) -> str | None:
+        """The account's name from the first claim present; refused (SignInRefused) when it holds a control,
+        format or separator character (kit.text: an identifier, as for local and SCIM users)."""
         for claim in UPN_CLAIMS:
             value = claims.get(claim)
             if isinstance(value, str) and value.strip() and len(value.strip()) <= 320:
+                problem = identifier_problem(value.strip())
+                if problem:
+                    raise SignInRefused(
+                        f"The identity provider's {claim} claim cannot name a Corral account: it {problem}. "
+                        "Ask an administrator to correct it at the identity provider."
+                    )
                 return value.strip()
         return None
 
     @staticmethod
     def groups_from(claims: dict[str, Any], claim: str) -> list[str]:
+        """The claimed groups; a value holding a control, format or separator character is no group (it
+        would name a group by an identifier Corral refuses everywhere else), so it is left out."""
         value = claims.get(claim)
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
             return []
-        return sorted({v for v in value if isinstance(v, str) and 0 < len(v) <= 256})
+        return sorted(
+            {v for v in value if isinstance(v, str) and 0 < len(v) <= 256 and identifier_problem(v) is None}
+        )
 
     async def complete_sign_in(
         self,
@@ -282,6 +295,10 @@ class IdentityService:
         its groups are kept (an administrator can then give the group a role). The caller audits refusals."""
         assert connection.issuer is not None
         subject = str(claims["sub"])
+        if identifier_problem(subject):
+            raise SignInRefused(
+                "The identity provider sent a subject (sub) Corral cannot store as an identifier."
+            )
         now = utcnow()
         found = await repository.identity(session, connection.issuer, subject)
         if found is not None:
@@ -324,12 +341,14 @@ class IdentityService:
 
     @staticmethod
     def profile_from(claims: dict[str, Any]) -> dict[str, str]:
-        """The profile properties the claims carry (a claim left out or empty is no value)."""
+        """The profile properties the claims carry (a claim left out or empty is no value). The name is
+        cleaned like every name (kit.text); an email address holding a control, format or separator
+        character is no value (it is not the account's name: the sign-in goes on without it)."""
         profile: dict[str, str] = {}
         name, email = claims.get("name"), claims.get("email")
-        if isinstance(name, str) and name.strip():
-            profile["display_name"] = name[:256]
-        if isinstance(email, str) and email:
+        if isinstance(name, str) and clean_name(name):
+            profile["display_name"] = clean_name(name)[:256]
+        if isinstance(email, str) and email and identifier_problem(email) is None:
             profile["email"] = email[:320]
         return profile
 
