@@ -85,3 +85,45 @@ async def test_round_trip_upgrade_downgrade_upgrade(cluster: Cluster) -> None:
         assert await _tables(url) == EXPECTED_TABLES
         assert await _scalar(url, "SELECT count(*) FROM role_definitions WHERE is_builtin") == 7
         await asyncio.to_thread(command.check, alembic_config(url))
+
+
+async def test_refusals_logged_before_reasons_were_stored_are_classified(cluster: Cluster) -> None:
+    """Old uses of an enrollment token get the reason the licence visibility rule needs (else a licence
+    refusal logged before the upgrade would still show in full to readers without licences:read)."""
+    async with scratch_database(cluster, template=None) as url:
+        await asyncio.to_thread(upgrade, url, "51c970864a10")
+        conn = await asyncpg.connect(_asyncpg_url(url))
+        try:
+            token = await conn.fetchval(
+                "INSERT INTO enrollment_tokens (id, name, token_hash, prefix, platforms, ownership,"
+                " expires_at, use_count, created_at) VALUES (gen_random_uuid(), 't', '\\x00'::bytea,"
+                " 'cet_x', '{linux}', 'company', now(), 0, now()) RETURNING id"
+            )
+            details = [
+                ("refused", "a@example.com holds no Corral licence."),
+                ("refused", "b@example.com is disabled: their devices cannot enroll."),
+                ("refused", "The enrollment token has expired."),
+                ("enrolled", None),
+            ]
+            for result, detail in details:
+                await conn.execute(
+                    "INSERT INTO enrollment_token_uses (id, token_id, occurred_at, result, detail)"
+                    " VALUES (gen_random_uuid(), $1, now(), $2, $3)",
+                    token,
+                    result,
+                    detail,
+                )
+        finally:
+            await conn.close()
+        await asyncio.to_thread(upgrade, url, "3f6b2c8e1a47")
+        conn = await asyncpg.connect(_asyncpg_url(url))
+        try:
+            rows = await conn.fetch("SELECT detail, reason FROM enrollment_token_uses")
+        finally:
+            await conn.close()
+        assert {row["detail"]: row["reason"] for row in rows} == {
+            "a@example.com holds no Corral licence.": "user_unlicensed",
+            "b@example.com is disabled: their devices cannot enroll.": "user_disabled",
+            "The enrollment token has expired.": None,
+            None: None,
+        }

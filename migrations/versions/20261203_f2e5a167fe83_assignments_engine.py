@@ -2,7 +2,7 @@
 filters, the effective device targets and desired-state versions
 
 Revision ID: f2e5a167fe83
-Revises: 440f912ea831
+Revises: 3f6b2c8e1a47
 Create Date: 2026-12-03 06:26:35.613408+00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "f2e5a167fe83"
-down_revision: str | None = "440f912ea831"
+down_revision: str | None = "3f6b2c8e1a47"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

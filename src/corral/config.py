@@ -73,6 +73,11 @@ class Settings(BaseSettings):
 
     bootstrap_admin_email: str = "admin@corral.local"
 
+    # Identity providers (OIDC): Corral fetches an issuer's discovery document, its keys and its token
+    # endpoint only at public addresses, unless this allows loopback, private and link-local ones too (a
+    # provider on the organisation's own network). See docs/operations.md, security notes.
+    oidc_allow_private_issuers: bool = False
+
     # Devices
     stale_device_days: int = 30
     # Check-in interval right after enrollment (seconds), for how long, and then.

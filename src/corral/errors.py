@@ -59,6 +59,11 @@ class PayloadTooLarge(CorralError):
     title = "Payload too large"
 
 
+class UnsupportedMediaType(CorralError):
+    status_code = 415
+    title = "Unsupported media type"
+
+
 class TooManyRequests(CorralError):
     status_code = 429
     title = "Too many requests"

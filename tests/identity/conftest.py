@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from corral.config import Settings
 from corral.identity import oidc
-from tests.conftest import BASE_URL
+from tests.conftest import BASE_URL, make_settings
 from tests.peers.idp_server import Idp, run_idp
 
 CLIENT_ID, CLIENT_SECRET = "corral", "corral-test-client-secret"
@@ -27,6 +29,12 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
     ]
     with run_idp(tmp_path_factory.mktemp("idp"), clients) as provider:
         yield provider
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    """The test provider listens on loopback, which Corral refuses to fetch from unless allowed."""
+    return make_settings(tmp_path, db_url, oidc_allow_private_issuers=True)
 
 
 @pytest.fixture(autouse=True)

@@ -456,7 +456,7 @@ async def test_missing_pkce_is_refused(
 
 # ---------------------------------------------------------------------------------- ID token validation
 async def _real_token(idp: Idp, client_id: str, secret: str, login: str, nonce: str) -> str:
-    metadata = await oidc.discover(idp.issuer)
+    metadata = await oidc.discover(idp.issuer, allow_private=True)
     auth = oidc.authorization(metadata, client_id=client_id, scopes=SCOPES, redirect_uri=REDIRECT_URI)
     auth_url = _with_query(auth.url, nonce=nonce)
     back = await sign_in_at_provider(auth_url, login)
@@ -468,36 +468,50 @@ async def _real_token(idp: Idp, client_id: str, secret: str, login: str, nonce: 
         redirect_uri=REDIRECT_URI,
         code=code,
         code_verifier=auth.code_verifier,
+        allow_private=True,
     )
 
 
 async def test_id_token_checks(idp: Idp) -> None:
     login = account()
     idp.set_user(login, email=f"{login}@example.com", name="Token", groups=["g"])
-    metadata = await oidc.discover(idp.issuer)
+    metadata = await oidc.discover(idp.issuer, allow_private=True)
     token = await _real_token(idp, CLIENT_ID, CLIENT_SECRET, login, "nonce-1")
-    claims = await oidc.validate_id_token(metadata, token, client_id=CLIENT_ID, nonce="nonce-1")
+    claims = await oidc.validate_id_token(
+        metadata, token, client_id=CLIENT_ID, nonce="nonce-1", allow_private=True
+    )
     assert claims["sub"] == login and claims["groups"] == ["g"]
 
     with pytest.raises(oidc.OidcError, match="nonce"):
-        await oidc.validate_id_token(metadata, token, client_id=CLIENT_ID, nonce="other-nonce")
+        await oidc.validate_id_token(
+            metadata, token, client_id=CLIENT_ID, nonce="other-nonce", allow_private=True
+        )
     with pytest.raises(oidc.OidcError, match="aud"):  # a token the provider issued to another client
         other = await _real_token(idp, OTHER_ID, "other-app-secret", login, "nonce-2")
-        await oidc.validate_id_token(metadata, other, client_id=CLIENT_ID, nonce="nonce-2")
+        await oidc.validate_id_token(
+            metadata, other, client_id=CLIENT_ID, nonce="nonce-2", allow_private=True
+        )
     with pytest.raises(oidc.OidcError, match="exp"):  # the same real token, two hours later
         await oidc.validate_id_token(
-            metadata, token, client_id=CLIENT_ID, nonce="nonce-1", now=int(time.time()) + 7200
+            metadata,
+            token,
+            client_id=CLIENT_ID,
+            nonce="nonce-1",
+            now=int(time.time()) + 7200,
+            allow_private=True,
         )
     # Another provider's metadata (a mix-up): iss differs.
     elsewhere = oidc.Metadata(**{**metadata.__dict__, "issuer": "https://evil.example"})
     with pytest.raises(oidc.OidcError, match="iss"):
-        await oidc.validate_id_token(elsewhere, token, client_id=CLIENT_ID, nonce="nonce-1")
+        await oidc.validate_id_token(
+            elsewhere, token, client_id=CLIENT_ID, nonce="nonce-1", allow_private=True
+        )
 
 
 async def test_unknown_kid_refetches_keys_once_then_refuses(
     idp: Idp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    metadata = await oidc.discover(idp.issuer)
+    metadata = await oidc.discover(idp.issuer, allow_private=True)
     rogue = RSAKey.generate_key(2048, parameters={"kid": "rogue-key"})
     now = int(time.time())
     forged = jwt.encode(
@@ -508,13 +522,14 @@ async def test_unknown_kid_refetches_keys_once_then_refuses(
     fetches: list[bool] = []
     real_keys = oidc.keys
 
-    async def counting(meta: oidc.Metadata, *, fresh: bool = False) -> Any:
+    async def counting(meta: oidc.Metadata, *, allow_private: bool = False, fresh: bool = False) -> Any:
+        assert allow_private  # the sign-in path's fetches are guarded like the discovery
         fetches.append(fresh)
-        return await real_keys(meta, fresh=fresh)
+        return await real_keys(meta, allow_private=allow_private, fresh=fresh)
 
     monkeypatch.setattr(oidc, "keys", counting)
     with pytest.raises(oidc.OidcError, match="does not publish"):
-        await oidc.validate_id_token(metadata, forged, client_id=CLIENT_ID, nonce="n")
+        await oidc.validate_id_token(metadata, forged, client_id=CLIENT_ID, nonce="n", allow_private=True)
     assert fetches == [False, True]
     # The same forgery claiming the provider's own kid fails on the signature.
     forged_same_kid = jwt.encode(
@@ -523,4 +538,6 @@ async def test_unknown_kid_refetches_keys_once_then_refuses(
         rogue,
     )
     with pytest.raises(oidc.OidcError, match="signature"):
-        await oidc.validate_id_token(metadata, forged_same_kid, client_id=CLIENT_ID, nonce="n")
+        await oidc.validate_id_token(
+            metadata, forged_same_kid, client_id=CLIENT_ID, nonce="n", allow_private=True
+        )

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from corral.models import Device, EnrollmentTokenUse
+from corral.enrollment.service import USER_INELIGIBLE
+from corral.models import Device, EnrollmentRefusal, EnrollmentTokenUse
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR
 from tests.conftest import Admin, Factory, audit_rows, count_rows
 from tests.devices.device import TestDevice
@@ -181,8 +182,10 @@ async def test_a_user_without_a_licence_cannot_enroll_devices_and_the_refusal_is
         assert await session.scalar(select(Device)) is None
     assert use.result == "refused" and use.serial_number == device.serial
     assert use.detail == "Unlicensed@contoso.example holds no Corral licence."
+    assert use.reason == EnrollmentRefusal.user_unlicensed
+    # The audit log is read by audit:read holders without licences:read: it gets the generic reason.
     (event,) = await audit_rows(sessionmaker, activity="device.enroll", result="failure")
-    assert event.target_name == device.serial and "no Corral licence" in (event.detail or "")
+    assert event.target_name == device.serial and event.detail == USER_INELIGIBLE
 
     licence = await create_licence(client, glob)
     assert (await assign(client, glob, user["id"], licence["id"])).status_code == 201

@@ -38,6 +38,16 @@ def live_server(tmp_path: Path, db_url: str) -> Iterator[LiveServer]:
     live.stop()
 
 
+@pytest.fixture
+def sso_live_server(tmp_path: Path, db_url: str) -> Iterator[LiveServer]:
+    """The same, allowed to fetch from the test identity provider, which listens on loopback."""
+    live = start_live_server(
+        tmp_path, db_url, tls=throwaway_ca_tls(tmp_path), oidc_allow_private_issuers=True
+    )
+    yield live
+    live.stop()
+
+
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
     path = shutil.which(CHROMIUM) or (CHROMIUM if os.path.exists(CHROMIUM) else None)

@@ -37,12 +37,12 @@ async def _device(
 
 async def test_end_user_signs_in_and_sees_my_devices(
     page: Page,
-    live_server: LiveServer,
+    sso_live_server: LiveServer,
     factory: Factory,
     sessionmaker: async_sessionmaker[AsyncSession],
     tmp_path: Path,
 ) -> None:
-    base = live_server.url
+    base = sso_live_server.url
     client = {
         "client_id": "corral-browser",
         "client_secret": "corral-browser-secret",

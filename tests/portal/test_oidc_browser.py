@@ -19,12 +19,12 @@ from tests.portal.conftest import LiveServer, shot
 
 async def test_sign_in_through_the_identity_provider(
     page: Page,
-    live_server: LiveServer,
+    sso_live_server: LiveServer,
     factory: Factory,
     sessionmaker: async_sessionmaker[AsyncSession],
     tmp_path: Path,
 ) -> None:
-    base = live_server.url
+    base = sso_live_server.url
     client = {
         "client_id": "corral-browser",
         "client_secret": "corral-browser-secret",

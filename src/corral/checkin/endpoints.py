@@ -25,13 +25,38 @@ from corral.checkin.service import checkin_service
 from corral.checkin.throttle import ENROLL_THROTTLE
 from corral.config import Settings
 from corral.enrollment.service import DeviceFacts, enrollment_service
-from corral.errors import ValidationFailed
+from corral.errors import UnsupportedMediaType, ValidationFailed
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
 
-router = APIRouter(prefix="/device/v1", include_in_schema=False)
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def json_body(request: Request) -> None:
+    """Every device request with a body declares it as JSON (``application/json``; a ``charset`` parameter
+    may only say UTF-8), else 415 before anything else is looked at. The signature does not cover the type,
+    so this is the only check that the bytes were meant as JSON (docs/device-protocol.md)."""
+    if request.method not in BODY_METHODS:
+        return
+    if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
+        return  # no body
+    media_type, *parameters = request.headers.get("content-type", "").split(";")
+    charsets = [
+        value.strip().strip('"').lower()
+        for name, _, value in (p.partition("=") for p in parameters)
+        if name.strip().lower() == "charset"
+    ]
+    if media_type.strip().lower() != "application/json" or any(c not in ("utf-8", "utf8") for c in charsets):
+        raise UnsupportedMediaType(
+            "Device requests with a body must send it as JSON: Content-Type: application/json "
+            "(UTF-8; a charset parameter may only say utf-8).",
+            headers={"Accept-Post": "application/json"},
+        )
+
+
+router = APIRouter(prefix="/device/v1", include_in_schema=False, dependencies=[Depends(json_body)])
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.commands.schemas import CommandResult, PendingCommand
 from corral.devices.schemas import Inventory
+from corral.kit.text import CLEAN_NAME, IDENTIFIER
 from corral.models import Platform
 
 
@@ -16,8 +17,10 @@ class _Strict(BaseModel):
 
 
 class DeviceFacts(_Strict):
-    serial_number: str = Field(min_length=1, max_length=128)
-    name: str = Field(default="", max_length=256)
+    # kit.text: the serial number identifies the device (refused with a control or format character); the
+    # name is only shown (such characters are removed).
+    serial_number: Annotated[str, Field(min_length=1, max_length=128), IDENTIFIER]
+    name: Annotated[str, Field(max_length=256), CLEAN_NAME] = ""
     platform: Platform
     os_version: str | None = Field(default=None, max_length=64)
     model: str | None = Field(default=None, max_length=256)

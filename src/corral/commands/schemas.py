@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from corral.kit.text import CLEAN_NAME
 
 
 # ------------------------------------------------------------------------------------------- parameters
@@ -26,7 +28,7 @@ class WipeParams(NoParams):
 
 
 class RenameParams(NoParams):
-    name: str = Field(min_length=1, max_length=256)
+    name: Annotated[str, Field(min_length=1, max_length=256), CLEAN_NAME]  # as at enrollment (kit.text)
 
 
 class LostModeParams(NoParams):

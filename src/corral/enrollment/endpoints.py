@@ -53,11 +53,10 @@ async def get_enrollment_token(
 async def list_enrollment_token_uses(
     token_id: uuid.UUID, session: SessionDep, principal: EnrollmentRead
 ) -> list[EnrollmentTokenUseOut]:
-    """Every enrollment attempt with this token: time, address, serial number, result."""
-    return [
-        EnrollmentTokenUseOut.model_validate(u)
-        for u in await enrollment_service.uses(session, principal, token_id)
-    ]
+    """Every enrollment attempt with this token: time, address, serial number, result, refusal reason.
+
+    Without licences:read, a bound user's refusal (disabled or no licence) reads `user_ineligible`."""
+    return await enrollment_service.uses(session, principal, token_id)
 
 
 @router.post("/{token_id}/revoke", response_model=EnrollmentTokenOut, responses=NOT_FOUND)

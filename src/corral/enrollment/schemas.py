@@ -5,7 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from corral.models import Ownership, Platform
+from corral.models import EnrollmentRefusal, Ownership, Platform
 
 
 class EnrollmentTokenCreate(BaseModel):
@@ -51,11 +51,13 @@ class EnrollmentTokenCreated(BaseModel):
 
 
 class EnrollmentTokenUseOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     occurred_at: datetime
     ip_address: str | None
     serial_number: str | None
     result: str
+    reason: EnrollmentRefusal | None = Field(
+        description="Why a refusal happened; readers without licences:read see user_ineligible for a "
+        "bound user who is disabled or holds no licence"
+    )
     detail: str | None
     device_id: uuid.UUID | None

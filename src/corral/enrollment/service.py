@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.assignments import hooks as assignment_hooks
 from corral.audit.refusals import Refusal, RefusalLog, Summary
-from corral.audit.service import audit_service
+from corral.audit.service import audit_service, hidden_categories
 from corral.checkin.throttle import UNKNOWN_TOKEN
 from corral.config import Settings
 from corral.enrollment import repository
-from corral.enrollment.schemas import EnrollmentTokenCreate, EnrollmentTokenOut
+from corral.enrollment.schemas import EnrollmentTokenCreate, EnrollmentTokenOut, EnrollmentTokenUseOut
 from corral.errors import Conflict, CorralError, Forbidden, NotAuthenticated, NotFound, ValidationFailed
 from corral.kit import context
 from corral.kit.security import new_token, token_digest
@@ -31,6 +31,7 @@ from corral.licensing.service import licence_service
 from corral.models import (
     Device,
     DeviceCertificate,
+    EnrollmentRefusal,
     EnrollmentToken,
     EnrollmentTokenUse,
     ManagementState,
@@ -45,18 +46,19 @@ from corral.users import repository as users_repository
 
 TOKEN_PREFIX = "cet"  # noqa: S105 - a prefix, not a secret
 
-#: Why an enrollment was refused: code (a metric label) -> the server's words (the audit log's and the token
-#: log's). The response says more; the audit log never repeats what the request said.
+#: Why an enrollment was refused: code (a metric label; stored on the token's uses) -> the server's words (the
+#: audit log's). The response says more; the audit log never repeats what the request said, and never tells
+#: whether a user holds a licence (readers of the audit log need not hold licences:read).
 REASONS = {
     "unknown_token": "the enrollment token is not valid",
-    "token_revoked": "the enrollment token was revoked",
-    "token_expired": "the enrollment token has expired",
-    "token_used_up": "the enrollment token has been used up",
-    "platform_not_allowed": "the enrollment token does not allow this platform",
-    "user_disabled": "the token's bound user is disabled",
-    "user_unlicensed": "the token's bound user holds no Corral licence",
-    "csr_refused": "the certificate signing request was refused",
-    "duplicate_serial": "a managed device with this serial number already exists",
+    EnrollmentRefusal.revoked: "the enrollment token was revoked",
+    EnrollmentRefusal.expired: "the enrollment token has expired",
+    EnrollmentRefusal.used_up: "the enrollment token has been used up",
+    EnrollmentRefusal.platform_not_allowed: "the enrollment token does not allow this platform",
+    EnrollmentRefusal.user_disabled: "the bound user may not enroll devices (disabled or not entitled)",
+    EnrollmentRefusal.user_unlicensed: "the bound user may not enroll devices (disabled or not entitled)",
+    EnrollmentRefusal.csr_refused: "the certificate signing request was refused",
+    EnrollmentRefusal.duplicate_serial: "a managed device with this serial number already exists",
 }
 
 
@@ -88,6 +90,35 @@ def token_out(token: EnrollmentToken) -> EnrollmentTokenOut:
     )
 
 
+# A bound user's refusal tells whether they hold a licence (audit category "licence", licences:read). A
+# reader who may not see that category gets one stand-in for the whole family (a disabled user reads the
+# same), so the generic text does not single out the licence reason.
+_USER_REFUSALS = frozenset({EnrollmentRefusal.user_disabled, EnrollmentRefusal.user_unlicensed})
+USER_INELIGIBLE = "The bound user may not enroll devices: their account is disabled or not entitled."
+
+
+def visible_refusal(
+    reason: EnrollmentRefusal | None, detail: str | None, hidden: frozenset[str]
+) -> tuple[EnrollmentRefusal | None, str | None]:
+    """A refusal as a reader who may not see the audit categories ``hidden`` sees it."""
+    if reason in _USER_REFUSALS and "licence" in hidden:
+        return EnrollmentRefusal.user_ineligible, USER_INELIGIBLE
+    return reason, detail
+
+
+def use_out(use: EnrollmentTokenUse, hidden: frozenset[str]) -> EnrollmentTokenUseOut:
+    reason, detail = visible_refusal(use.reason, use.detail, hidden)
+    return EnrollmentTokenUseOut(
+        occurred_at=use.occurred_at,
+        ip_address=use.ip_address,
+        serial_number=use.serial_number,
+        result=use.result,
+        reason=reason,
+        detail=detail,
+        device_id=use.device_id,
+    )
+
+
 def enrollment_url(settings: Settings, secret: str, ca_fingerprint: str | None) -> str:
     query = {"token": secret}
     if ca_fingerprint:
@@ -111,12 +142,15 @@ class DeviceFacts:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EnrollmentRefusal(Refusal):
+class RefusedEnrollment(Refusal):
     """A refused enrollment; with a known token, also logged on the token (its uses)."""
 
     token_id: uuid.UUID | None = None
     #: What the token's holder said the device is (the token's log only, never the audit log).
     serial_number: str | None = None
+    #: The server's full text for the token's log, where readers see what the visibility rules allow
+    #: (``use_out``); the audit log gets the reason's words only.
+    token_detail: str | None = None
 
     def extra_rows(self, summary: Summary | None, detail: str) -> Sequence[Any]:
         if self.token_id is None:
@@ -129,7 +163,8 @@ class EnrollmentRefusal(Refusal):
                 ip_address=summary.source if summary else self.source,
                 serial_number=None if summary else self.serial_number,
                 result="refused",
-                detail=detail[:512],
+                reason=self.reason if self.reason in EnrollmentRefusal._value2member_map_ else None,
+                detail=(detail if summary or not self.token_detail else self.token_detail)[:512],
             ),
         )
 
@@ -251,11 +286,14 @@ class EnrollmentService:
 
     async def uses(
         self, session: AsyncSession, principal: Principal, token_id: uuid.UUID
-    ) -> list[EnrollmentTokenUse]:
-        """The token's uses; those that enrolled a device outside the caller's devices:read scope are left
-        out (failed attempts, which enrolled nothing, stay: they are the token's)."""
+    ) -> list[EnrollmentTokenUseOut]:
+        """The token's uses, each refusal reason as this reader may see it. Uses that enrolled a device
+        outside the caller's devices:read scope are left out (failed attempts, which enrolled nothing, stay:
+        they are the token's)."""
         await self.get_token(session, principal, token_id)
-        return await repository.uses_of(session, token_id, principal.scope_for(P.devices_read))
+        hidden = hidden_categories(principal)
+        uses = await repository.uses_of(session, token_id, principal.scope_for(P.devices_read))
+        return [use_out(use, hidden) for use in uses]
 
     async def revoke_tokens_bound_to(self, session: AsyncSession, user_id: uuid.UUID) -> list[str]:
         """When a user is deleted: their tokens would otherwise enroll devices for nobody. Returns the
@@ -275,7 +313,7 @@ class EnrollmentService:
         error back to raise (the request's own transaction rolls back)."""
         actor = f"enrollment token {token.prefix}…" if token else UNKNOWN_TOKEN
         await refusals.record(
-            EnrollmentRefusal(
+            RefusedEnrollment(
                 activity="device.enroll",
                 category="device",
                 operation="create",
@@ -290,6 +328,7 @@ class EnrollmentService:
                 subject=f"enrollment_token:{token.id}" if token else None,
                 token_id=token.id if token else None,
                 serial_number=facts.serial_number[:128],
+                token_detail=error.detail,
             )
         )
         return error
@@ -311,18 +350,18 @@ class EnrollmentService:
             )
         status = token_status(token)
         if status != "active":
-            message = {
-                "revoked": "The enrollment token was revoked.",
-                "expired": "The enrollment token has expired.",
-                "used_up": "The enrollment token has been used up.",
+            message, reason = {
+                "revoked": ("The enrollment token was revoked.", EnrollmentRefusal.revoked),
+                "expired": ("The enrollment token has expired.", EnrollmentRefusal.expired),
+                "used_up": ("The enrollment token has been used up.", EnrollmentRefusal.used_up),
             }[status]
-            raise await self._refuse(refusals, token, facts, f"token_{status}", NotAuthenticated(message))
+            raise await self._refuse(refusals, token, facts, reason, NotAuthenticated(message))
         if facts.platform.value not in token.platforms:
             raise await self._refuse(
                 refusals,
                 token,
                 facts,
-                "platform_not_allowed",
+                EnrollmentRefusal.platform_not_allowed,
                 Forbidden(
                     f"This enrollment token does not allow {facts.platform.value} devices "
                     f"(allowed: {', '.join(token.platforms)})."
@@ -331,28 +370,24 @@ class EnrollmentService:
         if token.user_id is not None:
             # Devices enrolled with a bound token are the user's: the user must be able to hold them.
             user = await users_repository.get(session, token.user_id)
+            refusal: tuple[str, EnrollmentRefusal] | None = None
             if user is None or not user.enabled:
                 name = user.user_principal_name if user else "The bound user"
-                raise await self._refuse(
-                    refusals,
-                    token,
-                    facts,
-                    "user_disabled",
-                    Forbidden(f"{name} is disabled: their devices cannot enroll."),
+                refusal = f"{name} is disabled: their devices cannot enroll.", EnrollmentRefusal.user_disabled
+            elif not await licence_service.holds_any(session, user.id):
+                # The device's user is told plainly (it is their own licence); readers of the token's uses
+                # without licences:read, and the audit log, get the generic text (visible_refusal, REASONS).
+                refusal = (
+                    f"{user.user_principal_name} holds no Corral licence.",
+                    EnrollmentRefusal.user_unlicensed,
                 )
-            if not await licence_service.holds_any(session, user.id):
-                raise await self._refuse(
-                    refusals,
-                    token,
-                    facts,
-                    "user_unlicensed",
-                    Forbidden(f"{user.user_principal_name} holds no Corral licence."),
-                )
+            if refusal:
+                raise await self._refuse(refusals, token, facts, refusal[1], Forbidden(refusal[0]))
         try:
             csr = certs.load_csr(csr_pem)
         except certs.CsrRefused as exc:
             raise await self._refuse(
-                refusals, token, facts, "csr_refused", ValidationFailed(f"CSR refused: {exc}")
+                refusals, token, facts, EnrollmentRefusal.csr_refused, ValidationFailed(f"CSR refused: {exc}")
             ) from exc
 
         now = utcnow()
@@ -377,7 +412,7 @@ class EnrollmentService:
             "already exists; retire or delete it before enrolling it again."
         )
         if await repository.active_device_with_serial(session, facts.platform, facts.serial_number):
-            raise await self._refuse(refusals, token, facts, "duplicate_serial", duplicate)
+            raise await self._refuse(refusals, token, facts, EnrollmentRefusal.duplicate_serial, duplicate)
         session.add(device)
         try:
             await session.flush()

@@ -8,9 +8,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.groups.rules import MAX_RULE_LENGTH
+from corral.kit.text import CLEAN_NAME
 from corral.models import DynamicKind, GroupSource, MembershipType
 
-Name = Annotated[str, Field(min_length=1, max_length=256)]
+Name = Annotated[str, Field(min_length=1, max_length=256), CLEAN_NAME]  # kit.text
 Description = Annotated[str, Field(max_length=2000)]
 # A rule longer than the limit is refused by the parser with its position; this bound only stops huge bodies.
 RuleText = Annotated[str, Field(max_length=4 * MAX_RULE_LENGTH)]

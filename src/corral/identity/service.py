@@ -20,6 +20,7 @@ from corral.identity import oidc, repository
 from corral.identity.schemas import IdentityConnectionCreate, IdentityConnectionOut, IdentityConnectionUpdate
 from corral.kit import context
 from corral.kit.security import SecretBox
+from corral.kit.text import clean_name, identifier_problem
 from corral.kit.time import utcnow
 from corral.models import IdentityConnection, User, UserIdentity, UserSession, UserSource
 
@@ -105,9 +106,18 @@ class IdentityService:
             raise NotFound("No such identity connection.")
         return connection
 
-    async def _check_provider(self, issuer: str) -> None:
+    async def _check_provider(self, settings: Settings, issuer: str) -> None:
+        """The issuer's discovery document, fetched now. Every way the fetch can fail gets the same answer
+        (kit.outbound: the reason is logged), so saving a connection cannot probe what answers where."""
         try:
-            await oidc.discover(issuer, fresh=True)
+            await oidc.discover(issuer, allow_private=settings.oidc_allow_private_issuers, fresh=True)
+        except oidc.FetchFailed as exc:
+            raise ValidationFailed(
+                f"The identity provider at {issuer} cannot be used: its discovery document could not be "
+                "fetched. It must answer at <issuer>/.well-known/openid-configuration over HTTP(S), without "
+                "redirects, at a public address (a provider on a private, loopback or link-local address "
+                "needs CORRAL_OIDC_ALLOW_PRIVATE_ISSUERS=true)."
+            ) from exc
         except oidc.OidcError as exc:
             raise ValidationFailed(f"The identity provider at {issuer} cannot be used: {exc}") from exc
 
@@ -120,7 +130,7 @@ class IdentityService:
         self, session: AsyncSession, settings: Settings, data: IdentityConnectionCreate
     ) -> IdentityConnection:
         await self._check_name(session, data.name)
-        await self._check_provider(data.issuer)
+        await self._check_provider(settings, data.issuer)
         actor = context.current().actor
         creator = actor.id if actor is not None and actor.type in {"user", "token"} else None
         connection = IdentityConnection(
@@ -173,7 +183,7 @@ class IdentityService:
         if "name" in values:
             await self._check_name(session, values["name"], connection.id)
         if "issuer" in values:
-            await self._check_provider(values["issuer"])
+            await self._check_provider(settings, values["issuer"])
         for field, value in values.items():
             setattr(connection, field, value)
         changes = diff(before, {f: getattr(connection, f) for f in AUDITED})
@@ -282,20 +292,32 @@ class IdentityService:
 
     @staticmethod
     def upn_from(claims: dict[str, Any]) -> str | None:
+        """The account's name from the first claim present; refused (SignInRefused) when it holds a control,
+        format or separator character (kit.text: an identifier, as for local and SCIM users)."""
         for claim in UPN_CLAIMS:
             value = claims.get(claim)
             if isinstance(value, str) and value.strip() and len(value.strip()) <= 320:
+                problem = identifier_problem(value.strip())
+                if problem:
+                    raise SignInRefused(
+                        f"The identity provider's {claim} claim cannot name a Corral account: it {problem}. "
+                        "Ask an administrator to correct it at the identity provider."
+                    )
                 return value.strip()
         return None
 
     @staticmethod
     def groups_from(claims: dict[str, Any], claim: str) -> list[str]:
+        """The claimed groups; a value holding a control, format or separator character is no group (it
+        would name a group by an identifier Corral refuses everywhere else), so it is left out."""
         value = claims.get(claim)
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
             return []
-        return sorted({v for v in value if isinstance(v, str) and 0 < len(v) <= 256})
+        return sorted(
+            {v for v in value if isinstance(v, str) and 0 < len(v) <= 256 and identifier_problem(v) is None}
+        )
 
     async def complete_sign_in(
         self,
@@ -313,6 +335,10 @@ class IdentityService:
         its groups are kept (an administrator can then give the group a role). The caller audits refusals."""
         assert connection.issuer is not None
         subject = str(claims["sub"])
+        if identifier_problem(subject):
+            raise SignInRefused(
+                "The identity provider sent a subject (sub) Corral cannot store as an identifier."
+            )
         now = utcnow()
         found = await repository.identity(session, connection.issuer, subject)
         if found is not None:
@@ -355,12 +381,14 @@ class IdentityService:
 
     @staticmethod
     def profile_from(claims: dict[str, Any]) -> dict[str, str]:
-        """The profile properties the claims carry (a claim left out or empty is no value)."""
+        """The profile properties the claims carry (a claim left out or empty is no value). The name is
+        cleaned like every name (kit.text); an email address holding a control, format or separator
+        character is no value (it is not the account's name: the sign-in goes on without it)."""
         profile: dict[str, str] = {}
         name, email = claims.get("name"), claims.get("email")
-        if isinstance(name, str) and name.strip():
-            profile["display_name"] = name[:256]
-        if isinstance(email, str) and email:
+        if isinstance(name, str) and clean_name(name):
+            profile["display_name"] = clean_name(name)[:256]
+        if isinstance(email, str) and email and identifier_problem(email) is None:
             profile["email"] = email[:320]
         return profile
 

@@ -35,7 +35,12 @@ from corral.models.device_certificate import DeviceCertificate
 from corral.models.device_command import CommandStatus, DeviceCommand
 from corral.models.device_inventory_change import DeviceInventoryChange
 from corral.models.device_nonce import DeviceNonce
-from corral.models.enrollment_token import EnrollmentToken, EnrollmentTokenUse, enrollment_token_scope_tags
+from corral.models.enrollment_token import (
+    EnrollmentRefusal,
+    EnrollmentToken,
+    EnrollmentTokenUse,
+    enrollment_token_scope_tags,
+)
 from corral.models.group import (
     DynamicKind,
     Group,
@@ -85,6 +90,7 @@ __all__ = [
     "DeviceInventoryChange",
     "DeviceNonce",
     "DynamicKind",
+    "EnrollmentRefusal",
     "EnrollmentToken",
     "EnrollmentTokenUse",
     "FilterMode",

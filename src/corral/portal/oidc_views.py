@@ -68,7 +68,7 @@ async def start(
     try:
         connection = await identity_service.usable(session, connection_id)
         assert connection.issuer is not None and connection.client_id is not None
-        metadata = await oidc.discover(connection.issuer)
+        metadata = await oidc.discover(connection.issuer, allow_private=settings.oidc_allow_private_issuers)
     except SignInRefused as exc:
         return _refused(request, exc.detail, 404)
     except oidc.OidcError as exc:
@@ -146,7 +146,7 @@ async def callback(
             raise oidc.OidcError(f"the provider answered {error[:100]}: {(error_description or '')[:200]}")
         if not code or len(code) > 2000:
             raise oidc.OidcError("the provider sent no authorization code")
-        metadata = await oidc.discover(connection.issuer)
+        metadata = await oidc.discover(connection.issuer, allow_private=settings.oidc_allow_private_issuers)
         # RFC 9207: the response names its issuer, so a response from another provider is not taken for it.
         if (metadata.iss_parameter_supported or iss is not None) and iss != metadata.issuer:
             raise oidc.OidcError("the response's issuer (iss) is not this connection's provider")
@@ -157,9 +157,14 @@ async def callback(
             redirect_uri=redirect_uri(settings),
             code=code,
             code_verifier=flow["v"],
+            allow_private=settings.oidc_allow_private_issuers,
         )
         claims = await oidc.validate_id_token(
-            metadata, id_token, client_id=connection.client_id, nonce=flow["n"]
+            metadata,
+            id_token,
+            client_id=connection.client_id,
+            nonce=flow["n"],
+            allow_private=settings.oidc_allow_private_issuers,
         )
         result = await identity_service.complete_sign_in(session, settings, connection, claims)
     except SignInRefused as exc:  # the ID token was valid: the account it names is not admitted

@@ -11,10 +11,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from corral.config import Settings
 from corral.kit.paths import TEMPLATES_DIR
 from corral.kit.security import SecretBox, constant_time_equals, hmac_sign
+from corral.kit.text import without_bidi_controls
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 
@@ -27,6 +29,20 @@ def _datetime(value: datetime | None) -> str:
 
 
 templates.env.filters["dt"] = _datetime
+
+
+def _without_bidi_controls(value: Any) -> Any:
+    """Every value a page shows loses the characters that reorder the text around them (U+202E…): names are
+    cleaned when they are saved (kit.text), but text stored earlier, or reported by a device (inventory),
+    still cannot make a page read in another order than it is written."""
+    if isinstance(value, Markup):
+        return Markup(without_bidi_controls(value))  # noqa: S704 - already markup, characters only removed
+    if isinstance(value, str):
+        return without_bidi_controls(value)
+    return value
+
+
+templates.env.finalize = _without_bidi_controls  # set before any template is compiled: applies to all
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ Input rules, explicitly:
   manager, …) and unknown extension schemas are **ignored** on create, replace and PATCH (RFC 7644 §3.3);
   a PATCH path naming an attribute of no schema at all is a 400 ``invalidPath``; a value of the wrong type
   or too long is a 400 ``invalidValue``; ``id`` and ``meta`` cannot be changed (400 ``mutability``);
+* identifiers (``userName``, ``emails.value``, ``externalId``) holding a control, format or separator
+  character (U+202E, U+0017…) are a 400 ``invalidValue``; names (``displayName``, ``name.*``, ``title``,
+  ``department``) lose such characters (kit.text: the rule of the admin API and OpenID Connect too);
 * a malformed filter is a 400 ``invalidFilter``; nothing is changed by a refused request.
 """
 
@@ -26,6 +29,7 @@ from corral.audit.service import audit_service
 from corral.errors import NotFound
 from corral.groups.service import group_service
 from corral.kit.security import token_digest
+from corral.kit.text import clean_name, identifier_problem
 from corral.kit.time import utcnow
 from corral.models import Group, GroupSource, IdentityConnection, User, UserSource
 from corral.scim import repository
@@ -82,6 +86,8 @@ LIMITS = {
     "email": 320,
     "externalid": 256,
 }
+# Compared and looked up, so refused when they hold an invisible or control character (kit.text).
+IDENTIFIERS = {"username", "email", "externalid"}
 
 
 def _lower(value: Any) -> Any:
@@ -98,12 +104,17 @@ def _text(value: Any, name: str, limit_key: str | None = None) -> str | None:
         return None
     if not isinstance(value, str):
         raise ScimError(400, f"{name} must be a string.", "invalidValue")
-    text = value.strip()
-    limit = LIMITS.get(limit_key or name.lower())
+    key = limit_key or name.lower()
+    if key in IDENTIFIERS:
+        text = value.strip()
+        problem = identifier_problem(text)
+        if problem:
+            raise ScimError(400, f"{name} {problem}.", "invalidValue")
+    else:
+        text = clean_name(value)
+    limit = LIMITS.get(key)
     if limit is not None and len(text) > limit:
         raise ScimError(400, f"{name} is longer than {limit} characters.", "invalidValue")
-    if "\x00" in text:
-        raise ScimError(400, f"{name} contains a NUL character.", "invalidValue")
     return text or None
 
 

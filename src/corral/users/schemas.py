@@ -8,6 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from corral.devices.schemas import DeviceOut
 from corral.groups.schemas import GroupMembership
+from corral.kit.text import CLEAN_NAME, IDENTIFIER, clean_name
 from corral.licensing.schemas import UserLicenceOut
 from corral.models import UserSource
 
@@ -38,10 +39,20 @@ def _blank_to_none(value: Any) -> Any:
     return value
 
 
-OptionalText = Annotated[Annotated[str, Field(max_length=128)] | None, BeforeValidator(_blank_to_none)]
+def _name_or_none(value: Any) -> Any:
+    """An optional name, cleaned (kit.text); nothing left means "none"."""
+    return _blank_to_none(clean_name(value) if isinstance(value, str) else value)
+
+
+# Names are cleaned of control, format and separator characters; identifiers holding one are refused
+# (kit.text: the same rule for SCIM and OpenID Connect).
+OptionalText = Annotated[Annotated[str, Field(max_length=128)] | None, BeforeValidator(_name_or_none)]
 OptionalEmail = Annotated[
-    Annotated[str, Field(max_length=320, pattern=EMAIL_PATTERN)] | None, BeforeValidator(_blank_to_none)
+    Annotated[str, Field(max_length=320, pattern=EMAIL_PATTERN), IDENTIFIER] | None,
+    BeforeValidator(_blank_to_none),
 ]
+Upn = Annotated[str, Field(max_length=320, pattern=UPN_PATTERN, description="alias@domain"), IDENTIFIER]
+DisplayName = Annotated[str, Field(min_length=1, max_length=256), CLEAN_NAME]
 
 
 class UserOut(BaseModel):
@@ -94,8 +105,8 @@ class UserCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    user_principal_name: str = Field(max_length=320, pattern=UPN_PATTERN, description="alias@domain")
-    display_name: str = Field(min_length=1, max_length=256)
+    user_principal_name: Upn
+    display_name: DisplayName
     email: OptionalEmail = None
     given_name: OptionalText = None
     surname: OptionalText = None
@@ -114,8 +125,8 @@ class UserUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    user_principal_name: str | None = Field(default=None, max_length=320, pattern=UPN_PATTERN)
-    display_name: str | None = Field(default=None, min_length=1, max_length=256)
+    user_principal_name: Upn | None = None
+    display_name: DisplayName | None = None
     email: OptionalEmail = None
     given_name: OptionalText = None
     surname: OptionalText = None
@@ -138,8 +149,8 @@ class AdminCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    email: str = Field(max_length=320, pattern=EMAIL_PATTERN)
-    display_name: str = Field(default="", max_length=256)
+    email: Annotated[str, Field(max_length=320, pattern=EMAIL_PATTERN), IDENTIFIER]
+    display_name: Annotated[str, Field(max_length=256), CLEAN_NAME] = ""
     password: str | None = Field(
         default=None,
         max_length=1024,
