@@ -588,8 +588,8 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
             "platform": "windows",
             "assignments": [{"target": "all_devices"}],
         },
-        ("PUT", "/api/v1/compliance-policies/{object_id}/assignments"): {"assignments": []},
-        ("PUT", "/api/v1/configuration-profiles/{object_id}/assignments"): {"assignments": []},
+        ("PUT", "/api/v1/compliance-policies/{policy_id}/assignments"): {"assignments": []},
+        ("PUT", "/api/v1/configuration-profiles/{profile_id}/assignments"): {"assignments": []},
         **{
             ("POST", info.path): {"reason": "fuzz", "idempotency_key": f"fuzz-{n}"}
             for info in ROUTES

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from corral.devices.commands import REGISTRY
+from corral.commands.registry import REGISTRY
 from corral.groups.schemas import MemberType
 from corral.kit.db import create_engine, create_sessionmaker
 from corral.kit.routes import RouteInfo, api_routes
@@ -442,6 +442,14 @@ PROBES: list[Probe] = [
     _p("GET", f"{D}/apps", "device"),
     _p("GET", f"{D}/commands", "device"),
     _p("GET", f"{D}/groups", "device"),
+    _p("GET", f"{D}/assignments", "device"),
+    # The device is looked up (and scoped) before the object: an object that does not exist tells them apart.
+    _p(
+        "GET",
+        f"{D}/assignments/{{object_id}}/explain",
+        "device",
+        values=lambda w, s: {"object_id": str(uuid.UUID(int=7))},
+    ),
     _p("POST", f"{D}/commands/{{command_id}}/cancel", "device", **QUEUED),
     _p("POST", f"{D}/commands/clear", "device"),
     _p(

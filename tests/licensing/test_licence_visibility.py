@@ -33,6 +33,7 @@ from corral.rbac.roles import (
     BuiltinRole,
 )
 from corral.scim.auth import ScimBearer
+from tests.assignments.helpers import make_policy, put_assignments
 from tests.conftest import Admin, Factory, new_client, sign_in
 from tests.devices.device import TestDevice
 from tests.users.helpers import set_user
@@ -190,8 +191,16 @@ def reachable_get_routes(role: BuiltinRole) -> list[str]:
                 continue
         elif not isinstance(guard, Authenticated):
             continue
+        if not all(p in role.permissions for p in NEEDS_TOO.get(info.path, ())):
+            continue  # the seeded object is one the role may not read: 404, rightly
         paths.append(info.path)
     return paths
+
+
+# Routes that read an object the seed gives them, whose own read permission the route's guard does not carry:
+# an explanation of why a device gets an object needs devices:read (the guard) and the object's kind's read
+# permission (the seeded object is a compliance policy).
+NEEDS_TOO = {"/api/v1/devices/{device_id}/assignments/{object_id}/explain": (P.compliance_read,)}
 
 
 def licence_data_in(text: str) -> list[str]:
@@ -263,6 +272,17 @@ async def seeded(
     assert role.status_code == 201, role.text
     assignments = (await client.get("/api/v1/role-assignments", headers=h)).json()
     assert assignments
+    lab = await client.post(
+        "/api/v1/assignment-filters",
+        json={"name": "Lab", "platform": "linux", "rule": 'device.displayName -startsWith "lab"'},
+        headers=h,
+    )
+    assert lab.status_code == 201, lab.text
+    policy = await make_policy(sessionmaker, "Linux baseline", platform="linux")
+    profile = await make_policy(sessionmaker, "Linux banner", platform="linux", profile=True)
+    for kind, object_id in (("compliance-policies", policy), ("configuration-profiles", profile)):
+        response = await put_assignments(client, glob, object_id, [{"target": "all_devices"}], kind=kind)
+        assert response.status_code == 200, response.text
     return Seeded(
         glob,
         {
@@ -275,6 +295,10 @@ async def seeded(
             "assignment_id": assignments[0]["id"],
             "action": "wipe",
             "licence_id": licence_id,
+            "filter_id": lab.json()["id"],
+            "policy_id": str(policy),
+            "profile_id": str(profile),
+            "object_id": str(policy),
         },
     )
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Response, status
+from fastapi import Depends, Path, Query, Response, status
 
 from corral.assignments.kinds import KINDS, Kind
 from corral.assignments.schemas import (
@@ -126,13 +126,16 @@ def _assignment_routes(kind: Kind) -> None:
     singular = kind.label.replace(" ", "_")
 
     async def get_assignments(
-        object_id: uuid.UUID, session: SessionDep, principal: Principal = read
+        session: SessionDep, object_id: uuid.UUID = Path(alias=kind.param), principal: Principal = read
     ) -> AssignmentsOut:
         obj = await assignment_service.get_object(session, principal, object_id, kind.kind)
         return await assignment_service.assignments_out(session, principal, obj)
 
     async def put_assignments(
-        object_id: uuid.UUID, data: AssignmentsUpdate, session: SessionDep, principal: Principal = assign
+        data: AssignmentsUpdate,
+        session: SessionDep,
+        object_id: uuid.UUID = Path(alias=kind.param),
+        principal: Principal = assign,
     ) -> AssignmentsOut:
         obj = await assignment_service.get_object(session, principal, object_id, kind.kind, for_update=True)
         return await assignment_service.replace(session, principal, obj, data.assignments)
@@ -144,7 +147,7 @@ def _assignment_routes(kind: Kind) -> None:
     )
     _named(get_assignments, f"get_{singular}_assignments")
     _named(put_assignments, f"set_{singular}_assignments")
-    path = f"/{kind.path}/{{object_id}}/assignments"
+    path = f"/{kind.path}/{{{kind.param}}}/assignments"
     router.get(path, response_model=AssignmentsOut, responses=NOT_FOUND, tags=[kind.path])(get_assignments)
     router.put(path, response_model=AssignmentsOut, responses=NOT_FOUND, tags=[kind.path])(put_assignments)
 

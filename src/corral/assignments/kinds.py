@@ -12,6 +12,7 @@ from corral.rbac.permissions import P
 class Kind:
     kind: AssignableKind
     path: str  # under /api/v1
+    param: str  # the path parameter naming one object: /api/v1/{path}/{{param}}
     label: str  # "compliance policy"
     read: P
     write: P
@@ -24,6 +25,7 @@ KINDS: dict[AssignableKind, Kind] = {
         Kind(
             AssignableKind.compliance_policy,
             "compliance-policies",
+            "policy_id",
             "compliance policy",
             P.compliance_read,
             P.compliance_write,
@@ -32,6 +34,7 @@ KINDS: dict[AssignableKind, Kind] = {
         Kind(
             AssignableKind.configuration_profile,
             "configuration-profiles",
+            "profile_id",
             "configuration profile",
             P.profiles_read,
             P.profiles_write,

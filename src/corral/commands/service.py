@@ -506,6 +506,8 @@ class CommandService:
     async def cancel(
         self, session: AsyncSession, principal: Principal, device_id: uuid.UUID, command_id: uuid.UUID
     ) -> DeviceCommand:
+        # The device first: outside the caller's read scope it does not exist, whatever the command id.
+        await device_service.get(session, principal, device_id)
         command = await repository.get(session, device_id, command_id)
         if command is None:
             raise NotFound("No such command.")
