@@ -21,7 +21,7 @@ from corral.kit.embedded import resolve_database_url
 from corral.kit.middleware import RequestContextMiddleware
 from corral.kit.migrations import is_current
 from corral.kit.paths import STATIC_DIR
-from corral.kit.routes import route_templates
+from corral.kit.routes import method_table, route_templates
 from corral.portal.router import portal_router
 from corral.push.endpoints import router as push_router
 from corral.push.hub import PushHub
@@ -90,6 +90,7 @@ def create_app(
     app.include_router(portal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.route_templates = route_templates(app)
+    app.state.method_table = method_table(app)  # the Allow header of 405 answers (error_handlers)
     app.add_middleware(
         RequestContextMiddleware,
         trusted_proxies=settings.trusted_proxy_networks,

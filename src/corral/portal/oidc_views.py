@@ -48,7 +48,7 @@ def _forget_flow(response: Response, request: Request) -> None:
     )
 
 
-@router.get("/portal/sign-in/oidc/{connection_id}", dependencies=[PUBLIC])
+@router.get("/portal/sign-in/oidc/{connection_id:uuid}", dependencies=[PUBLIC])
 async def start(
     request: Request,
     connection_id: uuid.UUID,

@@ -53,19 +53,19 @@ async def create_role(data: RoleCreate, session: SessionDep, principal: RolesWri
     return role_out(await rbac_service.create_role(session, principal, data))
 
 
-@router.get("/roles/{role_id}", response_model=RoleOut, responses=NOT_FOUND)
+@router.get("/roles/{role_id:uuid}", response_model=RoleOut, responses=NOT_FOUND)
 async def get_role(role_id: uuid.UUID, session: SessionDep, _: RolesRead) -> RoleOut:
     return role_out(await rbac_service.get_role(session, role_id))
 
 
-@router.patch("/roles/{role_id}", response_model=RoleOut, responses=NOT_FOUND)
+@router.patch("/roles/{role_id:uuid}", response_model=RoleOut, responses=NOT_FOUND)
 async def update_role(
     role_id: uuid.UUID, data: RoleUpdate, session: SessionDep, principal: RolesWrite
 ) -> RoleOut:
     return role_out(await rbac_service.update_role(session, principal, role_id, data))
 
 
-@router.delete("/roles/{role_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete("/roles/{role_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_role(role_id: uuid.UUID, session: SessionDep, principal: RolesWrite) -> Response:
     await rbac_service.delete_role(session, principal, role_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -85,13 +85,13 @@ async def create_assignment(
     return assignment_out(await rbac_service.create_assignment(session, principal, data))
 
 
-@router.get("/role-assignments/{assignment_id}", response_model=RoleAssignmentOut, responses=NOT_FOUND)
+@router.get("/role-assignments/{assignment_id:uuid}", response_model=RoleAssignmentOut, responses=NOT_FOUND)
 async def get_assignment(assignment_id: uuid.UUID, session: SessionDep, _: RolesRead) -> RoleAssignmentOut:
     return assignment_out(await rbac_service.get_assignment(session, assignment_id))
 
 
 @router.put(
-    "/role-assignments/{assignment_id}/members", response_model=RoleAssignmentOut, responses=NOT_FOUND
+    "/role-assignments/{assignment_id:uuid}/members", response_model=RoleAssignmentOut, responses=NOT_FOUND
 )
 async def set_members(
     assignment_id: uuid.UUID, data: RoleAssignmentMembersUpdate, session: SessionDep, principal: RolesAssign
@@ -100,7 +100,7 @@ async def set_members(
 
 
 @router.delete(
-    "/role-assignments/{assignment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND
+    "/role-assignments/{assignment_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND
 )
 async def delete_assignment(
     assignment_id: uuid.UUID, session: SessionDep, principal: RolesAssign
@@ -119,7 +119,7 @@ async def create_scope_tag(data: ScopeTagCreate, session: SessionDep, _: TagsWri
     return ScopeTagOut.model_validate(await rbac_service.create_scope_tag(session, data))
 
 
-@router.delete("/scope-tags/{tag_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete("/scope-tags/{tag_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_scope_tag(tag_id: uuid.UUID, session: SessionDep, _: TagsWrite) -> Response:
     await rbac_service.delete_scope_tag(session, tag_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
