@@ -16,6 +16,7 @@ from corral.checkin.endpoints import router as device_router
 from corral.checkin.last_seen import LastSeenBuffer
 from corral.config import Settings, get_settings
 from corral.health.endpoints import router as health_router
+from corral.kit import openapi
 from corral.kit.db import asyncpg_dsn, create_engine, create_sessionmaker
 from corral.kit.embedded import resolve_database_url
 from corral.kit.middleware import RequestContextMiddleware
@@ -91,6 +92,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.route_templates = route_templates(app)
     app.state.method_table = method_table(app)  # the Allow header of 405 answers (error_handlers)
+    openapi.install(app)  # every error answer in the document, as Problem Details
     app.add_middleware(
         RequestContextMiddleware,
         trusted_proxies=settings.trusted_proxy_networks,

@@ -284,7 +284,9 @@ async def device_commands(
 
 
 @router.post(
-    "/{device_id:uuid}/commands/{command_id:uuid}/cancel", response_model=CommandOut, responses=NOT_FOUND
+    "/{device_id:uuid}/commands/{command_id:uuid}/cancel",
+    response_model=CommandOut,
+    responses={**NOT_FOUND, 409: {"description": "Already carried out, canceled or expired"}},
 )
 async def cancel_command(
     device_id: uuid.UUID, command_id: uuid.UUID, session: SessionDep, principal: DevicesRead
@@ -340,7 +342,11 @@ for _command in REGISTRY.values():
         status_code=202,
         response_model=CommandOut,
         name=f"device_action_{_command.name}",
-        responses={**NOT_FOUND, 200: {"description": "Already queued with this idempotency key"}},
+        responses={
+            **NOT_FOUND,
+            200: {"description": "Already queued with this idempotency key"},
+            409: {"description": "Retired or wiped, the same action under way, or the key used for another"},
+        },
     )
 
 __all__ = ["DeviceCommand", "router"]

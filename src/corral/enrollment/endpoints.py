@@ -59,7 +59,11 @@ async def list_enrollment_token_uses(
     ]
 
 
-@router.post("/{token_id:uuid}/revoke", response_model=EnrollmentTokenOut, responses=NOT_FOUND)
+@router.post(
+    "/{token_id:uuid}/revoke",
+    response_model=EnrollmentTokenOut,
+    responses={**NOT_FOUND, 409: {"description": "Already revoked"}},
+)
 async def revoke_enrollment_token(
     token_id: uuid.UUID, session: SessionDep, principal: EnrollmentManage
 ) -> EnrollmentTokenOut:

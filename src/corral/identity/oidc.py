@@ -50,7 +50,7 @@ async def _get_json(url: str) -> dict[str, Any]:
     try:
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False) as client:
             response = await client.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: e.g. a host name IDNA refuses
         raise OidcError(f"{url} is unreachable ({type(exc).__name__}).") from exc
     if response.status_code != 200:
         raise OidcError(f"{url} answered HTTP {response.status_code}.")

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Seats = Field(ge=0, le=10_000_000)
+Seats = Field(ge=0, le=10_000_000, strict=True)  # strict: `true` is not 1 seat
 
 
 class LicenceOut(BaseModel):
@@ -42,7 +42,9 @@ class LicenceUpdate(BaseModel):
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
     )
     description: str | None = Field(default=None, max_length=2000)
-    seats: int | None = Field(default=None, ge=0, le=10_000_000, description="Not below the assigned count")
+    seats: int | None = Field(
+        default=None, ge=0, le=10_000_000, strict=True, description="Not below the assigned count"
+    )
 
 
 class UserLicenceOut(BaseModel):

@@ -87,7 +87,14 @@ async def get_user(
     return await user_service.detail(session, settings, principal, user)
 
 
-@router.patch("/users/{user_id:uuid}", response_model=UserOut, responses={**NOT_FOUND, 409: {}})
+@router.patch(
+    "/users/{user_id:uuid}",
+    response_model=UserOut,
+    responses={
+        **NOT_FOUND,
+        409: {"description": "Name taken; yourself or the last Global administrator; or provisioned"},
+    },
+)
 async def update_user(
     user_id: uuid.UUID, data: UserUpdate, session: SessionDep, principal: UsersWrite
 ) -> UserOut:
@@ -109,7 +116,14 @@ async def delete_user(user_id: uuid.UUID, session: SessionDep, principal: UsersW
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/users/{user_id:uuid}/password-reset", response_model=PasswordReset, responses=NOT_FOUND)
+@router.post(
+    "/users/{user_id:uuid}/password-reset",
+    response_model=PasswordReset,
+    responses={
+        **NOT_FOUND,
+        409: {"description": "Your own account, or one that signs in through its identity provider"},
+    },
+)
 async def reset_password(user_id: uuid.UUID, session: SessionDep, principal: UsersWrite) -> PasswordReset:
     return PasswordReset(one_time_password=await user_service.reset_password(session, principal, user_id))
 

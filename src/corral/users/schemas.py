@@ -11,7 +11,8 @@ from corral.groups.schemas import GroupMembership
 from corral.licensing.schemas import UserLicenceOut
 from corral.models import UserSource
 
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}$"
+# Blanks as every regular-expression dialect reads them: JavaScript's \s lacks U+0085, Unicode's lacks U+FEFF.
+EMAIL_PATTERN = r"^[^@\s\x85\ufeff]{1,64}@[^@\s\x85\ufeff]{1,255}$"
 # A user principal name is an Internet-style name, alias@domain (the domain need not receive mail).
 UPN_PATTERN = EMAIL_PATTERN
 
@@ -40,7 +41,9 @@ def _blank_to_none(value: Any) -> Any:
 
 OptionalText = Annotated[Annotated[str, Field(max_length=128)] | None, BeforeValidator(_blank_to_none)]
 OptionalEmail = Annotated[
-    Annotated[str, Field(max_length=320, pattern=EMAIL_PATTERN)] | None, BeforeValidator(_blank_to_none)
+    # (blank means none: the pattern says so too, for the OpenAPI document)
+    Annotated[str, Field(max_length=320, pattern=r"^\s*$|" + EMAIL_PATTERN)] | None,
+    BeforeValidator(_blank_to_none),
 ]
 
 

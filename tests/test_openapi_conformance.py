@@ -1,0 +1,134 @@
+"""Schemathesis over the whole admin API, from its OpenAPI document, with a Global administrator's API token:
+a live server on loopback against this test's throw-away database, every check on. No server error, and no
+answer the document does not describe (status, media type, headers, body schema, Allow, auth).
+
+The run is bounded (a fixed seed, few examples per operation) so it takes about a minute; widen it locally
+with CORRAL_SCHEMATHESIS_EXAMPLES=100."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import resource
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Factory
+from tests.live import LiveServer, start_live_server
+
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+EXAMPLES = int(os.environ.get("CORRAL_SCHEMATHESIS_EXAMPLES", "6"))
+SEED = int(os.environ.get("CORRAL_SCHEMATHESIS_SEED", "20261203"))
+PHASES = os.environ.get("CORRAL_SCHEMATHESIS_PHASES", "examples,coverage,fuzzing,stateful")
+# Operations that would revoke the run's own credentials; nothing else is left out:
+# - DELETE /api/v1/api-tokens/{token_id}: the stateful phase learns token ids and could revoke the token the
+#   whole run authenticates with. (Disabling or deleting yourself, resetting your own password, removing the
+#   last Global administrator or changing a built-in role are refused by the server, and tested as such.)
+EXCLUDED = [("DELETE", "/api/v1/api-tokens/{token_id}")]
+# "Data valid by the schema is accepted": schemathesis' default statuses, plus
+# - 422, the answer to a rule the schema cannot state (a reference to an object that does not exist, a group
+#   rule that does not parse, an identity provider that cannot be reached, exactly one of three fields);
+# - 400 where a pagination cursor is taken: a cursor is opaque, only the server's own next_cursor is valid.
+ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+
+
+@pytest.fixture
+def live(tmp_path: Path, db_url: str) -> Iterator[LiveServer]:
+    server = start_live_server(tmp_path, db_url)
+    yield server
+    server.stop()
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value)  # strings, numbers, booleans and lists of them read the same in TOML
+
+
+def coverage_once(document: dict[str, Any]) -> list[str]:
+    """Operations whose requests another operation's coverage already walks, value for value: the remote
+    actions share one request schema, and each CSV export takes its list's filters. They still get the
+    fuzzing and stateful phases; the coverage phase (every boundary and invalid value of every field, the
+    longest phase by far) runs once per shape."""
+    seen: set[str] = set()
+    repeated = []
+    for path, item in sorted(document["paths"].items()):
+        for method, operation in item.items():
+            shape = json.dumps(
+                [operation.get("parameters", []), operation.get("requestBody")], sort_keys=True
+            )
+            if shape in seen and (operation.get("parameters") or operation.get("requestBody")):
+                repeated.append(f"{method.upper()} {path}")
+            seen.add(shape)
+    return repeated
+
+
+def config(document: dict[str, Any]) -> str:
+    """schemathesis.toml: the bounds, and 400 accepted for valid data only where a cursor is taken."""
+    lines = [
+        f"seed = {SEED}",
+        "workers = 1",  # (hypothesis' lambda descriptions are not thread-safe on Python 3.11)
+        "[generation]",
+        f"max-examples = {EXAMPLES}",
+        'database = "none"',
+        "[output.sanitization]",
+        "enabled = true",
+        "[checks.positive_data_acceptance]",
+        f"expected-statuses = {_toml(ACCEPTED)}",
+    ]
+    for name in coverage_once(document):
+        lines += ["[[operations]]", f"include-name = {_toml(name)}", "phases.coverage.enabled = false"]
+    for path, item in sorted(document["paths"].items()):
+        for method, operation in item.items():
+            if any(p["in"] == "query" and p["name"] == "cursor" for p in operation.get("parameters", [])):
+                lines += [
+                    "[[operations]]",
+                    f"include-path = {_toml(path)}",
+                    f"include-method = {_toml(method.upper())}",
+                    f"checks.positive_data_acceptance.expected-statuses = {_toml([*ACCEPTED, '400'])}",
+                ]
+    return "\n".join(lines) + "\n"
+
+
+async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
+    live: LiveServer, factory: Factory, tmp_path: Path
+) -> None:
+    admin = await factory.admin()  # Global administrator, with an API token
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        document = (await http.get("/api/v1/openapi.json")).json()
+    config_file = tmp_path / "schemathesis.toml"
+    config_file.write_text(config(document))
+    excluded = [f"--exclude-name={method} {path}" for method, path in EXCLUDED]
+    process = await asyncio.create_subprocess_exec(
+        str(SCHEMATHESIS),
+        f"--config-file={config_file}",
+        "--no-color",
+        "run",
+        f"{live.url}/api/v1/openapi.json",
+        "--checks=all",
+        f"--phases={PHASES}",
+        *excluded,
+        f"--header=Authorization: Bearer {admin.token}",
+        f"--report-dir={tmp_path / 'report'}",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    before = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    out_bytes, _ = await asyncio.wait_for(process.communicate(), timeout=480)
+    after = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    cpu = [a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True)]
+    print(f"CPU seconds: server (this process) {cpu[0]:.1f}, schemathesis {cpu[1]:.1f}")
+    out = out_bytes.decode(errors="replace")
+    (tmp_path / "schemathesis.out").write_text(out)
+    summary = out[out.rfind("SUMMARY") :]
+    print(summary)
+    assert process.returncode == 0, out[-25000:]
+    tested = re.search(r"Tested: (\d+)", summary)
+    operations = sum(len(item) for item in document["paths"].values())
+    assert tested and int(tested.group(1)) == operations - len(EXCLUDED), summary
