@@ -5,6 +5,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.kit.types import Boolean
+
 Scopes = Field(
     default="openid profile email groups", min_length=6, max_length=256, pattern=r"^[\x21-\x7e ]+$"
 )
@@ -39,9 +41,9 @@ class IdentityConnectionCreate(BaseModel):
     client_secret: str = Field(min_length=1, max_length=1024)
     scopes: str = Scopes
     groups_claim: str = Claim
-    admin_sign_in: bool = True
-    user_sign_in: bool = True
-    enabled: bool = True
+    admin_sign_in: Boolean = True
+    user_sign_in: Boolean = True
+    enabled: Boolean = True
 
 
 class IdentityConnectionUpdate(BaseModel):
@@ -55,6 +57,6 @@ class IdentityConnectionUpdate(BaseModel):
     groups_claim: str | None = Field(
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$"
     )
-    admin_sign_in: bool | None = None
-    user_sign_in: bool | None = None
-    enabled: bool | None = None
+    admin_sign_in: Boolean | None = None
+    user_sign_in: Boolean | None = None
+    enabled: Boolean | None = None

@@ -5,7 +5,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Seats = Field(ge=0, le=10_000_000, strict=True)  # strict: `true` is not 1 seat
+from corral.kit.types import Integer
+
+Seats = Field(ge=0, le=10_000_000)
 
 
 class LicenceOut(BaseModel):
@@ -31,7 +33,7 @@ class LicenceCreate(BaseModel):
         description="Stock-keeping unit",
     )
     description: str = Field(default="", max_length=2000)
-    seats: int = Seats
+    seats: Integer = Seats
 
 
 class LicenceUpdate(BaseModel):
@@ -42,8 +44,8 @@ class LicenceUpdate(BaseModel):
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
     )
     description: str | None = Field(default=None, max_length=2000)
-    seats: int | None = Field(
-        default=None, ge=0, le=10_000_000, strict=True, description="Not below the assigned count"
+    seats: Integer | None = Field(
+        default=None, ge=0, le=10_000_000, description="Not below the assigned count"
     )
 
 

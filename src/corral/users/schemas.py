@@ -8,6 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from corral.devices.schemas import DeviceOut
 from corral.groups.schemas import GroupMembership
+from corral.kit.types import Boolean
 from corral.licensing.schemas import UserLicenceOut
 from corral.models import UserSource
 
@@ -124,7 +125,7 @@ class UserUpdate(BaseModel):
     surname: OptionalText = None
     department: OptionalText = None
     job_title: OptionalText = None
-    enabled: bool | None = Field(
+    enabled: Boolean | None = Field(
         default=None,
         description="false ends all of the user's sessions at once and applies the tenant setting "
         "deprovisioned_user_devices to their devices",
