@@ -81,7 +81,7 @@ def _guards(dependant: Dependant) -> list[Any]:
 def _effective_dependants(app: FastAPI) -> dict[tuple[str, frozenset[str]], Dependant]:
     """The dependency trees that actually run (router-level dependencies included)."""
     return {
-        (ctx.path, frozenset(ctx.methods or ())): ctx.dependant
+        (ctx.path_format, frozenset(ctx.methods or ())): ctx.dependant
         for ctx in iter_route_contexts(app.routes)
         if isinstance(ctx.original_route, APIRoute) and ctx.path
     }

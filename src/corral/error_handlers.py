@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corral.auth.dependencies import PasswordChangeRequired
 from corral.errors import CorralError, NotAuthenticated
 from corral.kit import context
+from corral.kit.routes import MethodTable
 from corral.scim.errors import scim_error_response
 
 log = logging.getLogger("corral.errors")
@@ -108,18 +109,28 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     return portal_error(request, 400, "That request was not valid", summary)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the request's path supports, whichever of the routes sharing its template serves it."""
+    table: MethodTable | None = getattr(request.app.state, "method_table", None)
+    return table.allowed(request.scope) if table is not None else []
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     titles = {404: "Not found", 405: "Method not allowed", 400: "Bad request", 413: "Payload too large"}
     title = titles.get(exc.status_code, "Error")
     detail = exc.detail if isinstance(exc.detail, str) else title
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         detail = "There is nothing at this address."
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not supported here; this address supports {headers['Allow']}."
     if is_scim(request):
-        return scim_error_response(exc.status_code, detail, headers=dict(exc.headers or {}))
+        return scim_error_response(exc.status_code, detail, headers=headers)
     if wants_problem(request):
-        return problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
-    return portal_error(request, exc.status_code, title, detail)
+        return problem(exc.status_code, title, detail, headers=headers)
+    return portal_error(request, exc.status_code, title, detail, headers=headers)
 
 
 # Text PostgreSQL cannot store (a NUL character, an invalid byte sequence) is a payload problem, not a crash.

@@ -19,13 +19,14 @@ from corral.checkin.last_seen import LastSeenBuffer
 from corral.checkin.throttle import DeviceLimits
 from corral.config import Settings, get_settings
 from corral.health.endpoints import router as health_router
+from corral.kit import openapi
 from corral.kit.body_limit import BodyLimitMiddleware
 from corral.kit.db import asyncpg_dsn, create_engine, create_sessionmaker
 from corral.kit.embedded import resolve_database_url
 from corral.kit.middleware import RequestContextMiddleware
 from corral.kit.migrations import is_current
 from corral.kit.paths import STATIC_DIR
-from corral.kit.routes import route_templates
+from corral.kit.routes import method_table, route_templates
 from corral.portal.router import portal_router
 from corral.push.endpoints import router as push_router
 from corral.push.hub import PushHub
@@ -105,6 +106,8 @@ def create_app(
     app.state.route_templates = route_templates(app)
     # Innermost: its 413s carry the request context's headers and are logged with their status.
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings), render=error_handlers.http_error)
+    app.state.method_table = method_table(app)  # the Allow header of 405 answers (error_handlers)
+    openapi.install(app)  # every error answer in the document, as Problem Details
     app.add_middleware(
         RequestContextMiddleware,
         trusted_proxies=settings.trusted_proxy_networks,

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class AuditFilter(BaseModel):
@@ -21,6 +24,14 @@ class AuditFilter(BaseModel):
     until: datetime | None = None
     cursor: str | None = Field(default=None, max_length=200)
     limit: int = Field(default=50, ge=1, le=500)
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _not_a_number(cls, value: Any) -> Any:
+        """ISO 8601 only: a bare number would otherwise be read as seconds since 1970."""
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            raise ValueError("give a date and time in ISO 8601 form, e.g. 2026-12-03T10:00:00Z")
+        return value
 
     @field_validator("since", "until")
     @classmethod

@@ -115,6 +115,8 @@ async def _refuse(request: Request, sessionmaker: async_sessionmaker[AsyncSessio
 class Require(HeaderGuard):
     """Allow callers holding every listed permission (or any one, with ``any_of=True``)."""
 
+    openapi_errors = (401, 403)  # not signed in; permission (or CSRF token) missing (kit/openapi.py)
+
     def __init__(self, *permissions: P, any_of: bool = False) -> None:
         if not permissions:
             raise ValueError("Require needs at least one permission")
@@ -146,6 +148,8 @@ class Require(HeaderGuard):
 
 class Authenticated(HeaderGuard):
     """Allow any signed-in person (self-service: own account, own tokens, sign-out)."""
+
+    openapi_errors = (401, 403)  # not signed in; CSRF token missing, or a password change due
 
     def __init__(self, *, allow_password_change: bool = False) -> None:
         self.allow_password_change = allow_password_change

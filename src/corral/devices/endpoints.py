@@ -148,7 +148,7 @@ async def list_bulk_actions(
     return BulkActionPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/bulk-actions/{bulk_action_id}", response_model=BulkActionDetail, responses=NOT_FOUND)
+@router.get("/bulk-actions/{bulk_action_id:uuid}", response_model=BulkActionDetail, responses=NOT_FOUND)
 async def get_bulk_action(
     bulk_action_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> BulkActionDetail:
@@ -156,7 +156,7 @@ async def get_bulk_action(
     return await bulk_service.show(session, principal, bulk_action_id)
 
 
-@router.post("/bulk-actions/{bulk_action_id}/cancel", response_model=CancelCounts, responses=NOT_FOUND)
+@router.post("/bulk-actions/{bulk_action_id:uuid}/cancel", response_model=CancelCounts, responses=NOT_FOUND)
 async def cancel_bulk_action(
     bulk_action_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> CancelCounts:
@@ -165,7 +165,7 @@ async def cancel_bulk_action(
     return CancelCounts(canceled=canceled, kept=kept)
 
 
-@router.get("/{device_id}", response_model=DeviceDetail, responses=NOT_FOUND)
+@router.get("/{device_id:uuid}", response_model=DeviceDetail, responses=NOT_FOUND)
 async def get_device(
     device_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: DevicesRead
 ) -> DeviceDetail:
@@ -173,7 +173,7 @@ async def get_device(
     return await device_service.detail(session, settings, device)
 
 
-@router.get("/{device_id}/who-can/{action}", response_model=WhoCanOut, responses=NOT_FOUND)
+@router.get("/{device_id:uuid}/who-can/{action}", response_model=WhoCanOut, responses=NOT_FOUND)
 async def who_can(
     device_id: uuid.UUID,
     action: str,
@@ -188,7 +188,7 @@ async def who_can(
     return access.who_can_out(device, await access.who_can(session, device, action))
 
 
-@router.patch("/{device_id}", response_model=DeviceDetail, responses=NOT_FOUND)
+@router.patch("/{device_id:uuid}", response_model=DeviceDetail, responses=NOT_FOUND)
 async def update_device(
     device_id: uuid.UUID,
     data: DeviceUpdate,
@@ -200,14 +200,16 @@ async def update_device(
     return await device_service.detail(session, settings, device)
 
 
-@router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete("/{device_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_device(device_id: uuid.UUID, session: SessionDep, principal: DevicesDelete) -> Response:
     """Delete the record and revoke the device's certificates: its next request is refused."""
     await device_service.delete(session, principal, device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{device_id}/inventory-history", response_model=list[InventoryChangeOut], responses=NOT_FOUND)
+@router.get(
+    "/{device_id:uuid}/inventory-history", response_model=list[InventoryChangeOut], responses=NOT_FOUND
+)
 async def device_inventory_history(
     device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> list[InventoryChangeOut]:
@@ -217,14 +219,14 @@ async def device_inventory_history(
     ]
 
 
-@router.get("/{device_id}/apps", response_model=list[DeviceAppOut], responses=NOT_FOUND)
+@router.get("/{device_id:uuid}/apps", response_model=list[DeviceAppOut], responses=NOT_FOUND)
 async def device_apps(
     device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> list[DeviceAppOut]:
     return [DeviceAppOut.model_validate(a) for a in await device_service.apps(session, principal, device_id)]
 
 
-@router.get("/{device_id}/commands", response_model=list[CommandOut], responses=NOT_FOUND)
+@router.get("/{device_id:uuid}/commands", response_model=list[CommandOut], responses=NOT_FOUND)
 async def device_commands(
     device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> list[CommandOut]:
@@ -234,7 +236,11 @@ async def device_commands(
     ]
 
 
-@router.post("/{device_id}/commands/{command_id}/cancel", response_model=CommandOut, responses=NOT_FOUND)
+@router.post(
+    "/{device_id:uuid}/commands/{command_id:uuid}/cancel",
+    response_model=CommandOut,
+    responses={**NOT_FOUND, 409: {"description": "Already carried out, canceled or expired"}},
+)
 async def cancel_command(
     device_id: uuid.UUID, command_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> CommandOut:
@@ -242,7 +248,7 @@ async def cancel_command(
     return CommandOut.model_validate(await command_service.cancel(session, principal, device_id, command_id))
 
 
-@router.post("/{device_id}/commands/clear", response_model=CancelCounts, responses=NOT_FOUND)
+@router.post("/{device_id:uuid}/commands/clear", response_model=CancelCounts, responses=NOT_FOUND)
 async def clear_command_queue(
     device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> CancelCounts:
@@ -283,13 +289,17 @@ def _action_endpoint(command_type: CommandType) -> Callable[..., Awaitable[Respo
 
 for _command in REGISTRY.values():
     router.add_api_route(
-        f"/{{device_id}}/actions/{_command.name}",
+        f"/{{device_id:uuid}}/actions/{_command.name}",
         _action_endpoint(_command),
         methods=["POST"],
         status_code=202,
         response_model=CommandOut,
         name=f"device_action_{_command.name}",
-        responses={**NOT_FOUND, 200: {"description": "Already queued with this idempotency key"}},
+        responses={
+            **NOT_FOUND,
+            200: {"description": "Already queued with this idempotency key"},
+            409: {"description": "Retired or wiped, the same action under way, or the key used for another"},
+        },
     )
 
 __all__ = ["DeviceCommand", "router"]
@@ -304,7 +314,9 @@ REVIEW_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/{device_id}/commands/{command_id}/approve", response_model=CommandOut, responses=REVIEW_ERRORS)
+@router.post(
+    "/{device_id:uuid}/commands/{command_id:uuid}/approve", response_model=CommandOut, responses=REVIEW_ERRORS
+)
 async def approve_command(
     device_id: uuid.UUID,
     command_id: uuid.UUID,
@@ -321,7 +333,9 @@ async def approve_command(
     return CommandOut.model_validate(command)
 
 
-@router.post("/{device_id}/commands/{command_id}/reject", response_model=CommandOut, responses=REVIEW_ERRORS)
+@router.post(
+    "/{device_id:uuid}/commands/{command_id:uuid}/reject", response_model=CommandOut, responses=REVIEW_ERRORS
+)
 async def reject_command(
     device_id: uuid.UUID,
     command_id: uuid.UUID,

@@ -42,14 +42,14 @@ async def create_enrollment_token(
     )
 
 
-@router.get("/{token_id}", response_model=EnrollmentTokenOut, responses=NOT_FOUND)
+@router.get("/{token_id:uuid}", response_model=EnrollmentTokenOut, responses=NOT_FOUND)
 async def get_enrollment_token(
     token_id: uuid.UUID, session: SessionDep, principal: EnrollmentRead
 ) -> EnrollmentTokenOut:
     return token_out(await enrollment_service.get_token(session, principal, token_id))
 
 
-@router.get("/{token_id}/uses", response_model=list[EnrollmentTokenUseOut], responses=NOT_FOUND)
+@router.get("/{token_id:uuid}/uses", response_model=list[EnrollmentTokenUseOut], responses=NOT_FOUND)
 async def list_enrollment_token_uses(
     token_id: uuid.UUID, session: SessionDep, principal: EnrollmentRead
 ) -> list[EnrollmentTokenUseOut]:
@@ -59,7 +59,11 @@ async def list_enrollment_token_uses(
     return await enrollment_service.uses(session, principal, token_id)
 
 
-@router.post("/{token_id}/revoke", response_model=EnrollmentTokenOut, responses=NOT_FOUND)
+@router.post(
+    "/{token_id:uuid}/revoke",
+    response_model=EnrollmentTokenOut,
+    responses={**NOT_FOUND, 409: {"description": "Already revoked"}},
+)
 async def revoke_enrollment_token(
     token_id: uuid.UUID, session: SessionDep, principal: EnrollmentManage
 ) -> EnrollmentTokenOut:

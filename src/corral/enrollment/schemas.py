@@ -5,6 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from corral.kit.types import Integer
 from corral.models import EnrollmentRefusal, Ownership, Platform
 
 
@@ -14,8 +15,8 @@ class EnrollmentTokenCreate(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     platforms: list[Platform] = Field(min_length=1, max_length=6)
     ownership: Ownership = Ownership.company
-    expires_in_days: int = Field(default=30, ge=1, le=365)
-    max_uses: int | None = Field(default=None, ge=1, le=1_000_000, description="None: unlimited")
+    expires_in_days: Integer = Field(default=30, ge=1, le=365)
+    max_uses: Integer | None = Field(default=None, ge=1, le=1_000_000, description="None: unlimited")
     user_id: uuid.UUID | None = Field(
         default=None, description="Devices enrolled with it belong to this user"
     )

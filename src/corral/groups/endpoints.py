@@ -92,13 +92,13 @@ async def explain_rule(data: ExplainRequest, session: SessionDep, principal: Gro
     return await group_service.explain(session, principal, data)
 
 
-@router.get("/groups/{group_id}", response_model=GroupDetail, responses=NOT_FOUND)
+@router.get("/groups/{group_id:uuid}", response_model=GroupDetail, responses=NOT_FOUND)
 async def get_group(group_id: uuid.UUID, session: SessionDep, _: GroupsRead) -> GroupDetail:
     """A group with its direct member counts, the groups it is nested in and the role assignments using it."""
     return await group_service.detail(session, await group_service.get(session, group_id))
 
 
-@router.patch("/groups/{group_id}", response_model=GroupSaved, responses={**NOT_FOUND, **RULE_ERROR})
+@router.patch("/groups/{group_id:uuid}", response_model=GroupSaved, responses={**NOT_FOUND, **RULE_ERROR})
 async def update_group(
     group_id: uuid.UUID, data: GroupUpdate, session: SessionDep, principal: GroupsWrite
 ) -> GroupSaved:
@@ -108,7 +108,7 @@ async def update_group(
 
 
 @router.delete(
-    "/groups/{group_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT}
+    "/groups/{group_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT}
 )
 async def delete_group(group_id: uuid.UUID, session: SessionDep, _: GroupsWrite) -> Response:
     """Delete a group; refused while a role assignment or a policy's assignment uses it."""
@@ -116,13 +116,15 @@ async def delete_group(group_id: uuid.UUID, session: SessionDep, _: GroupsWrite)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/groups/{group_id}/evaluate", response_model=EvaluationOut, responses={**NOT_FOUND, **CONFLICT})
+@router.post(
+    "/groups/{group_id:uuid}/evaluate", response_model=EvaluationOut, responses={**NOT_FOUND, **CONFLICT}
+)
 async def evaluate_group(group_id: uuid.UUID, session: SessionDep, _: GroupsWrite) -> EvaluationOut:
     """Compute a dynamic group's members again from its rule, in full."""
     return await group_service.evaluate(session, group_id)
 
 
-@router.get("/groups/{group_id}/members", response_model=MemberPage, responses=NOT_FOUND)
+@router.get("/groups/{group_id:uuid}/members", response_model=MemberPage, responses=NOT_FOUND)
 async def list_members(
     group_id: uuid.UUID,
     session: SessionDep,
@@ -136,7 +138,7 @@ async def list_members(
 
 
 @router.post(
-    "/groups/{group_id}/members",
+    "/groups/{group_id:uuid}/members",
     response_model=MemberOut,
     status_code=status.HTTP_201_CREATED,
     responses={**NOT_FOUND, **CONFLICT, 200: {"description": "Already a member"}},
@@ -154,7 +156,7 @@ async def add_member(
 
 
 @router.delete(
-    "/groups/{group_id}/members",
+    "/groups/{group_id:uuid}/members",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, **CONFLICT},
 )
@@ -166,7 +168,7 @@ async def remove_member(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/devices/{device_id}/groups", response_model=list[GroupMembership], responses=NOT_FOUND)
+@router.get("/devices/{device_id:uuid}/groups", response_model=list[GroupMembership], responses=NOT_FOUND)
 async def device_groups(
     device_id: uuid.UUID, session: SessionDep, principal: GroupsRead
 ) -> list[GroupMembership]:
@@ -174,7 +176,7 @@ async def device_groups(
     return await group_service.groups_of_device(session, principal, device_id)
 
 
-@router.get("/users/{user_id}/groups", response_model=list[GroupMembership], responses=NOT_FOUND)
+@router.get("/users/{user_id:uuid}/groups", response_model=list[GroupMembership], responses=NOT_FOUND)
 async def user_groups(
     user_id: uuid.UUID, session: SessionDep, principal: GroupsAndUsersRead
 ) -> list[GroupMembership]:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.groups.rules import MAX_RULE_LENGTH
 from corral.kit.text import CLEAN_NAME
+from corral.kit.types import Integer
 from corral.models import DynamicKind, GroupSource, MembershipType
 
 Name = Annotated[str, Field(min_length=1, max_length=256), CLEAN_NAME]  # kit.text
@@ -153,7 +154,7 @@ class EvaluationOut(BaseModel):
 class PreviewRequest(_Strict):
     dynamic_kind: DynamicKind
     rule: RuleText
-    limit: int = Field(default=10, ge=0, le=100)
+    limit: Integer = Field(default=10, ge=0, le=100)
 
 
 class PreviewOut(BaseModel):

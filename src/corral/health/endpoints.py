@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from corral.auth.dependencies import PUBLIC, Require
@@ -23,7 +24,17 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", dependencies=[PUBLIC], responses={503: {"description": "Not ready"}})
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description="database, migrations: `ok` or what is wrong")
+
+
+@router.get(
+    "/readyz",
+    dependencies=[PUBLIC],
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """The database is reachable and its schema is current."""
     engine = request.app.state.engine
@@ -41,7 +52,16 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format",
+            "content": {CONTENT_TYPE_LATEST.partition(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(request: Request, _: Annotated[Principal, Depends(Require(P.system_metrics))]) -> Response:
     """Prometheus metrics; scrape with an API token holding system:metrics."""
     await worker_metrics.refresh(request.app.state.engine)  # job queue depth, shared by all replicas

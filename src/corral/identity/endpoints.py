@@ -44,7 +44,7 @@ async def create_connection(
     return identity_service.out(settings, await identity_service.create(session, settings, data))
 
 
-@router.get("/{connection_id}", response_model=IdentityConnectionOut, responses=NOT_FOUND)
+@router.get("/{connection_id:uuid}", response_model=IdentityConnectionOut, responses=NOT_FOUND)
 async def get_connection(
     connection_id: uuid.UUID, session: SessionDep, settings: SettingsDep, _: SettingsRead
 ) -> IdentityConnectionOut:
@@ -52,7 +52,7 @@ async def get_connection(
 
 
 @router.patch(
-    "/{connection_id}",
+    "/{connection_id:uuid}",
     response_model=IdentityConnectionOut,
     responses={**NOT_FOUND, 409: {"description": "Name taken"}, **INVALID},
 )
@@ -67,7 +67,7 @@ async def update_connection(
     return identity_service.out(settings, connection)
 
 
-@router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete("/{connection_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_connection(connection_id: uuid.UUID, session: SessionDep, _: SettingsWrite) -> Response:
     await identity_service.delete(session, connection_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

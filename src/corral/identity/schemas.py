@@ -9,6 +9,8 @@ from typing import Annotated
 import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from corral.kit.types import Boolean
+
 _DNS_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.?", re.IGNORECASE)
 
 
@@ -70,9 +72,9 @@ class IdentityConnectionCreate(BaseModel):
     client_secret: str = Field(min_length=1, max_length=1024)
     scopes: str = Scopes
     groups_claim: str = Claim
-    admin_sign_in: bool = True
-    user_sign_in: bool = True
-    enabled: bool = True
+    admin_sign_in: Boolean = True
+    user_sign_in: Boolean = True
+    enabled: Boolean = True
 
 
 class IdentityConnectionUpdate(BaseModel):
@@ -86,6 +88,6 @@ class IdentityConnectionUpdate(BaseModel):
     groups_claim: str | None = Field(
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$"
     )
-    admin_sign_in: bool | None = None
-    user_sign_in: bool | None = None
-    enabled: bool | None = None
+    admin_sign_in: Boolean | None = None
+    user_sign_in: Boolean | None = None
+    enabled: Boolean | None = None

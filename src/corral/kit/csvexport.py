@@ -6,12 +6,15 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet reads a cell as a formula when it starts with one of these; it skips leading blanks and line
+# breaks first (" =1+1", "\n=1+1"). A leading tab or carriage return is neutralised whatever follows.
+_FORMULA_START = ("=", "+", "-", "@")
+_CONTROL_START = ("\t", "\r")
 
 
 def safe_cell(value: object) -> str:
     text = "" if value is None else str(value)
-    if text.startswith(_FORMULA_START):
+    if text.startswith(_CONTROL_START) or text.lstrip().startswith(_FORMULA_START):
         return "'" + text
     return text
 

@@ -38,12 +38,12 @@ async def create_licence(data: LicenceCreate, session: SessionDep, _: LicencesWr
     return await licence_service.create(session, data)
 
 
-@router.get("/licences/{licence_id}", response_model=LicenceOut, responses=NOT_FOUND)
+@router.get("/licences/{licence_id:uuid}", response_model=LicenceOut, responses=NOT_FOUND)
 async def get_licence(licence_id: uuid.UUID, session: SessionDep, _: LicencesRead) -> LicenceOut:
     return await licence_service.get_out(session, licence_id)
 
 
-@router.patch("/licences/{licence_id}", response_model=LicenceOut, responses={**NOT_FOUND, **CONFLICT})
+@router.patch("/licences/{licence_id:uuid}", response_model=LicenceOut, responses={**NOT_FOUND, **CONFLICT})
 async def update_licence(
     licence_id: uuid.UUID, data: LicenceUpdate, session: SessionDep, _: LicencesWrite
 ) -> LicenceOut:
@@ -52,7 +52,7 @@ async def update_licence(
 
 
 @router.delete(
-    "/licences/{licence_id}",
+    "/licences/{licence_id:uuid}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, 409: {"description": "Still held by users"}},
 )
@@ -61,7 +61,7 @@ async def delete_licence(licence_id: uuid.UUID, session: SessionDep, _: Licences
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/licences/{licence_id}/users", response_model=list[LicenceHolderOut], responses=NOT_FOUND)
+@router.get("/licences/{licence_id:uuid}/users", response_model=list[LicenceHolderOut], responses=NOT_FOUND)
 async def licence_holders(
     licence_id: uuid.UUID, session: SessionDep, principal: LicencesRead
 ) -> list[LicenceHolderOut]:
@@ -69,7 +69,7 @@ async def licence_holders(
     return await licence_service.holders(session, principal, licence_id)
 
 
-@router.get("/users/{user_id}/licences", response_model=list[UserLicenceOut], responses=NOT_FOUND)
+@router.get("/users/{user_id:uuid}/licences", response_model=list[UserLicenceOut], responses=NOT_FOUND)
 async def user_licences(
     user_id: uuid.UUID, session: SessionDep, principal: LicencesRead
 ) -> list[UserLicenceOut]:
@@ -78,7 +78,7 @@ async def user_licences(
 
 
 @router.post(
-    "/users/{user_id}/licences/{licence_id}",
+    "/users/{user_id:uuid}/licences/{licence_id:uuid}",
     response_model=UserLicenceOut,
     status_code=status.HTTP_201_CREATED,
     responses={
@@ -103,7 +103,9 @@ async def assign_licence(
 
 
 @router.delete(
-    "/users/{user_id}/licences/{licence_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND
+    "/users/{user_id:uuid}/licences/{licence_id:uuid}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NOT_FOUND,
 )
 async def unassign_licence(
     user_id: uuid.UUID, licence_id: uuid.UUID, session: SessionDep, principal: LicencesWrite

@@ -5,6 +5,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.kit.types import Integer
+
 Seats = Field(ge=0, le=10_000_000)
 
 
@@ -31,7 +33,7 @@ class LicenceCreate(BaseModel):
         description="Stock-keeping unit",
     )
     description: str = Field(default="", max_length=2000)
-    seats: int = Seats
+    seats: Integer = Seats
 
 
 class LicenceUpdate(BaseModel):
@@ -42,7 +44,9 @@ class LicenceUpdate(BaseModel):
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
     )
     description: str | None = Field(default=None, max_length=2000)
-    seats: int | None = Field(default=None, ge=0, le=10_000_000, description="Not below the assigned count")
+    seats: Integer | None = Field(
+        default=None, ge=0, le=10_000_000, description="Not below the assigned count"
+    )
 
 
 class UserLicenceOut(BaseModel):

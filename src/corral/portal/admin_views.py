@@ -152,7 +152,7 @@ async def create_admin(
     return response
 
 
-@router.get("/admins/{user_id}/credentials")
+@router.get("/admins/{user_id:uuid}/credentials")
 async def admin_credentials(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
 ) -> Response:
@@ -178,7 +178,7 @@ async def admin_credentials(
     return clear_reveal(response)
 
 
-@router.get("/admins/{user_id}")
+@router.get("/admins/{user_id:uuid}")
 async def admin_detail(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: AdminsRead
 ) -> Response:
@@ -197,7 +197,7 @@ async def admin_detail(
     )
 
 
-@router.post("/admins/{user_id}/enabled")
+@router.post("/admins/{user_id:uuid}/enabled")
 async def set_admin_enabled(
     request: Request,
     user_id: uuid.UUID,
@@ -216,7 +216,7 @@ async def set_admin_enabled(
     return redirect(request, f"/portal/admins/{user_id}", f"{user.user_principal_name} is {verb}.")
 
 
-@router.post("/admins/{user_id}/password-reset")
+@router.post("/admins/{user_id:uuid}/password-reset")
 async def reset_admin_password(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
 ) -> Response:
@@ -276,7 +276,7 @@ async def create_role(request: Request, session: SessionDep, principal: RolesWri
     return redirect(request, f"/portal/roles/{role.id}", f"Role {role.name} created.")
 
 
-@router.get("/roles/{role_id}")
+@router.get("/roles/{role_id:uuid}")
 async def role_detail(request: Request, role_id: uuid.UUID, session: SessionDep, _: RolesRead) -> Response:
     role = await rbac_service.get_role(session, role_id)
     assignments = await rbac_service.list_assignments(session, role.id)
@@ -288,7 +288,7 @@ async def role_detail(request: Request, role_id: uuid.UUID, session: SessionDep,
     )
 
 
-@router.get("/roles/{role_id}/edit")
+@router.get("/roles/{role_id:uuid}/edit")
 async def edit_role(request: Request, role_id: uuid.UUID, session: SessionDep, _: RolesWrite) -> Response:
     role = await rbac_service.get_role(session, role_id)
     if role.is_builtin:
@@ -305,7 +305,7 @@ async def edit_role(request: Request, role_id: uuid.UUID, session: SessionDep, _
     )
 
 
-@router.post("/roles/{role_id}/edit")
+@router.post("/roles/{role_id:uuid}/edit")
 async def update_role(
     request: Request, role_id: uuid.UUID, session: SessionDep, principal: RolesWrite
 ) -> Response:
@@ -335,7 +335,7 @@ async def update_role(
     return redirect(request, f"/portal/roles/{role_id}", "Role saved.")
 
 
-@router.post("/roles/{role_id}/delete")
+@router.post("/roles/{role_id:uuid}/delete")
 async def delete_role(
     request: Request, role_id: uuid.UUID, session: SessionDep, principal: RolesWrite
 ) -> Response:
@@ -426,7 +426,7 @@ async def create_assignment(request: Request, session: SessionDep, principal: Ro
     return redirect(request, "/portal/role-assignments", f"Role assignment {assignment.name} created.")
 
 
-@router.post("/role-assignments/{assignment_id}/delete")
+@router.post("/role-assignments/{assignment_id:uuid}/delete")
 async def delete_assignment(
     request: Request, assignment_id: uuid.UUID, session: SessionDep, principal: RolesAssign
 ) -> Response:
@@ -469,7 +469,7 @@ async def create_scope_tag(
     return redirect(request, "/portal/scope-tags", f"Scope tag {tag.name} created.")
 
 
-@router.post("/scope-tags/{tag_id}/delete")
+@router.post("/scope-tags/{tag_id:uuid}/delete")
 async def delete_scope_tag(
     request: Request, tag_id: uuid.UUID, session: SessionDep, _: TagsWrite
 ) -> Response:
@@ -543,7 +543,7 @@ async def create_api_token(request: Request, session: SessionDep, principal: Sig
     return response
 
 
-@router.post("/api-tokens/{token_id}/revoke")
+@router.post("/api-tokens/{token_id:uuid}/revoke")
 async def revoke_api_token(
     request: Request, token_id: uuid.UUID, session: SessionDep, principal: SignedIn
 ) -> Response:

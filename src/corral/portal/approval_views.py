@@ -74,7 +74,7 @@ async def approvals_page(request: Request, session: SessionDep, principal: Remot
     )
 
 
-@router.post("/devices/{device_id}/commands/{command_id}/approve")
+@router.post("/devices/{device_id:uuid}/commands/{command_id:uuid}/approve")
 async def approve_command(
     request: Request,
     device_id: uuid.UUID,
@@ -96,7 +96,7 @@ async def approve_command(
     return redirect(request, back, f"{label} approved: the device gets it at its next check-in or wake-up.")
 
 
-@router.post("/devices/{device_id}/commands/{command_id}/reject")
+@router.post("/devices/{device_id:uuid}/commands/{command_id:uuid}/reject")
 async def reject_command(
     request: Request,
     device_id: uuid.UUID,

@@ -324,7 +324,7 @@ async def bulk_actions(request: Request, session: SessionDep, principal: Devices
     )
 
 
-@router.get("/devices/bulk-actions/{bulk_action_id}")
+@router.get("/devices/bulk-actions/{bulk_action_id:uuid}")
 async def bulk_action_detail(
     request: Request, bulk_action_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> Response:
@@ -340,7 +340,7 @@ async def bulk_action_detail(
     return render(request, "devices/bulk_detail.html", ctx, headers=PAGE_HEADERS)
 
 
-@router.post("/devices/bulk-actions/{bulk_action_id}/cancel")
+@router.post("/devices/bulk-actions/{bulk_action_id:uuid}/cancel")
 async def cancel_bulk_action(
     request: Request, bulk_action_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> Response:
@@ -358,7 +358,7 @@ async def cancel_bulk_action(
     return redirect(request, back, message, "success" if canceled or not kept else "warning")
 
 
-@router.get("/devices/{device_id}")
+@router.get("/devices/{device_id:uuid}")
 async def device_detail(
     request: Request, device_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: DevicesRead
 ) -> Response:
@@ -370,7 +370,7 @@ async def device_detail(
     return render(request, "devices/device_detail.html", ctx, headers=PAGE_HEADERS)
 
 
-@router.get("/devices/{device_id}/who-can")
+@router.get("/devices/{device_id:uuid}/who-can")
 async def who_can(
     request: Request,
     device_id: uuid.UUID,
@@ -461,14 +461,14 @@ def _action_view(command_type: CommandType) -> Callable[..., Awaitable[Response]
 
 for _command in REGISTRY.values():
     router.add_api_route(
-        f"/devices/{{device_id}}/actions/{_command.name}",
+        f"/devices/{{device_id:uuid}}/actions/{_command.name}",
         _action_view(_command),
         methods=["POST"],
         name=f"portal_device_action_{_command.name}",
     )
 
 
-@router.post("/devices/{device_id}/commands/{command_id}/cancel")
+@router.post("/devices/{device_id:uuid}/commands/{command_id:uuid}/cancel")
 async def cancel_command(
     request: Request, device_id: uuid.UUID, command_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> Response:
@@ -484,7 +484,7 @@ async def cancel_command(
     return redirect(request, back, f"{label} canceled.")
 
 
-@router.post("/devices/{device_id}/commands/clear")
+@router.post("/devices/{device_id:uuid}/commands/clear")
 async def clear_command_queue(
     request: Request, device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> Response:
@@ -502,7 +502,7 @@ async def clear_command_queue(
     return redirect(request, back, message)
 
 
-@router.post("/devices/{device_id}/delete")
+@router.post("/devices/{device_id:uuid}/delete")
 async def delete_device(
     request: Request,
     device_id: uuid.UUID,
@@ -592,7 +592,7 @@ async def create_enrollment_token(
     return response
 
 
-@router.get("/enrollment/{token_id}")
+@router.get("/enrollment/{token_id:uuid}")
 async def enrollment_token_detail(
     request: Request, token_id: uuid.UUID, session: SessionDep, principal: EnrollmentRead
 ) -> Response:
@@ -605,7 +605,7 @@ async def enrollment_token_detail(
     )
 
 
-@router.post("/enrollment/{token_id}/revoke")
+@router.post("/enrollment/{token_id:uuid}/revoke")
 async def revoke_enrollment_token(
     request: Request, token_id: uuid.UUID, session: SessionDep, principal: EnrollmentManage
 ) -> Response:

@@ -184,7 +184,7 @@ async def create_group(request: Request, session: SessionDep, principal: GroupsW
     return redirect(request, f"/portal/groups/{saved.group.id}", message)
 
 
-@router.get("/groups/{group_id}/edit")
+@router.get("/groups/{group_id:uuid}/edit")
 async def edit_group(request: Request, group_id: uuid.UUID, session: SessionDep, _: GroupsWrite) -> Response:
     group = await group_service.get(session, group_id)
     values = {
@@ -197,7 +197,7 @@ async def edit_group(request: Request, group_id: uuid.UUID, session: SessionDep,
     return render(request, "groups/group_form.html", _form_ctx(group, values))
 
 
-@router.post("/groups/{group_id}/edit")
+@router.post("/groups/{group_id:uuid}/edit")
 async def update_group(
     request: Request, group_id: uuid.UUID, session: SessionDep, principal: GroupsWrite
 ) -> Response:
@@ -284,7 +284,7 @@ def _canonical(group: Group) -> str | None:
         return None
 
 
-@router.get("/groups/{group_id}")
+@router.get("/groups/{group_id:uuid}")
 async def group_detail(
     request: Request, group_id: uuid.UUID, session: SessionDep, principal: GroupsRead
 ) -> Response:
@@ -293,7 +293,7 @@ async def group_detail(
     return render(request, "groups/group_detail.html", ctx, headers={"Cache-Control": "no-store"})
 
 
-@router.post("/groups/{group_id}/check")
+@router.post("/groups/{group_id:uuid}/check")
 async def check_member(
     request: Request, group_id: uuid.UUID, session: SessionDep, principal: GroupsRead
 ) -> Response:
@@ -318,7 +318,7 @@ async def check_member(
     return render(request, "groups/group_detail.html", ctx)
 
 
-@router.post("/groups/{group_id}/evaluate")
+@router.post("/groups/{group_id:uuid}/evaluate")
 async def evaluate_group(
     request: Request, group_id: uuid.UUID, session: SessionDep, _: GroupsWrite
 ) -> Response:
@@ -336,7 +336,7 @@ async def evaluate_group(
     )
 
 
-@router.post("/groups/{group_id}/delete")
+@router.post("/groups/{group_id:uuid}/delete")
 async def delete_group(
     request: Request, group_id: uuid.UUID, session: SessionDep, _: GroupsWrite
 ) -> Response:
@@ -349,7 +349,7 @@ async def delete_group(
     return redirect(request, "/portal/groups", f"Group {group.display_name} deleted.")
 
 
-@router.post("/groups/{group_id}/members")
+@router.post("/groups/{group_id:uuid}/members")
 async def add_member(
     request: Request, group_id: uuid.UUID, session: SessionDep, principal: GroupsWrite
 ) -> Response:
@@ -376,7 +376,7 @@ async def add_member(
     return redirect(request, f"/portal/groups/{group_id}", message)
 
 
-@router.post("/groups/{group_id}/members/remove")
+@router.post("/groups/{group_id:uuid}/members/remove")
 async def remove_member(
     request: Request, group_id: uuid.UUID, session: SessionDep, principal: GroupsWrite
 ) -> Response:

@@ -97,7 +97,7 @@ async def connection_create(
     return redirect(request, f"/portal/identity-connections/{connection.id}", "Identity connection saved.")
 
 
-@router.get("/{connection_id}")
+@router.get("/{connection_id:uuid}")
 async def connection_detail(
     request: Request, connection_id: uuid.UUID, session: SessionDep, settings: SettingsDep, _: SettingsRead
 ) -> Response:
@@ -105,7 +105,7 @@ async def connection_detail(
     return render(request, "identity/connection_detail.html", {"connection": connection, "form": connection})
 
 
-@router.post("/{connection_id}")
+@router.post("/{connection_id:uuid}")
 async def connection_update(
     request: Request,
     connection_id: uuid.UUID,
@@ -132,7 +132,7 @@ async def connection_update(
     return redirect(request, f"/portal/identity-connections/{connection_id}", "Identity connection saved.")
 
 
-@router.post("/{connection_id}/delete")
+@router.post("/{connection_id:uuid}/delete")
 async def connection_delete(
     request: Request, connection_id: uuid.UUID, session: SessionDep, _: SettingsWrite
 ) -> Response:

@@ -55,7 +55,7 @@ START = "/portal/sign-in/oidc/{connection_id}"
 CALLBACK = "/auth/oidc/callback"
 
 
-@router.get(START, dependencies=[PUBLIC])
+@router.get("/portal/sign-in/oidc/{connection_id:uuid}", dependencies=[PUBLIC])
 async def start(
     request: Request,
     connection_id: uuid.UUID,

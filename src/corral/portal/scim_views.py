@@ -30,7 +30,7 @@ def _page(connection_id: uuid.UUID) -> str:
     return f"/portal/identity-connections/{connection_id}/scim"
 
 
-@router.get("/identity-connections/{connection_id}/scim")
+@router.get("/identity-connections/{connection_id:uuid}/scim")
 async def scim_page(
     request: Request,
     connection_id: uuid.UUID,
@@ -54,7 +54,7 @@ async def scim_page(
     return clear_reveal(response) if token else response
 
 
-@router.post("/identity-connections/{connection_id}/scim/token")
+@router.post("/identity-connections/{connection_id:uuid}/scim/token")
 async def scim_issue_token(
     request: Request, connection_id: uuid.UUID, session: SessionDep, _: SettingsWrite
 ) -> Response:
@@ -64,7 +64,7 @@ async def scim_issue_token(
     return response
 
 
-@router.post("/identity-connections/{connection_id}/scim/off")
+@router.post("/identity-connections/{connection_id:uuid}/scim/off")
 async def scim_turn_off(
     request: Request, connection_id: uuid.UUID, session: SessionDep, _: SettingsWrite
 ) -> Response:

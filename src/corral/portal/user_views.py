@@ -127,7 +127,7 @@ async def create_user(request: Request, session: SessionDep, principal: UsersWri
     return redirect(request, f"/portal/users/{user.id}", f"User {user.user_principal_name} created.")
 
 
-@router.get("/users/{user_id}/edit")
+@router.get("/users/{user_id:uuid}/edit")
 async def edit_user(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
 ) -> Response:
@@ -136,7 +136,7 @@ async def edit_user(
     return render(request, "users/user_form.html", {"user": user, "form": values})
 
 
-@router.post("/users/{user_id}/edit")
+@router.post("/users/{user_id:uuid}/edit")
 async def update_user(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
 ) -> Response:
@@ -160,7 +160,7 @@ async def update_user(
 
 
 # ------------------------------------------------------------------------------------------- detail
-@router.get("/users/{user_id}")
+@router.get("/users/{user_id:uuid}")
 async def user_detail(
     request: Request, user_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: UsersRead
 ) -> Response:
@@ -185,7 +185,7 @@ def _back(user_id: uuid.UUID) -> str:
     return f"/portal/users/{user_id}"
 
 
-@router.post("/users/{user_id}/enabled")
+@router.post("/users/{user_id:uuid}/enabled")
 async def set_user_enabled(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
 ) -> Response:
@@ -208,7 +208,7 @@ async def set_user_enabled(
     )
 
 
-@router.post("/users/{user_id}/delete")
+@router.post("/users/{user_id:uuid}/delete")
 async def delete_user(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: UsersWrite
 ) -> Response:
@@ -223,7 +223,7 @@ async def delete_user(
     return redirect(request, "/portal/users", f"{name} was deleted: {outcome.summary()}.")
 
 
-@router.post("/users/{user_id}/licences")
+@router.post("/users/{user_id:uuid}/licences")
 async def assign_licence(
     request: Request, user_id: uuid.UUID, session: SessionDep, principal: LicencesWrite
 ) -> Response:
@@ -243,7 +243,7 @@ async def assign_licence(
     return redirect(request, _back(user_id), message)
 
 
-@router.post("/users/{user_id}/licences/{licence_id}/remove")
+@router.post("/users/{user_id:uuid}/licences/{licence_id:uuid}/remove")
 async def unassign_licence(
     request: Request, user_id: uuid.UUID, licence_id: uuid.UUID, session: SessionDep, principal: LicencesWrite
 ) -> Response:
@@ -311,14 +311,14 @@ async def _licence_detail(
     return render(request, "licences/licence_detail.html", ctx, status_code=status_code)
 
 
-@router.get("/licences/{licence_id}")
+@router.get("/licences/{licence_id:uuid}")
 async def licence_detail(
     request: Request, licence_id: uuid.UUID, session: SessionDep, principal: LicencesRead
 ) -> Response:
     return await _licence_detail(request, session, principal, licence_id)
 
 
-@router.post("/licences/{licence_id}/edit")
+@router.post("/licences/{licence_id:uuid}/edit")
 async def update_licence(
     request: Request, licence_id: uuid.UUID, session: SessionDep, principal: LicencesWrite
 ) -> Response:
@@ -335,7 +335,7 @@ async def update_licence(
     return redirect(request, f"/portal/licences/{licence_id}", "Licence saved.")
 
 
-@router.post("/licences/{licence_id}/delete")
+@router.post("/licences/{licence_id:uuid}/delete")
 async def delete_licence(
     request: Request, licence_id: uuid.UUID, session: SessionDep, _: LicencesWrite
 ) -> Response:

@@ -54,19 +54,27 @@ async def create_role(data: RoleCreate, session: SessionDep, principal: RolesWri
     return role_out(await rbac_service.create_role(session, principal, data))
 
 
-@router.get("/roles/{role_id}", response_model=RoleOut, responses=NOT_FOUND)
+@router.get("/roles/{role_id:uuid}", response_model=RoleOut, responses=NOT_FOUND)
 async def get_role(role_id: uuid.UUID, session: SessionDep, _: RolesRead) -> RoleOut:
     return role_out(await rbac_service.get_role(session, role_id))
 
 
-@router.patch("/roles/{role_id}", response_model=RoleOut, responses=NOT_FOUND)
+@router.patch(
+    "/roles/{role_id:uuid}",
+    response_model=RoleOut,
+    responses={**NOT_FOUND, 409: {"description": "Name taken"}},
+)
 async def update_role(
     role_id: uuid.UUID, data: RoleUpdate, session: SessionDep, principal: RolesWrite
 ) -> RoleOut:
     return role_out(await rbac_service.update_role(session, principal, role_id, data))
 
 
-@router.delete("/roles/{role_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete(
+    "/roles/{role_id:uuid}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"description": "Still assigned"}},
+)
 async def delete_role(role_id: uuid.UUID, session: SessionDep, principal: RolesWrite) -> Response:
     await rbac_service.delete_role(session, principal, role_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -79,20 +87,27 @@ async def list_assignments(
     return [assignment_out(a) for a in await rbac_service.list_assignments(session, role_id)]
 
 
-@router.post("/role-assignments", response_model=RoleAssignmentOut, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/role-assignments",
+    response_model=RoleAssignmentOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={404: {"description": "No such role"}},
+)
 async def create_assignment(
     data: RoleAssignmentCreate, session: SessionDep, principal: RolesAssign
 ) -> RoleAssignmentOut:
     return assignment_out(await rbac_service.create_assignment(session, principal, data))
 
 
-@router.get("/role-assignments/{assignment_id}", response_model=RoleAssignmentOut, responses=NOT_FOUND)
+@router.get("/role-assignments/{assignment_id:uuid}", response_model=RoleAssignmentOut, responses=NOT_FOUND)
 async def get_assignment(assignment_id: uuid.UUID, session: SessionDep, _: RolesRead) -> RoleAssignmentOut:
     return assignment_out(await rbac_service.get_assignment(session, assignment_id))
 
 
 @router.put(
-    "/role-assignments/{assignment_id}/members", response_model=RoleAssignmentOut, responses=NOT_FOUND
+    "/role-assignments/{assignment_id:uuid}/members",
+    response_model=RoleAssignmentOut,
+    responses={**NOT_FOUND, 409: {"description": "It would leave no Global administrator"}},
 )
 async def set_members(
     assignment_id: uuid.UUID, data: RoleAssignmentMembersUpdate, session: SessionDep, principal: RolesAssign
@@ -101,7 +116,9 @@ async def set_members(
 
 
 @router.delete(
-    "/role-assignments/{assignment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND
+    "/role-assignments/{assignment_id:uuid}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"description": "It would leave no Global administrator"}},
 )
 async def delete_assignment(
     assignment_id: uuid.UUID, session: SessionDep, principal: RolesAssign
@@ -115,12 +132,21 @@ async def list_scope_tags(session: SessionDep, _: TagsRead) -> list[ScopeTagOut]
     return [ScopeTagOut.model_validate(t) for t in await rbac_service.list_scope_tags(session)]
 
 
-@router.post("/scope-tags", response_model=ScopeTagOut, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/scope-tags",
+    response_model=ScopeTagOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "Name taken"}},
+)
 async def create_scope_tag(data: ScopeTagCreate, session: SessionDep, _: TagsWrite) -> ScopeTagOut:
     return ScopeTagOut.model_validate(await rbac_service.create_scope_tag(session, data))
 
 
-@router.delete("/scope-tags/{tag_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete(
+    "/scope-tags/{tag_id:uuid}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"description": "Still in use"}},
+)
 async def delete_scope_tag(tag_id: uuid.UUID, session: SessionDep, _: TagsWrite) -> Response:
     await rbac_service.delete_scope_tag(session, tag_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

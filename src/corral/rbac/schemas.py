@@ -5,6 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from corral.kit.types import Boolean
 from corral.rbac.permissions import parse_permissions
 
 Name = Field(min_length=1, max_length=128)
@@ -111,7 +112,7 @@ class RoleAssignmentCreate(BaseModel):
         max_length=100,
         description="Groups whose users hold the role (for example groups from an identity provider)",
     )
-    scope_all: bool = Field(
+    scope_all: Boolean = Field(
         default=True, description="True: objects whatever their scope tags; false: those in scope_tag_ids"
     )
     scope_tag_ids: list[uuid.UUID] = Field(default_factory=list, max_length=200)

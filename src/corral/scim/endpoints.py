@@ -299,7 +299,7 @@ def scim_status(connection: IdentityConnection, settings: Any) -> ScimStatus:
 
 
 @api_router.post(
-    "/identity-connections/{connection_id}/scim-token",
+    "/identity-connections/{connection_id:uuid}/scim-token",
     response_model=ScimTokenOut,
     status_code=201,
     responses={404: {"description": "Not found"}},
@@ -321,7 +321,7 @@ async def issue_scim_token(
 
 
 @api_router.delete(
-    "/identity-connections/{connection_id}/scim-token",
+    "/identity-connections/{connection_id:uuid}/scim-token",
     response_model=ScimStatus,
     responses={404: {"description": "Not found"}},
 )
@@ -333,7 +333,7 @@ async def revoke_scim_token(
 
 
 @api_router.get(
-    "/identity-connections/{connection_id}/scim",
+    "/identity-connections/{connection_id:uuid}/scim",
     response_model=ScimStatus,
     responses={404: {"description": "Not found"}},
 )

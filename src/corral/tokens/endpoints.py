@@ -49,7 +49,11 @@ async def create_token(data: ApiTokenCreate, session: SessionDep, principal: Sig
     return ApiTokenCreated(token=token, api_token=ApiTokenOut.model_validate(api_token))
 
 
-@router.delete("/{token_id}", response_model=ApiTokenOut, responses={404: {"description": "Not found"}})
+@router.delete(
+    "/{token_id:uuid}",
+    response_model=ApiTokenOut,
+    responses={404: {"description": "Not found"}, 409: {"description": "Already revoked"}},
+)
 async def revoke_token(token_id: uuid.UUID, session: SessionDep, principal: SignedIn) -> ApiTokenOut:
     """Revoke one of your tokens, or anyone's with api_tokens:manage."""
     api_token = await token_service.revoke(

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from corral.kit.types import Integer
 from corral.rbac.permissions import parse_permissions
 
 
@@ -30,7 +31,7 @@ class ApiTokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: str = Field(min_length=1, max_length=128)
-    expires_in_days: int = Field(default=90, ge=1, le=730)
+    expires_in_days: Integer = Field(default=90, ge=1, le=730)
     permissions: list[str] | None = Field(
         default=None, max_length=200, description="Narrow the token to these permissions (of the owner's)."
     )

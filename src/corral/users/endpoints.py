@@ -77,7 +77,7 @@ async def create_user(data: UserCreate, session: SessionDep, principal: UsersWri
     return user_out(await user_service.create_user(session, principal, data))
 
 
-@router.get("/users/{user_id}", response_model=UserDetailLicensed | UserDetail, responses=NOT_FOUND)
+@router.get("/users/{user_id:uuid}", response_model=UserDetailLicensed | UserDetail, responses=NOT_FOUND)
 async def get_user(
     user_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: UsersRead
 ) -> UserDetail:
@@ -88,7 +88,14 @@ async def get_user(
     return await user_service.detail(session, settings, principal, user)
 
 
-@router.patch("/users/{user_id}", response_model=UserOut, responses={**NOT_FOUND, 409: {}})
+@router.patch(
+    "/users/{user_id:uuid}",
+    response_model=UserOut,
+    responses={
+        **NOT_FOUND,
+        409: {"description": "Name taken; yourself or the last Global administrator; or provisioned"},
+    },
+)
 async def update_user(
     user_id: uuid.UUID, data: UserUpdate, session: SessionDep, principal: UsersWrite
 ) -> UserOut:
@@ -97,7 +104,7 @@ async def update_user(
 
 
 @router.delete(
-    "/users/{user_id}",
+    "/users/{user_id:uuid}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, 409: {"description": "An administrator, yourself, or provisioned by SCIM"}},
 )
@@ -110,7 +117,14 @@ async def delete_user(user_id: uuid.UUID, session: SessionDep, principal: UsersW
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/users/{user_id}/password-reset", response_model=PasswordReset, responses=NOT_FOUND)
+@router.post(
+    "/users/{user_id:uuid}/password-reset",
+    response_model=PasswordReset,
+    responses={
+        **NOT_FOUND,
+        409: {"description": "Your own account, or one that signs in through its identity provider"},
+    },
+)
 async def reset_password(user_id: uuid.UUID, session: SessionDep, principal: UsersWrite) -> PasswordReset:
     return PasswordReset(one_time_password=await user_service.reset_password(session, principal, user_id))
 
@@ -142,7 +156,9 @@ async def create_admin(data: AdminCreate, session: SessionDep, principal: UsersW
     return AdminCreated(user=user_out(created.user), one_time_password=created.one_time_password)
 
 
-@router.get("/users/{user_id}/effective-permissions", response_model=EffectiveAccess, responses=NOT_FOUND)
+@router.get(
+    "/users/{user_id:uuid}/effective-permissions", response_model=EffectiveAccess, responses=NOT_FOUND
+)
 async def effective_permissions(
     user_id: uuid.UUID, session: SessionDep, principal: RolesRead
 ) -> EffectiveAccess:

@@ -9,10 +9,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from corral.devices.schemas import DeviceOut
 from corral.groups.schemas import GroupMembership
 from corral.kit.text import CLEAN_NAME, IDENTIFIER, clean_name
+from corral.kit.types import Boolean
 from corral.licensing.schemas import UserLicenceOut
 from corral.models import UserSource
 
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}$"
+# Blanks as every regular-expression dialect reads them: JavaScript's \s lacks U+0085, Unicode's lacks U+FEFF.
+EMAIL_PATTERN = r"^[^@\s\x85\ufeff]{1,64}@[^@\s\x85\ufeff]{1,255}$"
 # A user principal name is an Internet-style name, alias@domain (the domain need not receive mail).
 UPN_PATTERN = EMAIL_PATTERN
 
@@ -48,7 +50,8 @@ def _name_or_none(value: Any) -> Any:
 # (kit.text: the same rule for SCIM and OpenID Connect).
 OptionalText = Annotated[Annotated[str, Field(max_length=128)] | None, BeforeValidator(_name_or_none)]
 OptionalEmail = Annotated[
-    Annotated[str, Field(max_length=320, pattern=EMAIL_PATTERN), IDENTIFIER] | None,
+    # (blank means none: the pattern says so too, for the OpenAPI document)
+    Annotated[str, Field(max_length=320, pattern=r"^\s*$|" + EMAIL_PATTERN), IDENTIFIER] | None,
     BeforeValidator(_blank_to_none),
 ]
 Upn = Annotated[str, Field(max_length=320, pattern=UPN_PATTERN, description="alias@domain"), IDENTIFIER]
@@ -132,7 +135,7 @@ class UserUpdate(BaseModel):
     surname: OptionalText = None
     department: OptionalText = None
     job_title: OptionalText = None
-    enabled: bool | None = Field(
+    enabled: Boolean | None = Field(
         default=None,
         description="false ends all of the user's sessions at once and applies the tenant setting "
         "deprovisioned_user_devices to their devices",
