@@ -4,12 +4,10 @@ a device's targets and why it gets (or misses) an object."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Response, status
+from fastapi import Depends, Query, Response, status
 
-from corral.assignments.kinds import KINDS, Kind
 from corral.assignments.schemas import (
     AssignmentsOut,
     AssignmentsUpdate,
@@ -28,7 +26,7 @@ from corral.assignments.service import assignment_service
 from corral.auth.dependencies import Require
 from corral.kit.db import SessionDep
 from corral.kit.routing import APIRouter
-from corral.models import Platform
+from corral.models import AssignableKind, Platform
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 
@@ -78,7 +76,7 @@ async def preview_assignment_filter(
     return await assignment_service.preview_filter(session, principal, data)
 
 
-@router.get("/assignment-filters/{filter_id}", response_model=FilterDetail, responses=NOT_FOUND)
+@router.get("/assignment-filters/{filter_id:uuid}", response_model=FilterDetail, responses=NOT_FOUND)
 async def get_assignment_filter(
     filter_id: uuid.UUID, session: SessionDep, principal: FiltersRead
 ) -> FilterDetail:
@@ -88,7 +86,7 @@ async def get_assignment_filter(
 
 
 @router.patch(
-    "/assignment-filters/{filter_id}", response_model=FilterDetail, responses={**NOT_FOUND, **CONFLICT}
+    "/assignment-filters/{filter_id:uuid}", response_model=FilterDetail, responses={**NOT_FOUND, **CONFLICT}
 )
 async def update_assignment_filter(
     filter_id: uuid.UUID, data: FilterUpdate, session: SessionDep, principal: FiltersWrite
@@ -99,7 +97,7 @@ async def update_assignment_filter(
 
 
 @router.delete(
-    "/assignment-filters/{filter_id}",
+    "/assignment-filters/{filter_id:uuid}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, **CONFLICT},
 )
@@ -120,48 +118,67 @@ async def preview_assignments(
     return await assignment_service.preview(session, principal, data)
 
 
-def _assignment_routes(kind: Kind) -> None:
-    # Dependencies as defaults: the annotations are strings (postponed), resolved in this module's globals.
-    read, assign = Depends(Require(kind.read)), Depends(Require(kind.assign))
-    singular = kind.label.replace(" ", "_")
-
-    async def get_assignments(
-        session: SessionDep, object_id: uuid.UUID = Path(alias=kind.param), principal: Principal = read
-    ) -> AssignmentsOut:
-        obj = await assignment_service.get_object(session, principal, object_id, kind.kind)
-        return await assignment_service.assignments_out(session, principal, obj)
-
-    async def put_assignments(
-        data: AssignmentsUpdate,
-        session: SessionDep,
-        object_id: uuid.UUID = Path(alias=kind.param),
-        principal: Principal = assign,
-    ) -> AssignmentsOut:
-        obj = await assignment_service.get_object(session, principal, object_id, kind.kind, for_update=True)
-        return await assignment_service.replace(session, principal, obj, data.assignments)
-
-    get_assignments.__doc__ = f"The {kind.label}'s assignments and how many devices it reaches now."
-    put_assignments.__doc__ = (
-        f"Replace the {kind.label}'s assignments: groups in or out, all devices or users, filters.\n\n"
-        "Its targets are recomputed at once; the old and new lists are audited."
-    )
-    _named(get_assignments, f"get_{singular}_assignments")
-    _named(put_assignments, f"set_{singular}_assignments")
-    path = f"/{kind.path}/{{{kind.param}}}/assignments"
-    router.get(path, response_model=AssignmentsOut, responses=NOT_FOUND, tags=[kind.path])(get_assignments)
-    router.put(path, response_model=AssignmentsOut, responses=NOT_FOUND, tags=[kind.path])(put_assignments)
+ComplianceRead = Annotated[Principal, Depends(Require(P.compliance_read))]
+ComplianceAssign = Annotated[Principal, Depends(Require(P.compliance_assign))]
+ProfilesRead = Annotated[Principal, Depends(Require(P.profiles_read))]
+ProfilesAssign = Annotated[Principal, Depends(Require(P.profiles_assign))]
+POLICY, PROFILE = AssignableKind.compliance_policy, AssignableKind.configuration_profile
 
 
-def _named(function: Callable[..., Awaitable[Any]], name: str) -> None:
-    function.__name__ = function.__qualname__ = name
+@router.get(
+    "/compliance-policies/{policy_id:uuid}/assignments", response_model=AssignmentsOut, responses=NOT_FOUND
+)
+async def get_compliance_policy_assignments(
+    policy_id: uuid.UUID, session: SessionDep, principal: ComplianceRead
+) -> AssignmentsOut:
+    """The compliance policy's assignments and how many devices it reaches now."""
+    obj = await assignment_service.get_object(session, principal, policy_id, POLICY)
+    return await assignment_service.assignments_out(session, principal, obj)
 
 
-for _kind in KINDS.values():
-    _assignment_routes(_kind)
+@router.put(
+    "/compliance-policies/{policy_id:uuid}/assignments", response_model=AssignmentsOut, responses=NOT_FOUND
+)
+async def set_compliance_policy_assignments(
+    policy_id: uuid.UUID, data: AssignmentsUpdate, session: SessionDep, principal: ComplianceAssign
+) -> AssignmentsOut:
+    """Replace the compliance policy's assignments: groups in or out, all devices or users, filters.
+
+    Its targets are recomputed at once; the old and new lists are audited."""
+    obj = await assignment_service.get_object(session, principal, policy_id, POLICY, for_update=True)
+    return await assignment_service.replace(session, principal, obj, data.assignments)
+
+
+@router.get(
+    "/configuration-profiles/{profile_id:uuid}/assignments",
+    response_model=AssignmentsOut,
+    responses=NOT_FOUND,
+)
+async def get_configuration_profile_assignments(
+    profile_id: uuid.UUID, session: SessionDep, principal: ProfilesRead
+) -> AssignmentsOut:
+    """The configuration profile's assignments and how many devices it reaches now."""
+    obj = await assignment_service.get_object(session, principal, profile_id, PROFILE)
+    return await assignment_service.assignments_out(session, principal, obj)
+
+
+@router.put(
+    "/configuration-profiles/{profile_id:uuid}/assignments",
+    response_model=AssignmentsOut,
+    responses=NOT_FOUND,
+)
+async def set_configuration_profile_assignments(
+    profile_id: uuid.UUID, data: AssignmentsUpdate, session: SessionDep, principal: ProfilesAssign
+) -> AssignmentsOut:
+    """Replace the configuration profile's assignments: groups in or out, all devices or users, filters.
+
+    Its targets are recomputed at once; the old and new lists are audited."""
+    obj = await assignment_service.get_object(session, principal, profile_id, PROFILE, for_update=True)
+    return await assignment_service.replace(session, principal, obj, data.assignments)
 
 
 # ---------------------------------------------------------------------------------------- device side
-@router.get("/devices/{device_id}/assignments", response_model=DeviceTargets, responses=NOT_FOUND)
+@router.get("/devices/{device_id:uuid}/assignments", response_model=DeviceTargets, responses=NOT_FOUND)
 async def list_device_targets(
     device_id: uuid.UUID, session: SessionDep, principal: DevicesRead
 ) -> DeviceTargets:
@@ -172,7 +189,9 @@ async def list_device_targets(
 
 
 @router.get(
-    "/devices/{device_id}/assignments/{object_id}/explain", response_model=Explanation, responses=NOT_FOUND
+    "/devices/{device_id:uuid}/assignments/{object_id:uuid}/explain",
+    response_model=Explanation,
+    responses=NOT_FOUND,
 )
 async def explain_device_target(
     device_id: uuid.UUID, object_id: uuid.UUID, session: SessionDep, principal: DevicesRead

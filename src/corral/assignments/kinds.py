@@ -12,7 +12,6 @@ from corral.rbac.permissions import P
 class Kind:
     kind: AssignableKind
     path: str  # under /api/v1
-    param: str  # the path parameter naming one object: /api/v1/{path}/{{param}}
     label: str  # "compliance policy"
     read: P
     write: P
@@ -25,7 +24,6 @@ KINDS: dict[AssignableKind, Kind] = {
         Kind(
             AssignableKind.compliance_policy,
             "compliance-policies",
-            "policy_id",
             "compliance policy",
             P.compliance_read,
             P.compliance_write,
@@ -34,7 +32,6 @@ KINDS: dict[AssignableKind, Kind] = {
         Kind(
             AssignableKind.configuration_profile,
             "configuration-profiles",
-            "profile_id",
             "configuration profile",
             P.profiles_read,
             P.profiles_write,
@@ -42,4 +39,3 @@ KINDS: dict[AssignableKind, Kind] = {
         ),
     )
 }
-BY_PATH: dict[str, Kind] = {k.path: k for k in KINDS.values()}
