@@ -9,3 +9,24 @@ def test_api_md_lists_every_api_route_with_its_permission() -> None:
     documented = {line for line in DOC.read_text().splitlines() if line.startswith("| `")}
     missing = [row for row in rows() if row not in documented]
     assert not missing, f"docs/api.md is out of date (run tools/api_table.py): {missing}"
+
+
+def test_no_file_keeps_merge_conflict_markers() -> None:
+    """A merge resolved by hand can leave its markers in a document no test reads (it happened to api.md)."""
+    root = DOC.parents[1]
+    markers = ("<<<<<<< ", ">>>>>>> ", "=======\n")
+    found = []
+    for top in ("docs", "src", "tests", "templates", "static", "migrations", "agent", "bench", "tools"):
+        for path in (root / top).rglob("*"):
+            if (
+                "node_modules" not in path.parts
+                and path.is_file()
+                and path.suffix in {".md", ".py", ".html", ".css", ".js", ".yaml", ".toml"}
+            ):
+                lines = path.read_text(errors="replace").splitlines(keepends=True)
+                found += [
+                    f"{path.relative_to(root)}:{n}"
+                    for n, line in enumerate(lines, 1)
+                    if line.startswith(markers)
+                ]
+    assert not found, f"merge conflict markers left in: {found}"
