@@ -865,3 +865,24 @@ async def test_service_admin_cannot_edit_or_delete_a_role_holding_rights_they_la
     assert (await client.get(f"/api/v1/roles/{role_id}", headers=boss.headers)).json()[
         "name"
     ] == "Licence clerk"
+
+
+async def test_a_role_named_in_a_body_that_does_not_exist_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """The address exists, the body is wrong: 422 naming role_id (not the 404 of a missing address)."""
+    admin = await factory.admin("Global administrator")
+    users, assignments = (
+        await count_rows(sessionmaker, "users"),
+        await count_rows(sessionmaker, "role_assignments"),
+    )
+    missing = str(uuid.uuid4())
+    for path, body in (
+        ("/api/v1/admins", {"email": "new-admin@example.com", "role_id": missing}),
+        ("/api/v1/role-assignments", {"name": "Nowhere", "role_id": missing, "member_ids": [str(admin.id)]}),
+    ):
+        response = await client.post(path, json=body, headers=admin.headers)
+        assert response.status_code == 422, (path, response.text)
+        assert [e["location"] for e in response.json()["errors"]] == ["role_id"], response.text
+    assert await count_rows(sessionmaker, "users") == users
+    assert await count_rows(sessionmaker, "role_assignments") == assignments

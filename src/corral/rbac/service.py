@@ -96,6 +96,16 @@ class RbacService:
             raise NotFound("No such role.")
         return role
 
+    async def named_role(self, session: AsyncSession, role_id: uuid.UUID) -> RoleDefinition:
+        """The role a request body names: a 422 naming the field when there is none (the address exists)."""
+        role = await repository.get_role(session, role_id)
+        if role is None:
+            raise ValidationFailed(
+                "role_id: no such role.",
+                errors=[{"location": "role_id", "message": "No such role.", "type": "not_found"}],
+            )
+        return role
+
     async def role_by_name(self, session: AsyncSession, name: str) -> RoleDefinition:
         role = await repository.role_by_name(session, name)
         if role is None:
@@ -261,7 +271,7 @@ class RbacService:
     async def create_assignment(
         self, session: AsyncSession, principal: Principal, data: RoleAssignmentCreate
     ) -> RoleAssignment:
-        role = await self.get_role(session, data.role_id)
+        role = await self.named_role(session, data.role_id)
         members = await repository.users_by_ids(session, data.member_ids)
         if len(members) != len(set(data.member_ids)):
             raise ValidationFailed("One or more members do not exist.")

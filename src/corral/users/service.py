@@ -323,7 +323,7 @@ class UserService:
             password = data.password
         role = None
         if data.role_id is not None:
-            role = await rbac_service.get_role(session, data.role_id)
+            role = await rbac_service.named_role(session, data.role_id)
             if principal is not None:
                 rbac_service.check_can_grant(principal, role_permissions(role), EVERYWHERE)
         email = normalise_email(data.email)
