@@ -53,6 +53,7 @@ from corral.groups import repository as groups_repository
 from corral.groups.membership import ENDED_STATES
 from corral.groups.rule_sql import DEVICE_SCHEMA, compile_rule, device_attribute_values
 from corral.groups.rules import RuleError, evaluate, explanation_lines, format_rule, parse_rule
+from corral.groups.service import rule_problem
 from corral.models import (
     Assignable,
     AssignableKind,
@@ -101,9 +102,7 @@ def parse_filter_rule(text: str) -> Any:
     try:
         return parse_rule(text, DEVICE_SCHEMA)
     except RuleError as exc:
-        raise ValidationFailed(
-            f"rule: {exc.message}", errors=[{"location": "rule", **exc.to_dict()}]
-        ) from exc
+        raise rule_problem(exc) from exc
 
 
 def describe(assignment: Assignment, groups: dict[uuid.UUID, Group]) -> str:
