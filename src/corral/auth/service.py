@@ -261,7 +261,9 @@ class AuthService:
                 text=SIGN_IN_REFUSALS[reason],
                 source=client,
                 actor=_actor_for(user) if second_factor and user else context.Actor(type="anonymous"),
-                target_type="user" if user else None,
+                # About an account even when none has the typed name: a reader whose scope limits users
+                # does not see refusals naming no user (docs/api.md, "Audit log").
+                target_type="user",
                 target_id=user.id if user else None,
                 target_name=user.user_principal_name if user else None,
                 subject=f"user:{user.id}" if user else None,
