@@ -215,11 +215,6 @@ UNKNOWN = str(uuid.uuid4())
         ("DELETE", f"/api/v1/role-assignments/{UNKNOWN}", None),
         ("DELETE", f"/api/v1/scope-tags/{UNKNOWN}", None),
         ("DELETE", f"/api/v1/api-tokens/{UNKNOWN}", None),
-        (
-            "POST",
-            "/api/v1/role-assignments",
-            {"name": "A", "role_id": UNKNOWN, "member_ids": [UNKNOWN]},
-        ),
     ],
     ids=lambda v: v.replace(UNKNOWN, "{id}") if isinstance(v, str) else None,
 )
@@ -234,6 +229,21 @@ async def test_unknown_id_is_not_found(
     before = await snapshot(sessionmaker)
     response = await client.request(method, path, json=payload, headers=glob.headers)
     _problem(response, 404)
+    assert await snapshot(sessionmaker) == before
+
+
+async def test_unknown_role_in_a_body_is_a_422_naming_role_id(
+    client: httpx.AsyncClient, glob: Admin, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """An id in the body is input, not the address: a role that does not exist is a 422 naming the field."""
+    before = await snapshot(sessionmaker)
+    response = await client.post(
+        "/api/v1/role-assignments",
+        json={"name": "A", "role_id": UNKNOWN, "member_ids": [UNKNOWN]},
+        headers=glob.headers,
+    )
+    problem = _problem(response, 422)
+    assert [e["location"] for e in problem["errors"]] == ["role_id"], problem
     assert await snapshot(sessionmaker) == before
 
 
