@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     housekeeping_commands_cron: str = "*/5 * * * *"
     housekeeping_stalled_jobs_cron: str = "*/5 * * * *"
     housekeeping_finished_jobs_cron: str = "17 * * * *"
+    housekeeping_checkin_days_cron: str = "23 3 * * *"
+    # The days each device checked in are kept this long (the dashboard charts the last 7).
+    checkin_days_retention_days: int = Field(default=35, ge=7, le=3650)
     # Rows deleted or updated per statement, so a large backlog never holds locks for long.
     housekeeping_batch_size: int = Field(default=5000, ge=1, le=100_000)
     # Finished jobs (succeeded, failed, aborted, cancelled) are kept this long for inspection.
@@ -167,6 +170,7 @@ class Settings(BaseSettings):
         "housekeeping_commands_cron",
         "housekeeping_stalled_jobs_cron",
         "housekeeping_finished_jobs_cron",
+        "housekeeping_checkin_days_cron",
     )
     @classmethod
     def _valid_cron(cls, value: str) -> str:

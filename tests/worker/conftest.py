@@ -21,17 +21,7 @@ from tests.conftest import _asyncpg_url, make_settings
 # A schedule whose latest tick is always long past: a worker started in a test defers no periodic job
 # (procrastinate ignores ticks more than 10 minutes old), so only the jobs a test defers run.
 NEVER = "0 0 29 2 *"
-QUIET = {
-    name: NEVER
-    for name in (
-        "housekeeping_nonces_cron",
-        "housekeeping_sessions_cron",
-        "housekeeping_signin_throttles_cron",
-        "housekeeping_commands_cron",
-        "housekeeping_stalled_jobs_cron",
-        "housekeeping_finished_jobs_cron",
-    )
-}
+QUIET = {name: NEVER for name in Settings.model_fields if name.endswith("_cron")}
 
 
 @pytest.fixture

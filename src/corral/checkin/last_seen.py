@@ -38,6 +38,15 @@ _FLUSH = text(
 )
 
 
+# The day of each check-in written (dashboard chart): the rows of the same batch, one per device and day.
+_DAYS = text(
+    "INSERT INTO device_checkin_days (day, device_id) "
+    "SELECT DISTINCT CAST(timezone('UTC', v.at) AS date), v.id "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS v(id, at) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
 class LastSeenBuffer:
     """Last check-in time and address per device, kept in memory until the next flush."""
 
@@ -88,6 +97,13 @@ class LastSeenBuffer:
                             },
                         )
                         written += int(result.rowcount or 0)  # type: ignore[attr-defined]
+                        await session.execute(
+                            _DAYS,
+                            {
+                                "ids": [device_id for device_id, _ in chunk],
+                                "ats": [at for _, (at, _ip) in chunk],
+                            },
+                        )
             except BaseException:
                 self._restore(batch)
                 FAILED.inc()

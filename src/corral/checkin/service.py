@@ -11,6 +11,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import inspect, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.assignments import hooks as assignment_hooks
@@ -30,6 +31,7 @@ from corral.models import (
     DeviceCertificate,
     DeviceInventoryChange,
     ManagementState,
+    device_checkin_days,
 )
 from corral.pki import certs
 from corral.pki.service import pki_service
@@ -175,11 +177,18 @@ class CheckinService:
             inputs = assignment_hooks.device_inputs(device)  # before this check-in changes it
             # The device row first (the UPDATE locks it), then its commands: the order admin actions take
             # them (corral.commands), so a check-in and a command or a cancellation cannot deadlock.
+            first_today = device.last_checkin_at is None or device.last_checkin_at.date() != now.date()
             device.last_checkin_at = now
             device.last_checkin_ip = client_ip
             if request.agent_version:
                 device.agent_version = request.agent_version
             await session.flush()
+            if first_today:
+                await session.execute(
+                    pg_insert(device_checkin_days)
+                    .values(day=now.date(), device_id=device.id)
+                    .on_conflict_do_nothing()
+                )
             await command_service.record_results(session, device, request.command_results, now)
         if request.inventory is not None:
             raw = raw_inventory if raw_inventory is not None else request.inventory.model_dump(mode="json")

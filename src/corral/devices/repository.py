@@ -33,6 +33,7 @@ from corral.models import (
     DeviceInventoryChange,
     ManagementState,
     User,
+    device_checkin_days,
     device_scope_tags,
     group_devices,
     group_users,
@@ -138,6 +139,13 @@ def filtered(filters: DeviceFilter, scope: Scope, stale_days: int) -> Select[Any
     ):
         if value is not None:
             stmt = stmt.where(column == value)
+    if filters.checked_in_on is not None:
+        stmt = stmt.where(
+            exists().where(
+                device_checkin_days.c.day == filters.checked_in_on,
+                device_checkin_days.c.device_id == Device.id,
+            )
+        )
     if filters.stale is not None:
         threshold = datetime.now(UTC) - timedelta(days=stale_days)
         last = func.coalesce(Device.last_checkin_at, Device.enrolled_at)

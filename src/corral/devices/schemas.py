@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -125,6 +125,7 @@ class DeviceFilter(BaseModel):
     compliance_state: ComplianceState | None = None
     stale: bool | None = Field(default=None, description="No check-in for the stale threshold (days)")
     user_id: uuid.UUID | None = Field(default=None, description="Devices enrolled for this user")
+    checked_in_on: date | None = Field(default=None, description="Devices that checked in on this day (UTC)")
     sort: SortKey = "name"
     cursor: str | None = Field(default=None, max_length=400)
     limit: int = Field(default=50, ge=1, le=500)

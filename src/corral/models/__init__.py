@@ -28,6 +28,7 @@ from corral.models.device import (
     ManagementState,
     Ownership,
     Platform,
+    device_checkin_days,
     device_scope_tags,
 )
 from corral.models.device_app import DeviceApp
@@ -114,6 +115,7 @@ __all__ = [
     "UserSource",
     "assignable_scope_tags",
     "assignment_filter_scope_tags",
+    "device_checkin_days",
     "device_scope_tags",
     "device_targets",
     "enrollment_token_scope_tags",

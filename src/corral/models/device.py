@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, String, Table, func, text
+from sqlalchemy import BigInteger, Column, Date, ForeignKey, Index, String, Table, Uuid, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, query_expression, relationship
 
@@ -53,6 +53,18 @@ device_scope_tags = Table(
     Model.metadata,
     Column("device_id", ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
     Column("scope_tag_id", ForeignKey("scope_tags.id", ondelete="RESTRICT"), primary_key=True, index=True),
+)
+
+
+# The days on which each device checked in (UTC), for the dashboard's check-in chart: one row per device and
+# day, written by the check-in (its first of the day) and by the batched last-seen flush; derived data without
+# foreign keys (rows of deleted devices drop out of every count through the join with devices), purged by
+# housekeeping after ``checkin_days_retention_days``.
+device_checkin_days = Table(
+    "device_checkin_days",
+    Model.metadata,
+    Column("day", Date(), primary_key=True),
+    Column("device_id", Uuid(), primary_key=True),
 )
 
 

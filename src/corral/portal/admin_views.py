@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
+from markupsafe import Markup
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
@@ -15,13 +17,15 @@ from corral.audit.endpoints import CSV_HEADER, csv_row
 from corral.audit.schemas import AuditFilter
 from corral.audit.service import audit_service
 from corral.auth.dependencies import Authenticated, Require
+from corral.devices.overview import DeviceOverview, device_overview
 from corral.errors import CorralError, Forbidden, ValidationFailed
 from corral.kit.csvexport import to_csv
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
-from corral.models import ApiToken, AuditEvent, RoleDefinition, UserSession
+from corral.models import ApiToken, AuditEvent, ComplianceState, Platform, RoleDefinition, UserSession
+from corral.portal import charts
 from corral.portal.rendering import clear_reveal, read_reveal, redirect, render, set_reveal
 from corral.rbac.permissions import DESCRIPTIONS, P
 from corral.rbac.principal import Principal
@@ -101,7 +105,63 @@ async def dashboard(
         )
         recent = (await audit_service.search(session, AuditFilter(limit=8), principal)).items
     tenant = await tenant_service.get(session)
-    return render(request, "home/dashboard.html", {"counts": counts, "recent": recent, "tenant": tenant})
+    ctx: dict[str, Any] = {"counts": counts, "recent": recent, "tenant": tenant}
+    headers: dict[str, str] = {}
+    if principal.has(P.devices_read):
+        nonce = charts.new_nonce()
+        overview = await device_overview(session, principal.scope_for(P.devices_read), utcnow().date())
+        ctx.update({"overview": overview, "charts": _device_charts(overview, nonce)})
+        headers["Content-Security-Policy"] = charts.csp_with_nonce(nonce)
+    return render(request, "home/dashboard.html", ctx, headers=headers)
+
+
+PLATFORM_NAMES = {
+    Platform.windows: "Windows",
+    Platform.macos: "macOS",
+    Platform.linux: "Linux",
+    Platform.ios: "iOS",
+    Platform.ipados: "iPadOS",
+    Platform.android: "Android",
+}
+COMPLIANCE_NAMES = {
+    ComplianceState.compliant: "Compliant",
+    ComplianceState.noncompliant: "Not compliant",
+    ComplianceState.in_grace_period: "In grace period",
+    ComplianceState.error: "Error",
+    ComplianceState.not_evaluated: "Not evaluated",
+    ComplianceState.unknown: "Unknown",
+}
+
+
+def _device_charts(overview: DeviceOverview, nonce: str) -> dict[str, Markup]:
+    """The dashboard's charts; every bar, slice and dot opens the device list behind it."""
+    platforms = [
+        charts.Point(
+            PLATFORM_NAMES[p], overview.by_platform[p], "/portal/devices?" + urlencode({"platform": p})
+        )
+        for p in Platform
+        if overview.by_platform.get(p)
+    ]
+    compliance = [
+        charts.Point(
+            COMPLIANCE_NAMES[s],
+            overview.by_compliance.get(s, 0),
+            "/portal/devices?" + urlencode({"compliance_state": s}),
+            charts.STATE_COLOURS[s],
+        )
+        for s in ComplianceState
+    ]
+    checkins = [
+        charts.Point(
+            day.strftime("%a %d"), count, "/portal/devices?" + urlencode({"checked_in_on": day.isoformat()})
+        )
+        for day, count in overview.checkins
+    ]
+    return {
+        "platforms": charts.bar_chart(platforms, nonce=nonce, title="Enrolled devices by platform"),
+        "compliance": charts.pie_chart(compliance, nonce=nonce, title="Devices by compliance state"),
+        "checkins": charts.line_chart(checkins, nonce=nonce, title="Devices that checked in, per day"),
+    }
 
 
 # ------------------------------------------------------------------------------------------- administrators

@@ -20,7 +20,7 @@ from corral.checkin.auth import CLOCK_SKEW
 from corral.commands.service import command_service
 from corral.config import Settings
 from corral.kit.time import utcnow
-from corral.models import DeviceNonce, SignInThrottle, User, UserSession
+from corral.models import DeviceNonce, SignInThrottle, User, UserSession, device_checkin_days
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
@@ -52,6 +52,21 @@ async def purge_device_nonces(sessionmaker: Sessionmaker, *, batch: int, now: da
         DeviceNonce,
         (DeviceNonce.device_id, DeviceNonce.nonce),
         DeviceNonce.expires_at < now - CLOCK_SKEW,
+        batch,
+    )
+
+
+async def purge_checkin_days(
+    sessionmaker: Sessionmaker, settings: Settings, *, batch: int, now: datetime | None = None
+) -> int:
+    """Check-in days (the dashboard's chart) older than ``checkin_days_retention_days``."""
+    now = now or utcnow()
+    cutoff = (now - timedelta(days=settings.checkin_days_retention_days)).date()
+    return await _delete_in_batches(
+        sessionmaker,
+        device_checkin_days,
+        (device_checkin_days.c.day, device_checkin_days.c.device_id),
+        device_checkin_days.c.day < cutoff,
         batch,
     )
 

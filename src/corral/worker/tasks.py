@@ -41,6 +41,17 @@ async def purge_device_nonces(context: JobContext, timestamp: int) -> int:
     return deleted
 
 
+@_housekeeping("purge_checkin_days")
+async def purge_checkin_days(context: JobContext, timestamp: int) -> int:
+    """Check-in days past their retention (the dashboard shows the last 7)."""
+    res = resources(context)
+    deleted = await housekeeping.purge_checkin_days(
+        res.sessionmaker, res.settings, batch=res.settings.housekeeping_batch_size
+    )
+    log.info("housekeeping: deleted %d old check-in days", deleted)
+    return deleted
+
+
 @_housekeeping("purge_user_sessions")
 async def purge_user_sessions(context: JobContext, timestamp: int) -> int:
     """Admin sessions that ended (absolute lifetime, idle timeout, disabled account)."""
@@ -106,6 +117,7 @@ async def purge_finished_jobs(context: JobContext, timestamp: int) -> None:
 SCHEDULES: dict[str, tuple[Task[Any, Any, Any], Callable[[Settings], str]]] = {
     "purge_device_nonces": (purge_device_nonces, lambda s: s.housekeeping_nonces_cron),
     "purge_user_sessions": (purge_user_sessions, lambda s: s.housekeeping_sessions_cron),
+    "purge_checkin_days": (purge_checkin_days, lambda s: s.housekeeping_checkin_days_cron),
     "purge_signin_throttles": (purge_signin_throttles, lambda s: s.housekeeping_signin_throttles_cron),
     "expire_commands": (expire_commands, lambda s: s.housekeeping_commands_cron),
     "retry_stalled_jobs": (retry_stalled_jobs, lambda s: s.housekeeping_stalled_jobs_cron),
