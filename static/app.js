@@ -431,3 +431,94 @@
     document.querySelectorAll("form[data-bulk-form]").forEach(bulkForm);
   });
 })();
+
+// Assignment editor: <form data-assignment-editor data-preview-url data-platform> with rows of selects
+// (row_mode, row_target, row_filter, row_filter_mode). On every change the reach preview API answers how many
+// devices the rows would reach; without this script the form's "Preview reach" button does the same.
+(function () {
+  "use strict";
+
+  function rowsOf(form) {
+    const rows = [];
+    form.querySelectorAll("tr[data-row]").forEach(function (tr) {
+      const value = function (name) {
+        const input = tr.querySelector('[name="' + name + '"]');
+        return input ? input.value : "";
+      };
+      const target = value("row_target");
+      if (!target) return;
+      const row = { mode: value("row_mode") };
+      if (target === "all_devices" || target === "all_users") {
+        row.target = target;
+      } else {
+        row.target = "group";
+        row.group_id = target;
+      }
+      const filter = value("row_filter");
+      if (filter && row.mode === "include") {
+        row.filter_id = filter;
+        row.filter_mode = value("row_filter_mode");
+      }
+      rows.push(row);
+    });
+    return rows;
+  }
+
+  function editor(form) {
+    const out = form.querySelector("#reach-preview");
+    const tokenInput = form.querySelector('input[name="csrf_token"]');
+    let controller = null;
+    form.querySelectorAll("[data-no-script]").forEach(function (node) { node.hidden = true; });
+
+    function show(text, strong) {
+      const node = document.createElement("span");
+      if (strong === undefined) {
+        node.className = "muted small";
+        node.textContent = text;
+      } else {
+        node.append(text[0]);
+        const b = document.createElement("strong");
+        b.textContent = strong;
+        node.append(b, text[1]);
+      }
+      out.replaceChildren(node);
+    }
+
+    function update() {
+      if (controller) controller.abort();
+      controller = new AbortController();
+      out.setAttribute("aria-busy", "true");
+      fetch(form.dataset.previewUrl, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: {
+          "Content-Type": "application/json",
+          "Accept": "application/json",
+          "X-CSRF-Token": tokenInput ? tokenInput.value : "",
+        },
+        body: JSON.stringify({ platform: form.dataset.platform, assignments: rowsOf(form) }),
+        signal: controller.signal,
+      }).then(function (response) {
+        return response.json().then(function (data) { return { ok: response.ok, data: data }; });
+      }).then(function (result) {
+        out.removeAttribute("aria-busy");
+        if (result.ok) {
+          show(["These assignments would reach ", " device(s)."], result.data.devices.toLocaleString());
+        } else {
+          show((result.data && result.data.detail) || "These assignments cannot be previewed.");
+        }
+      }).catch(function (error) {
+        if (error.name === "AbortError") return;
+        out.removeAttribute("aria-busy");
+        show("The preview is not available right now.");
+      });
+    }
+
+    form.addEventListener("change", update);
+    update();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("form[data-assignment-editor]").forEach(editor);
+  });
+})();

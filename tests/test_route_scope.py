@@ -511,6 +511,7 @@ PROBES: list[Probe] = [
     _p("POST", f"{PU}/licences/{{licence_id}}/remove", "user", **LICENCE),
     # ---- admin center: devices
     _p("GET", PD, "device"),
+    _p("GET", f"{PD}/why", "device"),
     _p("GET", f"{PD}/who-can", "device", query=lambda w, s: {"action": "wipe"}),
     _p("POST", f"{PD}/commands/{{command_id}}/cancel", "device", **QUEUED),
     _p("POST", f"{PD}/commands/clear", "device"),

@@ -50,6 +50,15 @@ async def objects_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> lis
     return list((await session.scalars(stmt)).all())
 
 
+async def all_objects(session: AsyncSession) -> list[Assignable]:
+    stmt = (
+        select(Assignable)
+        .options(selectinload(Assignable.scope_tags))
+        .order_by(Assignable.kind, func.lower(Assignable.name), Assignable.id)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
 async def targets_of_device(session: AsyncSession, device_id: uuid.UUID) -> list[Assignable]:
     stmt = (
         select(Assignable)

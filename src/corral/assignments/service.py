@@ -144,6 +144,14 @@ class AssignmentService:
             raise NotFound(f"No such {label}.")
         return obj
 
+    async def visible_objects(self, session: AsyncSession, principal: Principal) -> list[Assignable]:
+        """Every object the caller may read (its kind's read permission, its scope tags), by kind and name."""
+        return [
+            obj
+            for obj in await repo.all_objects(session)
+            if principal.has(self.kind_of(obj).read) and self.visible(principal, obj)
+        ]
+
     # ---------------------------------------------------------------- assignments
     async def assignments_out(
         self, session: AsyncSession, principal: Principal, obj: Assignable

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
+from corral.assignments.service import assignment_service
 from corral.auth.dependencies import Require
 from corral.commands.registry import REGISTRY, CommandType
 from corral.commands.service import CommandRequest, command_service
@@ -236,6 +237,8 @@ async def _detail_context(
             if principal.has(P.groups_read)
             else None,
             "member_label": "device",
+            "targets": await assignment_service.device_targets(session, principal, device.id),
+            "can_explain": principal.has_any(P.compliance_read, P.profiles_read),
             "min_reason": MIN_REASON,
             "stale_days": settings.stale_device_days,
             # A fresh key per rendered form: a double submit queues the action once.

@@ -6,6 +6,7 @@ from corral.auth.dependencies import PUBLIC
 from corral.kit.routing import APIRouter
 from corral.portal.admin_views import router as admin_router
 from corral.portal.approval_views import router as approval_router
+from corral.portal.assignment_views import router as assignment_router
 from corral.portal.auth_views import router as auth_router
 from corral.portal.device_views import router as device_router
 from corral.portal.group_views import router as group_router
@@ -22,6 +23,7 @@ portal_router.include_router(device_router)
 portal_router.include_router(group_router)
 portal_router.include_router(user_router)
 portal_router.include_router(approval_router)
+portal_router.include_router(assignment_router)
 portal_router.include_router(scim_router)
 portal_router.include_router(oidc_router)
 portal_router.include_router(identity_router)
