@@ -151,3 +151,11 @@ async def test_check_in_days_are_written_by_the_batched_flush_and_purged(
     async with sessionmaker() as session:
         left = await session.scalar(text("SELECT count(*) FROM device_checkin_days"))
     assert left == 2
+
+
+async def test_a_check_in_day_is_a_date(client: httpx.AsyncClient, factory: Factory) -> None:
+    admin = await factory.admin()
+    for bad in ("0", "1700000000", "2026-13-01", "yesterday"):
+        response = await client.get("/api/v1/devices", params={"checked_in_on": bad}, headers=admin.headers)
+        assert response.status_code == 422, (bad, response.text)
+        assert "checked_in_on" in response.text

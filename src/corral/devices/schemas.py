@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.models import ComplianceState, ManagementState, Ownership, Platform
 
@@ -115,6 +116,9 @@ class DeviceDetail(DeviceOut):
 SortKey = Literal["name", "-name", "last_checkin_at", "-last_checkin_at", "enrolled_at", "-enrolled_at"]
 
 
+ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 class DeviceFilter(BaseModel):
     search: str | None = Field(
         default=None, max_length=200, description="Name, serial number or user contains"
@@ -127,6 +131,15 @@ class DeviceFilter(BaseModel):
     user_id: uuid.UUID | None = Field(default=None, description="Devices enrolled for this user")
     checked_in_on: date | None = Field(default=None, description="Devices that checked in on this day (UTC)")
     sort: SortKey = "name"
+
+    @field_validator("checked_in_on", mode="before")
+    @classmethod
+    def _iso_day(cls, value: Any) -> Any:
+        # Pydantic would read a number as seconds since 1970; a day is written YYYY-MM-DD.
+        if value is not None and not isinstance(value, date) and not ISO_DAY.fullmatch(str(value)):
+            raise ValueError("a day is written YYYY-MM-DD")
+        return value
+
     cursor: str | None = Field(default=None, max_length=400)
     limit: int = Field(default=50, ge=1, le=500)
 
