@@ -92,3 +92,50 @@ async def test_why_page_refuses_a_bad_choice(
     assert (await client.get(f"/portal/devices/{device}/why?object_id=nope")).status_code == 400
     missing = await client.get(f"/portal/devices/{device}/why?object_id=00000000-0000-0000-0000-000000000007")
     assert missing.status_code == 404 and "No such object" in missing.text
+
+
+async def test_filter_pages_create_preview_edit_and_refuse_deleting_one_in_use(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    admin = await factory.admin()
+    await insert_devices(sessionmaker, [{"name": "LAP-1"}, {"name": "KIO-2"}])
+    await sign_in(client, admin.email)
+    page = await client.get("/portal/assignment-filters/new")
+    csrf = csrf_of(page.text)
+    values = {"csrf_token": csrf, "name": "Laptops", "platform": "windows", "description": ""}
+
+    bad = await client.post(
+        "/portal/assignment-filters/new",
+        data={**values, "rule": "device.displayName -startsWith", "action": "save"},
+    )
+    assert bad.status_code == 422
+    rule = 'device.displayName -startsWith "LAP"'
+    preview = await client.post(
+        "/portal/assignment-filters/new", data={**values, "rule": rule, "action": "preview"}
+    )
+    assert "matches <strong>1</strong> active device(s)" in preview.text and "LAP-1" in preview.text
+    created = await client.post(
+        "/portal/assignment-filters/new", data={**values, "rule": rule, "action": "save"}
+    )
+    assert created.status_code == 303
+    detail_url = created.headers["location"]
+    listed = await client.get("/portal/assignment-filters")
+    assert "Laptops" in listed.text and "startsWith" in listed.text
+
+    # In use by a policy: deleting is refused with the policy named, nothing changes.
+    policy = await make_policy(sessionmaker, "Laptop baseline")
+    filter_id = detail_url.rsplit("/", 1)[1]
+    response = await client.put(
+        f"/api/v1/compliance-policies/{policy}/assignments",
+        json={"assignments": [{"target": "all_devices", "filter_id": filter_id}]},
+        headers=admin.headers,
+    )
+    assert response.status_code == 200, response.text
+    refused = await client.post(detail_url, data={**values, "rule": rule, "action": "delete"})
+    assert refused.status_code == 409 and "Laptop baseline" in refused.text
+    edited = await client.post(
+        detail_url, data={**values, "rule": 'device.displayName -startsWith "KIO"', "action": "save"}
+    )
+    assert edited.status_code == 303
+    page = await client.get(detail_url)
+    assert "KIO" in page.text and "Laptop baseline" in page.text

@@ -16,7 +16,13 @@ from pydantic import ValidationError
 
 from corral.assignments.kinds import KINDS, Kind
 from corral.assignments.resolver import APPLIES_TO
-from corral.assignments.schemas import AssignmentIn, ReachPreviewRequest
+from corral.assignments.schemas import (
+    AssignmentIn,
+    FilterCreate,
+    FilterPreviewRequest,
+    FilterUpdate,
+    ReachPreviewRequest,
+)
 from corral.assignments.service import assignment_service
 from corral.auth.dependencies import Require
 from corral.devices.service import device_service
@@ -244,4 +250,132 @@ async def why(
     return render(request, "assignments/why.html", ctx)
 
 
-__all__ = ["KINDS", "router"]
+# ------------------------------------------------------------------------------------------- filters
+FiltersRead = Annotated[Principal, Depends(Require(P.filters_read))]
+FiltersWrite = Annotated[Principal, Depends(Require(P.filters_write))]
+FILTER_EXAMPLE = '(device.deviceOwnership -eq "Company") -and (device.displayName -startsWith "LAP")'
+
+
+@router.get("/assignment-filters")
+async def assignment_filters(
+    request: Request,
+    session: SessionDep,
+    principal: FiltersRead,
+    search: Annotated[str, Query(max_length=200)] = "",
+) -> Response:
+    items = await assignment_service.filters(session, principal, search or None, None)
+    return render(request, "assignments/filter_list.html", {"filters": items, "search": search})
+
+
+def _filter_form(values: dict[str, str], *, editing: Any = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "form": values,
+        "editing": editing,
+        "platforms": list(Platform),
+        "example": FILTER_EXAMPLE,
+        "error": None,
+        "preview": None,
+        **extra,
+    }
+
+
+def _filter_values(form: Any) -> dict[str, str]:
+    return {k: str(form.get(k) or "") for k in ("name", "description", "platform", "rule", "action")}
+
+
+async def _filter_preview(
+    session: SessionDep, principal: Principal, values: dict[str, str]
+) -> dict[str, Any]:
+    if not principal.has(P.devices_read):
+        return {"error": "Previewing the devices a rule matches needs the permission devices:read."}
+    try:
+        data = FilterPreviewRequest(platform=Platform(values["platform"]), rule=values["rule"], limit=10)
+        return {"preview": await assignment_service.preview_filter(session, principal, data)}
+    except (ValueError, ValidationError):
+        return {"error": "Choose a platform and write a rule to preview it."}
+    except CorralError as exc:
+        return {"error": exc.detail}
+
+
+@router.get("/assignment-filters/new")
+async def new_assignment_filter(request: Request, _: FiltersWrite) -> Response:
+    values = {"name": "", "description": "", "platform": "windows", "rule": ""}
+    return render(request, "assignments/filter_form.html", _filter_form(values))
+
+
+@router.post("/assignment-filters/new")
+async def create_assignment_filter(
+    request: Request, session: SessionDep, principal: FiltersWrite
+) -> Response:
+    values = _filter_values(await request.form())
+    if values["action"] == "preview":
+        ctx = _filter_form(values, **(await _filter_preview(session, principal, values)))
+        return render(request, "assignments/filter_form.html", ctx)
+    try:
+        data = FilterCreate(
+            name=values["name"],
+            description=values["description"],
+            platform=values["platform"],
+            rule=values["rule"],
+        )
+        item = await assignment_service.create_filter(session, principal, data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        ctx = _filter_form(values, error=f"{where}: {error.get('msg', 'invalid')}")
+        return render(request, "assignments/filter_form.html", ctx, status_code=422)
+    except CorralError as exc:
+        ctx = _filter_form(values, error=exc.detail)
+        return render(request, "assignments/filter_form.html", ctx, status_code=exc.status_code)
+    return redirect(request, f"/portal/assignment-filters/{item.id}", f"Filter {item.name} created.")
+
+
+@router.get("/assignment-filters/{filter_id:uuid}")
+async def assignment_filter(
+    request: Request, filter_id: uuid.UUID, session: SessionDep, principal: FiltersRead
+) -> Response:
+    item = await assignment_service.get_filter(session, principal, filter_id)
+    detail = await assignment_service.filter_detail(session, principal, item)
+    values = {
+        "name": detail.name,
+        "description": detail.description,
+        "platform": detail.platform,
+        "rule": detail.rule,
+    }
+    ctx = _filter_form(values, editing=detail, can_write=principal.has(P.filters_write))
+    return render(request, "assignments/filter_form.html", ctx)
+
+
+@router.post("/assignment-filters/{filter_id:uuid}")
+async def update_assignment_filter(
+    request: Request, filter_id: uuid.UUID, session: SessionDep, principal: FiltersWrite
+) -> Response:
+    item = await assignment_service.get_filter(session, principal, filter_id)
+    detail = await assignment_service.filter_detail(session, principal, item)
+    values = _filter_values(await request.form())
+    values["platform"] = detail.platform  # a filter keeps its platform
+    if values["action"] == "delete":
+        try:
+            await assignment_service.delete_filter(session, principal, filter_id)
+        except CorralError as exc:
+            ctx = _filter_form(values, editing=detail, can_write=True, error=exc.detail)
+            return render(request, "assignments/filter_form.html", ctx, status_code=exc.status_code)
+        return redirect(request, "/portal/assignment-filters", f"Filter {detail.name} deleted.")
+    if values["action"] == "preview":
+        extra = await _filter_preview(session, principal, values)
+        ctx = _filter_form(values, editing=detail, can_write=True, **extra)
+        return render(request, "assignments/filter_form.html", ctx)
+    try:
+        data = FilterUpdate(name=values["name"], description=values["description"], rule=values["rule"])
+        await assignment_service.update_filter(session, principal, filter_id, data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        ctx = _filter_form(
+            values, editing=detail, can_write=True, error=f"{where}: {error.get('msg', 'invalid')}"
+        )
+        return render(request, "assignments/filter_form.html", ctx, status_code=422)
+    except CorralError as exc:
+        ctx = _filter_form(values, editing=detail, can_write=True, error=exc.detail)
+        return render(request, "assignments/filter_form.html", ctx, status_code=exc.status_code)
+    return redirect(request, f"/portal/assignment-filters/{filter_id}", f"Filter {values['name']} saved.")
