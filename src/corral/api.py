@@ -3,6 +3,7 @@
 from corral.assignments.endpoints import router as assignments_router
 from corral.audit.endpoints import router as audit_router
 from corral.auth.endpoints import router as me_router
+from corral.compliance.endpoints import router as compliance_router
 from corral.devices.endpoints import router as devices_router
 from corral.enrollment.endpoints import router as enrollment_router
 from corral.groups.endpoints import router as groups_router
@@ -29,6 +30,7 @@ for router in (
     enrollment_router,
     groups_router,
     assignments_router,
+    compliance_router,
     licensing_router,
     scim_admin_router,
     identity_router,

@@ -138,6 +138,19 @@ class Settings(BaseSettings):
     # Finished jobs (succeeded, failed, aborted, cancelled) are kept this long for inspection.
     job_retention_hours: int = Field(default=168, ge=1)
 
+    # Outgoing e-mail (compliance notifications): none is sent while smtp_host is empty.
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: str = ""
+    # "starttls" (upgrade a plain connection), "tls" (TLS from the start, port 465) or "none" (a relay on
+    # loopback).
+    smtp_security: str = Field(default="starttls", pattern="^(starttls|tls|none)$")
+    smtp_from: str = "Corral <corral@localhost>"
+    smtp_timeout_seconds: float = Field(default=15, gt=0, le=120)
+    # How often the worker evaluates compliance that changes with time and takes the actions that fall due.
+    compliance_cron: str = "*/5 * * * *"
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -171,6 +184,7 @@ class Settings(BaseSettings):
         "housekeeping_stalled_jobs_cron",
         "housekeeping_finished_jobs_cron",
         "housekeeping_checkin_days_cron",
+        "compliance_cron",
     )
     @classmethod
     def _valid_cron(cls, value: str) -> str:

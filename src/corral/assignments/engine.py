@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +75,19 @@ _LOCK_KEY = "corral.assignments_lock"
 
 
 # ----------------------------------------------------------------------------------------------- locking
+#: Called with the devices whose targets changed, in the transaction of the change (compliance evaluation
+#: registers here; a listener decides itself whether to work now or queue a job).
+TargetsListener = Callable[[AsyncSession, set[uuid.UUID]], Awaitable[None]]
+LISTENERS: list[TargetsListener] = []
+
+
+async def notify(session: AsyncSession, changed: set[uuid.UUID]) -> set[uuid.UUID]:
+    if changed:
+        for listener in LISTENERS:
+            await listener(session, changed)
+    return changed
+
+
 async def lock(session: AsyncSession, *, exclusive: bool) -> None:
     """Take the assignments lock for the rest of the transaction (once; an exclusive request after a shared
     one takes the exclusive lock too)."""
@@ -315,7 +328,7 @@ async def recompute_objects(session: AsyncSession, assignable_ids: Sequence[uuid
             changed |= await _apply(session, wanted(plans), scope, exclusive=True)
         finally:
             await session.execute(text("RESET enable_nestloop"))
-    return changed
+    return await notify(session, changed)
 
 
 async def bump_versions(session: AsyncSession, assignable_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
@@ -335,9 +348,10 @@ async def release_objects(session: AsyncSession, assignable_ids: Sequence[uuid.U
     if not assignable_ids:
         return set()
     await lock(session, exclusive=True)
-    return await _apply(
+    changed = await _apply(
         session, None, effective.in_ids(device_targets.c.assignable_id, assignable_ids), exclusive=True
     )
+    return await notify(session, changed)
 
 
 async def forget_devices(session: AsyncSession, device_ids: Sequence[uuid.UUID]) -> None:
@@ -415,12 +429,13 @@ async def refresh_devices(
         for device_id in ids:
             if await _refresh_one(session, device_id):
                 changed.add(device_id)
-        return changed
+        return await notify(session, changed)
     candidates = await candidate_objects(session, ids)
     plans = await load_plans(session, candidates)
-    return await _apply(
+    changed = await _apply(
         session, wanted(plans, ids), effective.in_ids(device_targets.c.device_id, ids), exclusive=False
     )
+    return await notify(session, changed)
 
 
 async def _refresh_one(session: AsyncSession, device_id: uuid.UUID) -> bool:

@@ -20,6 +20,7 @@ from corral.checkin.auth import AuthenticatedDevice
 from corral.checkin.last_seen import LastSeenBuffer
 from corral.checkin.schemas import CheckinRequest, CheckinResponse, PendingCommand
 from corral.commands.service import command_service
+from corral.compliance.service import compliance_service
 from corral.config import Settings
 from corral.devices import repository as devices_repository
 from corral.devices.schemas import Inventory
@@ -168,6 +169,7 @@ class CheckinService:
         client_ip = context.current().client_ip
         pending: list[PendingCommand] = []
         steady = last_seen is not None and last_seen.enabled and self.is_steady(device, auth, request)
+        agent_before = device.agent_version
         if steady:
             # Nothing changes but the last-seen time, written later with others (last_seen.py); no row is
             # locked and nothing is written in this transaction but the signature's nonce.
@@ -201,6 +203,9 @@ class CheckinService:
             # Dynamic groups and assignment targets follow new inventory, a rename, a retire or wipe: in this
             # transaction. When nothing a rule or filter can read changed, this returns without a query.
             await assignment_hooks.device_changed(session, device, unless=inputs)
+            if inventory_state == "accepted" or device.agent_version != agent_before:
+                # What compliance reads may have changed: evaluate the device now (docs/policies.md).
+                await compliance_service.evaluate(session, [device.id], now, reason="check-in")
             pending = await command_service.deliver(session, device, now)
         certificate = auth.certificate
         lifetime = certificate.not_after - certificate.not_before

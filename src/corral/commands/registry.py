@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Protocol
 
-from corral.commands.schemas import LockParams, LostModeParams, NoParams, RenameParams, WipeParams
+from corral.commands.schemas import (
+    LockParams,
+    LostModeParams,
+    NoParams,
+    NotifyParams,
+    RenameParams,
+    WipeParams,
+)
 from corral.models import CommandStatus, ManagementState, Ownership, Platform
 from corral.rbac.permissions import P
 
@@ -184,6 +191,13 @@ class PasscodeReset(CommandType):
     description = "Removes or resets the device passcode."
 
 
+class Notify(CommandType):
+    name, label, permission = "notify", "Send notification", P.remote_sync
+    params = NotifyParams
+    ttl = timedelta(days=3)
+    description = "Shows a message to the device's user (compliance reminders use it too)."
+
+
 class Rename(CommandType):
     name, label, permission = "rename", "Rename", P.remote_rename
     params = RenameParams
@@ -210,5 +224,6 @@ REGISTRY: dict[str, CommandType] = {
         LostModeOff(),
         PasscodeReset(),
         Rename(),
+        Notify(),
     )
 }

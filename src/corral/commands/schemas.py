@@ -31,6 +31,11 @@ class RenameParams(NoParams):
     name: Annotated[str, Field(min_length=1, max_length=256), CLEAN_NAME]  # as at enrollment (kit.text)
 
 
+class NotifyParams(NoParams):
+    message: str = Field(min_length=1, max_length=500, description="The text the device shows")
+    title: str | None = Field(default=None, max_length=120)
+
+
 class LostModeParams(NoParams):
     message: str = Field(min_length=1, max_length=256)
     phone: str | None = Field(default=None, max_length=64)

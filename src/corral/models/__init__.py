@@ -22,6 +22,14 @@ from corral.models.assignment import (
 from corral.models.audit_event import AuditEvent
 from corral.models.bulk_action import BulkAction
 from corral.models.certificate_authority import CertificateAuthority
+from corral.models.compliance import (
+    ComplianceActionRun,
+    ComplianceOverride,
+    DeviceComplianceChange,
+    DeviceCompliancePolicy,
+    DeviceComplianceSetting,
+    NotificationTemplate,
+)
 from corral.models.device import (
     ComplianceState,
     Device,
@@ -80,6 +88,8 @@ __all__ = [
     "BulkAction",
     "CertificateAuthority",
     "CommandStatus",
+    "ComplianceActionRun",
+    "ComplianceOverride",
     "CompliancePolicy",
     "ComplianceState",
     "ConfigurationProfile",
@@ -87,6 +97,9 @@ __all__ = [
     "DeviceApp",
     "DeviceCertificate",
     "DeviceCommand",
+    "DeviceComplianceChange",
+    "DeviceCompliancePolicy",
+    "DeviceComplianceSetting",
     "DeviceDesiredState",
     "DeviceInventoryChange",
     "DeviceNonce",
@@ -101,6 +114,7 @@ __all__ = [
     "Licence",
     "ManagementState",
     "MembershipType",
+    "NotificationTemplate",
     "Ownership",
     "Platform",
     "RoleAssignment",

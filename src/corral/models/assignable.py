@@ -62,6 +62,9 @@ class CompliancePolicy(Assignable):
 
     id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assignables.id", ondelete="CASCADE"), primary_key=True)
     settings: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # The actions for noncompliance, in order: [{"action", "delay_hours", ...}], the first always
+    # mark_noncompliant (its delay is the grace period). See corral.compliance.actions.
+    actions: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default="[]")
 
 
 class ConfigurationProfile(Assignable):

@@ -24,3 +24,7 @@ class TenantSettings(TimestampMixin, Model):
     deprovisioned_user_devices: Mapped[str] = mapped_column(
         String(16), default="keep", server_default=text("'keep'")
     )
+    # Compliance: a device no compliance policy reaches is compliant (true) or noncompliant (false), and a
+    # device that has not checked in for this many days is noncompliant whatever its policies say.
+    no_policy_compliant: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+    compliance_validity_days: Mapped[int] = mapped_column(default=30, server_default=text("30"))

@@ -16,6 +16,7 @@ from procrastinate import JobContext, jobs
 from procrastinate.exceptions import UniqueViolation
 from procrastinate.tasks import Task
 
+from corral.compliance import jobs as compliance_jobs
 from corral.config import Settings
 from corral.worker import housekeeping
 from corral.worker.app import app, resources
@@ -118,6 +119,7 @@ SCHEDULES: dict[str, tuple[Task[Any, Any, Any], Callable[[Settings], str]]] = {
     "purge_device_nonces": (purge_device_nonces, lambda s: s.housekeeping_nonces_cron),
     "purge_user_sessions": (purge_user_sessions, lambda s: s.housekeeping_sessions_cron),
     "purge_checkin_days": (purge_checkin_days, lambda s: s.housekeeping_checkin_days_cron),
+    "compliance_evaluate_due": (compliance_jobs.evaluate_due, lambda s: s.compliance_cron),
     "purge_signin_throttles": (purge_signin_throttles, lambda s: s.housekeeping_signin_throttles_cron),
     "expire_commands": (expire_commands, lambda s: s.housekeeping_commands_cron),
     "retry_stalled_jobs": (retry_stalled_jobs, lambda s: s.housekeeping_stalled_jobs_cron),

@@ -1,0 +1,1013 @@
+"""Compliance policies: their lifecycle (through the API and the admin center), and the evaluation of
+devices against the policies that reach them (docs/policies.md, "Compliance").
+
+Evaluation runs on the server: when a device reports new inventory, when a policy's settings or actions or
+its assignments change (through the assignment engine's targets listener), and on time in the worker
+(grace periods ending, the validity period, overrides running out). It stores per device, policy and setting
+what the policy expects and what the device reported; per device and policy the state and, while it fails,
+when the episode began and when its grace period ends; the device's own state (the worst of its policies,
+unless an administrator's override or the tenant's validity rule says otherwise) and a history of its
+changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Integer, Select, Text, and_, delete, func, or_, select
+from sqlalchemy import cast as sa_cast
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from corral.assignments import engine
+from corral.audit.service import audit_service
+from corral.compliance import catalog
+from corral.compliance.schemas import (
+    ActionIn,
+    ActionKind,
+    ActionOut,
+    CatalogSetting,
+    ComplianceTenantSettings,
+    ComplianceTenantSettingsUpdate,
+    DeviceCompliance,
+    HistoryEntry,
+    OverrideIn,
+    OverrideOut,
+    PolicyCreate,
+    PolicyOut,
+    PolicyPage,
+    PolicyResult,
+    PolicyStatus,
+    PolicyUpdate,
+    SettingCount,
+    SettingResult,
+    StatusDevice,
+    StatusDevicePage,
+    StepTaken,
+)
+from corral.devices import repository as devices_repository
+from corral.devices.service import device_service
+from corral.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from corral.groups.membership import ENDED_STATES
+from corral.kit.time import utcnow
+from corral.models import (
+    AssignableKind,
+    ComplianceActionRun,
+    ComplianceOverride,
+    CompliancePolicy,
+    ComplianceState,
+    Device,
+    DeviceApp,
+    DeviceComplianceChange,
+    DeviceCompliancePolicy,
+    DeviceComplianceSetting,
+    Platform,
+    TenantSettings,
+    device_targets,
+)
+from corral.rbac import repository as rbac_repository
+from corral.rbac.permissions import P
+from corral.rbac.principal import EVERYWHERE, Principal, Scope
+
+#: Worst first: a device's state is the worst of its policies'.
+RANK = {
+    ComplianceState.compliant: 0,
+    ComplianceState.in_grace_period: 1,
+    ComplianceState.error: 2,
+    ComplianceState.noncompliant: 3,
+}
+#: Devices evaluated per batch (one set of queries each).
+BATCH = 1000
+#: More devices than this after a change are evaluated by the worker, not in the request.
+INLINE_DEVICES = 2000
+MAX_OVERRIDE = timedelta(days=90)
+DEFAULT_ACTIONS: list[dict[str, Any]] = [{"action": "mark_noncompliant", "delay_hours": 0}]
+#: How many times an action may appear in a ladder.
+MAX_PER_ACTION = {
+    ActionKind.mark_noncompliant: 1,
+    ActionKind.email_user: 3,
+    ActionKind.push_message: 3,
+    ActionKind.remote_lock: 1,
+    ActionKind.retire: 1,
+}
+
+
+def policy_out(policy: CompliancePolicy) -> PolicyOut:
+    return PolicyOut(
+        id=policy.id,
+        name=policy.name,
+        description=policy.description,
+        platform=policy.platform,
+        version=policy.version,
+        settings=dict(policy.settings or {}),
+        actions=[ActionOut(**_action_defaults(a)) for a in (policy.actions or DEFAULT_ACTIONS)],
+        scope_tags=sorted(t.name for t in policy.scope_tags),
+        created_at=policy.created_at,
+        updated_at=policy.updated_at,
+    )
+
+
+def _action_defaults(action: dict[str, Any]) -> dict[str, Any]:
+    return {"recipients": [], "template_id": None, "message": "", "delay_hours": 0, **action}
+
+
+def grace_hours(policy: CompliancePolicy) -> int:
+    for action in policy.actions or DEFAULT_ACTIONS:
+        if action.get("action") == ActionKind.mark_noncompliant:
+            return int(action.get("delay_hours") or 0)
+    return 0
+
+
+def validate_settings(platform: Platform, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings, checked against the catalog: a 422 naming the first bad one."""
+    if not settings:
+        raise ValidationFailed("settings: a compliance policy requires at least one setting.")
+    for setting_id, value in settings.items():
+        setting = catalog.BY_ID.get(setting_id)
+        if setting is None:
+            raise ValidationFailed(f"settings.{setting_id}: no such compliance setting.")
+        if platform not in setting.platforms:
+            raise ValidationFailed(
+                f"settings.{setting_id}: {setting.name!r} is not reported by {platform.value} devices."
+            )
+        problem = setting.validate(value)
+        if problem:
+            raise ValidationFailed(f"settings.{setting_id}: {problem}.")
+    low, high = settings.get("os.min_version"), settings.get("os.max_version")
+    if low and high and catalog.version_key(low) > catalog.version_key(high):
+        raise ValidationFailed("settings.os.max_version: must not be below os.min_version.")
+    clash = set(settings.get("apps.required") or ()) & set(settings.get("apps.forbidden") or ())
+    if clash:
+        raise ValidationFailed(f"settings.apps.forbidden: {sorted(clash)[0]!r} is also required.")
+    return dict(sorted(settings.items()))
+
+
+def validate_actions(actions: Sequence[ActionIn]) -> list[dict[str, Any]]:
+    """The ladder: mark noncompliant first, delays never going back, each action a bounded number of times;
+    only e-mail takes recipients and a template, only a message takes text."""
+    if not actions:
+        raise ValidationFailed("actions: the first action must be mark_noncompliant.")
+    if actions[0].action is not ActionKind.mark_noncompliant:
+        raise ValidationFailed("actions.0.action: the first action must be mark_noncompliant.")
+    counts: dict[ActionKind, int] = {}
+    out = []
+    previous = 0
+    for index, step in enumerate(actions):
+        counts[step.action] = counts.get(step.action, 0) + 1
+        if counts[step.action] > MAX_PER_ACTION[step.action]:
+            raise ValidationFailed(
+                f"actions.{index}.action: {step.action.value} at most {MAX_PER_ACTION[step.action]} time(s)."
+            )
+        if step.delay_hours < previous:
+            raise ValidationFailed(
+                f"actions.{index}.delay_hours: steps run in order; {step.delay_hours} h comes before the "
+                f"previous step's {previous} h."
+            )
+        previous = step.delay_hours
+        if step.action is not ActionKind.email_user and (step.recipients or step.template_id):
+            raise ValidationFailed(f"actions.{index}: only email_user takes recipients and a template.")
+        if step.action is ActionKind.push_message and not step.message:
+            raise ValidationFailed(f"actions.{index}.message: the text the device shows is required.")
+        if step.action is not ActionKind.push_message and step.message:
+            raise ValidationFailed(f"actions.{index}.message: only push_message takes a message.")
+        item: dict[str, Any] = {"action": step.action.value, "delay_hours": step.delay_hours}
+        if step.recipients:
+            item["recipients"] = list(step.recipients)
+        if step.template_id:
+            item["template_id"] = str(step.template_id)
+        if step.message:
+            item["message"] = step.message
+        out.append(item)
+    return out
+
+
+@dataclass
+class Evaluated:
+    """One device's result (for the caller: what changed)."""
+
+    device_id: uuid.UUID
+    old: ComplianceState
+    new: ComplianceState
+    reason: str
+
+
+class ComplianceService:
+    # ---------------------------------------------------------------- catalog
+    def catalog(self, platform: Platform | None) -> list[CatalogSetting]:
+        settings = catalog.settings_for(platform) if platform else list(catalog.SETTINGS)
+        return [CatalogSetting(**s.describe()) for s in settings]
+
+    # ---------------------------------------------------------------- policies
+    def _visible(
+        self, principal: Principal, policy: CompliancePolicy, permission: P = P.compliance_read
+    ) -> bool:
+        return principal.scope_for(permission).covers(t.id for t in policy.scope_tags)
+
+    async def get(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        policy_id: uuid.UUID,
+        permission: P = P.compliance_read,
+        *,
+        for_update: bool = False,
+    ) -> CompliancePolicy:
+        stmt = (
+            select(CompliancePolicy)
+            .where(CompliancePolicy.id == policy_id)
+            .options(selectinload(CompliancePolicy.scope_tags))
+        )
+        if for_update:
+            stmt = stmt.with_for_update(of=CompliancePolicy.__table__)
+        policy = await session.scalar(stmt)
+        if policy is None or not self._visible(principal, policy):
+            raise NotFound("No such compliance policy.")
+        if permission is not P.compliance_read and not self._visible(principal, policy, permission):
+            raise Forbidden(f"This needs the permission {permission.value} over this compliance policy.")
+        return policy
+
+    async def page(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        *,
+        search: str | None = None,
+        platform: Platform | None = None,
+        scope_tag_id: uuid.UUID | None = None,
+    ) -> PolicyPage:
+        stmt = select(CompliancePolicy).options(selectinload(CompliancePolicy.scope_tags))
+        if search:
+            stmt = stmt.where(CompliancePolicy.name.icontains(search.strip(), autoescape=True))
+        if platform:
+            stmt = stmt.where(CompliancePolicy.platform == platform)
+        stmt = stmt.order_by(func.lower(CompliancePolicy.name), CompliancePolicy.id)
+        items = [
+            p
+            for p in (await session.scalars(stmt)).all()
+            if self._visible(principal, p)
+            and (scope_tag_id is None or scope_tag_id in {t.id for t in p.scope_tags})
+        ]
+        return PolicyPage(items=[policy_out(p) for p in items], total=len(items))
+
+    async def _tags(self, session: AsyncSession, principal: Principal, ids: Sequence[uuid.UUID]) -> list[Any]:
+        tags = await rbac_repository.tags_by_ids(session, ids)
+        if len(tags) != len(set(ids)):
+            raise ValidationFailed("scope_tag_ids: one or more scope tags do not exist.")
+        new_scope = Scope(tag_ids=frozenset(t.id for t in tags)) if tags else EVERYWHERE
+        if not principal.scope_for(P.compliance_write).ignoring_groups().contains(new_scope):
+            raise Forbidden("You can only tag a compliance policy into scopes you administer.")
+        return tags
+
+    async def _name_taken(self, session: AsyncSession, name: str, but: uuid.UUID | None = None) -> bool:
+        stmt = select(CompliancePolicy.id).where(func.lower(CompliancePolicy.name) == name.lower())
+        if but is not None:
+            stmt = stmt.where(CompliancePolicy.id != but)
+        return (await session.scalar(stmt)) is not None
+
+    async def create(
+        self, session: AsyncSession, principal: Principal, data: PolicyCreate
+    ) -> CompliancePolicy:
+        settings = validate_settings(data.platform, data.settings)
+        actions = validate_actions(data.actions) if data.actions is not None else list(DEFAULT_ACTIONS)
+        await self._check_templates(session, actions)
+        if await self._name_taken(session, data.name):
+            raise Conflict(f"A compliance policy named {data.name!r} already exists.")
+        tags = await self._tags(session, principal, data.scope_tag_ids)
+        policy = CompliancePolicy(
+            id=uuid.uuid4(),
+            kind=AssignableKind.compliance_policy,
+            name=data.name,
+            description=data.description,
+            platform=data.platform,
+            settings=settings,
+            actions=actions,
+            scope_tags=tags,
+            created_by_id=principal.user_id,
+        )
+        session.add(policy)
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="compliance_policy.create",
+            category="policy",
+            operation="create",
+            target_type="compliance_policy",
+            target_id=policy.id,
+            target_name=policy.name,
+            changes=[
+                ("name", None, policy.name),
+                ("platform", None, policy.platform),
+                ("settings", None, settings),
+                ("actions", None, actions),
+                ("scope_tags", None, sorted(t.name for t in tags) or None),
+            ],
+        )
+        return await self.get(session, principal, policy.id)
+
+    async def update(
+        self, session: AsyncSession, principal: Principal, policy_id: uuid.UUID, data: PolicyUpdate
+    ) -> CompliancePolicy:
+        policy = await self.get(session, principal, policy_id, P.compliance_write, for_update=True)
+        changes: list[tuple[str, Any, Any]] = []
+        if data.name is not None and data.name != policy.name:
+            if await self._name_taken(session, data.name, policy.id):
+                raise Conflict(f"A compliance policy named {data.name!r} already exists.")
+            changes.append(("name", policy.name, data.name))
+            policy.name = data.name
+        if data.description is not None and data.description != policy.description:
+            changes.append(("description", policy.description, data.description))
+            policy.description = data.description
+        asks_changed = False
+        if data.settings is not None:
+            settings = validate_settings(Platform(policy.platform), data.settings)
+            if settings != policy.settings:
+                changes.append(("settings", policy.settings, settings))
+                policy.settings, asks_changed = settings, True
+        if data.actions is not None:
+            actions = validate_actions(data.actions)
+            await self._check_templates(session, actions)
+            if actions != policy.actions:
+                changes.append(("actions", policy.actions, actions))
+                policy.actions, asks_changed = actions, True
+        if data.scope_tag_ids is not None:
+            tags = await self._tags(session, principal, data.scope_tag_ids)
+            before = sorted(t.name for t in policy.scope_tags)
+            policy.scope_tags = tags
+            if before != sorted(t.name for t in tags):
+                changes.append(("scope_tags", before, sorted(t.name for t in tags)))
+        if not changes:
+            return policy
+        if asks_changed:
+            policy.version += 1
+        policy.updated_at = utcnow()
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="compliance_policy.update",
+            category="policy",
+            operation="update",
+            target_type="compliance_policy",
+            target_id=policy.id,
+            target_name=policy.name,
+            changes=changes,
+        )
+        if asks_changed:
+            # What the devices must report changed (their desired state), and every verdict may have.
+            await engine.bump_versions(session, [policy.id])
+            await self.evaluate_objects(session, [policy.id])
+        return await self.get(session, principal, policy.id)
+
+    async def delete(self, session: AsyncSession, principal: Principal, policy_id: uuid.UUID) -> None:
+        policy = await self.get(session, principal, policy_id, P.compliance_write, for_update=True)
+        await engine.release_objects(session, [policy.id])  # the targets listener re-evaluates its devices
+        await audit_service.record(
+            session,
+            activity="compliance_policy.delete",
+            category="policy",
+            operation="delete",
+            target_type="compliance_policy",
+            target_id=policy.id,
+            target_name=policy.name,
+            changes=[("name", policy.name, None), ("settings", policy.settings, None)],
+        )
+        await session.delete(policy)
+        await session.flush()
+
+    async def _check_templates(self, session: AsyncSession, actions: list[dict[str, Any]]) -> None:
+        from corral.models import NotificationTemplate
+
+        ids = {uuid.UUID(a["template_id"]) for a in actions if a.get("template_id")}
+        if not ids:
+            return
+        found = set(
+            (
+                await session.scalars(select(NotificationTemplate.id).where(NotificationTemplate.id.in_(ids)))
+            ).all()
+        )
+        if found != ids:
+            index = next(
+                i
+                for i, a in enumerate(actions)
+                if a.get("template_id") and uuid.UUID(a["template_id"]) not in found
+            )
+            raise ValidationFailed(f"actions.{index}.template_id: no such notification template.")
+
+    # ---------------------------------------------------------------- evaluation
+    async def evaluate_objects(self, session: AsyncSession, policy_ids: Sequence[uuid.UUID]) -> None:
+        """Every device these policies reach (after a change of what they ask)."""
+        device_ids = list(
+            (
+                await session.scalars(
+                    select(device_targets.c.device_id)
+                    .where(device_targets.c.assignable_id.in_(policy_ids))
+                    .distinct()
+                )
+            ).all()
+        )
+        await self.evaluate_soon(session, device_ids)
+
+    async def evaluate_soon(self, session: AsyncSession, device_ids: Sequence[uuid.UUID]) -> None:
+        """Evaluate now when few, else in the worker (queued in this transaction)."""
+        if not device_ids:
+            return
+        if len(device_ids) <= INLINE_DEVICES:
+            await self.evaluate(session, device_ids)
+            return
+        from corral.compliance.jobs import defer_evaluation
+
+        await defer_evaluation(session, device_ids)
+
+    async def evaluate(
+        self,
+        session: AsyncSession,
+        device_ids: Sequence[uuid.UUID],
+        now: datetime | None = None,
+        *,
+        reason: str = "",
+    ) -> list[Evaluated]:
+        """Evaluate these devices against the compliance policies that reach them; store the results; return
+        the devices whose state changed."""
+        now = now or utcnow()
+        changed: list[Evaluated] = []
+        ids = sorted(set(device_ids))
+        tenant = await session.get(TenantSettings, 1)
+        no_policy_compliant = tenant.no_policy_compliant if tenant else True
+        validity_days = tenant.compliance_validity_days if tenant else 30
+        for start in range(0, len(ids), BATCH):
+            changed += await self._evaluate_batch(
+                session, ids[start : start + BATCH], now, no_policy_compliant, validity_days, reason
+            )
+        return changed
+
+    async def _evaluate_batch(
+        self,
+        session: AsyncSession,
+        ids: list[uuid.UUID],
+        now: datetime,
+        no_policy_compliant: bool,
+        validity_days: int,
+        reason: str,
+    ) -> list[Evaluated]:
+        devices = list(
+            (
+                await session.scalars(
+                    select(Device).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
+                )
+            ).all()
+        )
+        rows = (
+            await session.execute(
+                select(device_targets.c.device_id, CompliancePolicy)
+                .join(CompliancePolicy, CompliancePolicy.id == device_targets.c.assignable_id)
+                .where(device_targets.c.device_id.in_(ids))
+            )
+        ).all()
+        policies: dict[uuid.UUID, list[CompliancePolicy]] = {}
+        reads_apps: set[uuid.UUID] = set()
+        for device_id, policy in rows:
+            policies.setdefault(device_id, []).append(policy)
+            if catalog.READS_APPS & set(policy.settings or {}):
+                reads_apps.add(device_id)
+        apps: dict[uuid.UUID, set[str]] = {}
+        if reads_apps:
+            for device_id, identifier in (
+                await session.execute(
+                    select(DeviceApp.device_id, DeviceApp.identifier).where(
+                        DeviceApp.device_id.in_(reads_apps), DeviceApp.identifier.is_not(None)
+                    )
+                )
+            ).all():
+                apps.setdefault(device_id, set()).add(identifier)
+        existing = {
+            (r.device_id, r.policy_id): r
+            for r in (
+                await session.scalars(
+                    select(DeviceCompliancePolicy).where(DeviceCompliancePolicy.device_id.in_(ids))
+                )
+            ).all()
+        }
+        overrides = {
+            o.device_id: o
+            for o in (
+                await session.scalars(select(ComplianceOverride).where(ComplianceOverride.device_id.in_(ids)))
+            ).all()
+        }
+
+        await session.execute(
+            delete(DeviceComplianceSetting).where(DeviceComplianceSetting.device_id.in_(ids))
+        )
+        setting_rows: list[dict[str, Any]] = []
+        policy_rows: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        changed: list[Evaluated] = []
+        for device in devices:
+            active = device.management_state not in ENDED_STATES
+            states: list[tuple[CompliancePolicy, ComplianceState]] = []
+            for policy in policies.get(device.id, []) if active else []:
+                observation = catalog.Observation(device, frozenset(apps.get(device.id, ())), now)
+                failing = erroring = False
+                for setting_id, expected in (policy.settings or {}).items():
+                    setting = catalog.BY_ID.get(setting_id)
+                    if setting is None:
+                        continue
+                    observed = setting.observe(observation)
+                    if observed is None:
+                        state, message = ComplianceState.error, f"The device does not report {setting.reads}."
+                        erroring = True
+                    elif setting.complies(expected, observed):
+                        state, message = ComplianceState.compliant, ""
+                    else:
+                        state, message = ComplianceState.noncompliant, ""
+                        failing = True
+                    setting_rows.append(
+                        {
+                            "device_id": device.id,
+                            "policy_id": policy.id,
+                            "setting_id": setting_id,
+                            "state": state,
+                            "expected": expected,
+                            "observed": catalog.observed_for_display(setting, expected, observed),
+                            "message": message,
+                        }
+                    )
+                before = existing.get((device.id, policy.id))
+                failing_since = grace_end = None
+                if failing:
+                    failing_since = before.failing_since if before and before.failing_since else now
+                    grace_end = failing_since + timedelta(hours=grace_hours(policy))
+                    policy_state = (
+                        ComplianceState.noncompliant if now >= grace_end else ComplianceState.in_grace_period
+                    )
+                elif erroring:
+                    policy_state = ComplianceState.error
+                else:
+                    policy_state = ComplianceState.compliant
+                states.append((policy, policy_state))
+                policy_rows.append(
+                    {
+                        "device_id": device.id,
+                        "policy_id": policy.id,
+                        "state": policy_state,
+                        "policy_version": policy.version,
+                        "failing_since": failing_since,
+                        "grace_ends_at": grace_end
+                        if policy_state is ComplianceState.in_grace_period
+                        else None,
+                        "evaluated_at": now,
+                    }
+                )
+            new_state, why = self._device_state(
+                device, states, overrides.get(device.id), now, no_policy_compliant, validity_days
+            )
+            if not active:
+                new_state, why = device.compliance_state, ""
+            if new_state != device.compliance_state:
+                changed.append(Evaluated(device.id, device.compliance_state, new_state, why))
+                history.append(
+                    {
+                        "device_id": device.id,
+                        "at": now,
+                        "old_state": device.compliance_state,
+                        "new_state": new_state,
+                        "reason": (f"{reason}: {why}" if reason else why)[:2000],
+                    }
+                )
+                device.compliance_state = new_state
+        kept = {(r["device_id"], r["policy_id"]) for r in policy_rows}
+        gone = [key for key in existing if key not in kept]
+        if gone:
+            await session.execute(
+                delete(DeviceCompliancePolicy).where(
+                    or_(
+                        *(
+                            and_(DeviceCompliancePolicy.device_id == d, DeviceCompliancePolicy.policy_id == p)
+                            for d, p in gone
+                        )
+                    )
+                )
+            )
+        if policy_rows:
+            stmt = pg_insert(DeviceCompliancePolicy).values(policy_rows)
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[DeviceCompliancePolicy.device_id, DeviceCompliancePolicy.policy_id],
+                    set_={
+                        c: stmt.excluded[c]
+                        for c in ("state", "policy_version", "failing_since", "grace_ends_at", "evaluated_at")
+                    },
+                )
+            )
+        if setting_rows:
+            await session.execute(pg_insert(DeviceComplianceSetting), setting_rows)
+        if history:
+            await session.execute(pg_insert(DeviceComplianceChange), history)
+        await session.flush()
+        return changed
+
+    def _device_state(
+        self,
+        device: Device,
+        states: list[tuple[CompliancePolicy, ComplianceState]],
+        override: ComplianceOverride | None,
+        now: datetime,
+        no_policy_compliant: bool,
+        validity_days: int,
+    ) -> tuple[ComplianceState, str]:
+        if override is not None and override.until > now:
+            return ComplianceState.compliant, (
+                f"marked compliant by {override.created_by_name or 'an administrator'} until "
+                f"{override.until:%Y-%m-%d %H:%M} UTC: {override.reason}"
+            )
+        last = device.last_checkin_at or device.enrolled_at
+        if last is not None and now - last > timedelta(days=validity_days):
+            return ComplianceState.noncompliant, f"no check-in for more than {validity_days} days"
+        if not states:
+            if no_policy_compliant:
+                return (
+                    ComplianceState.compliant,
+                    "no compliance policy is assigned (the tenant counts it compliant)",
+                )
+            return (
+                ComplianceState.noncompliant,
+                "no compliance policy is assigned (the tenant counts it noncompliant)",
+            )
+        worst_policy, worst = max(states, key=lambda s: RANK[s[1]])
+        if worst is ComplianceState.compliant:
+            names = ", ".join(sorted(p.name for p, _ in states))
+            return worst, f"meets {names}"
+        label = {
+            ComplianceState.noncompliant: "fails",
+            ComplianceState.in_grace_period: "fails (in grace period)",
+            ComplianceState.error: "cannot be evaluated against",
+        }[worst]
+        return worst, f"{label} {worst_policy.name}"
+
+    async def due_devices(self, session: AsyncSession, now: datetime) -> list[uuid.UUID]:
+        """Devices whose state may have changed with time alone: a grace period ended, an override ran out,
+        the validity period or a policy's maximum days since check-in passed."""
+        tenant = await session.get(TenantSettings, 1)
+        validity = timedelta(days=tenant.compliance_validity_days if tenant else 30)
+        last = func.coalesce(Device.last_checkin_at, Device.enrolled_at)
+        active = Device.management_state.not_in(ENDED_STATES)
+        grace = select(DeviceCompliancePolicy.device_id).where(
+            DeviceCompliancePolicy.state == ComplianceState.in_grace_period,
+            DeviceCompliancePolicy.grace_ends_at <= now,
+        )
+        overrides = select(ComplianceOverride.device_id).where(ComplianceOverride.until <= now)
+        stale = select(Device.id).where(
+            active, last < now - validity, Device.compliance_state != ComplianceState.noncompliant
+        )
+        checkin_days = (
+            select(DeviceComplianceSetting.device_id)
+            .join(Device, Device.id == DeviceComplianceSetting.device_id)
+            .where(
+                DeviceComplianceSetting.setting_id == "checkin.max_days",
+                DeviceComplianceSetting.state == ComplianceState.compliant,
+                last < now - func.make_interval(0, 0, 0, sa_cast(sa_cast(DeviceComplianceSetting.expected, Text), Integer)),
+            )
+        )
+        result = await session.scalars(grace.union(overrides, stale, checkin_days))
+        return sorted(set(result.all()))
+
+    async def evaluate_due(self, session: AsyncSession, now: datetime | None = None) -> list[Evaluated]:
+        """The time-driven part of evaluation (the worker runs it every few minutes): re-evaluate the devices
+        whose state may have changed with time, and drop overrides that ran out."""
+        now = now or utcnow()
+        devices = await self.due_devices(session, now)
+        expired = (
+            (
+                await session.execute(
+                    delete(ComplianceOverride)
+                    .where(ComplianceOverride.until <= now)
+                    .returning(ComplianceOverride.device_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        changed = await self.evaluate(session, devices, now, reason="time")
+        if expired:
+            await audit_service.record_many(
+                session,
+                [
+                    {
+                        "activity": "device.compliance_override_expired",
+                        "category": "policy",
+                        "operation": "update",
+                        "target_type": "device",
+                        "target_id": device_id,
+                    }
+                    for device_id in expired
+                ],
+            )
+        return changed
+
+    # ---------------------------------------------------------------- device side
+    async def device_compliance(
+        self, session: AsyncSession, principal: Principal, device_id: uuid.UUID
+    ) -> DeviceCompliance:
+        device = await device_service.get(session, principal, device_id)
+        states = (
+            await session.execute(
+                select(DeviceCompliancePolicy, CompliancePolicy)
+                .join(CompliancePolicy, CompliancePolicy.id == DeviceCompliancePolicy.policy_id)
+                .where(DeviceCompliancePolicy.device_id == device.id)
+                .options(selectinload(CompliancePolicy.scope_tags))
+                .order_by(func.lower(CompliancePolicy.name))
+            )
+        ).all()
+        settings = (
+            await session.scalars(
+                select(DeviceComplianceSetting)
+                .where(DeviceComplianceSetting.device_id == device.id)
+                .order_by(DeviceComplianceSetting.setting_id)
+            )
+        ).all()
+        steps = (
+            await session.scalars(
+                select(ComplianceActionRun)
+                .where(ComplianceActionRun.device_id == device.id)
+                .order_by(ComplianceActionRun.ran_at)
+            )
+        ).all()
+        override = await session.get(ComplianceOverride, device.id)
+        results = []
+        for state, policy in states:
+            if not self._visible(principal, policy):
+                continue
+            results.append(
+                PolicyResult(
+                    policy_id=policy.id,
+                    policy_name=policy.name,
+                    policy_version=state.policy_version,
+                    state=state.state,
+                    failing_since=state.failing_since,
+                    grace_ends_at=state.grace_ends_at,
+                    evaluated_at=state.evaluated_at,
+                    settings=[
+                        SettingResult(
+                            setting_id=s.setting_id,
+                            name=catalog.BY_ID[s.setting_id].name
+                            if s.setting_id in catalog.BY_ID
+                            else s.setting_id,
+                            state=s.state,
+                            expected=s.expected,
+                            observed=s.observed,
+                            message=s.message,
+                        )
+                        for s in settings
+                        if s.policy_id == policy.id
+                    ],
+                    steps_taken=[
+                        StepTaken(step=r.step, action=r.action, ran_at=r.ran_at, result=r.result)
+                        for r in steps
+                        if r.policy_id == policy.id and r.episode_started_at == state.failing_since
+                    ],
+                )
+            )
+        last = (
+            await session.scalars(
+                select(DeviceComplianceChange)
+                .where(DeviceComplianceChange.device_id == device.id)
+                .order_by(DeviceComplianceChange.id.desc())
+                .limit(1)
+            )
+        ).first()
+        return DeviceCompliance(
+            device_id=device.id,
+            state=device.compliance_state,
+            reason=last.reason if last else "not evaluated yet",
+            override=OverrideOut(
+                until=override.until,
+                reason=override.reason,
+                created_by=override.created_by_name,
+                created_at=override.created_at,
+            )
+            if override
+            else None,
+            policies=results,
+        )
+
+    async def history(
+        self, session: AsyncSession, principal: Principal, device_id: uuid.UUID, limit: int = 200
+    ) -> list[HistoryEntry]:
+        device = await device_service.get(session, principal, device_id)
+        rows = (
+            await session.scalars(
+                select(DeviceComplianceChange)
+                .where(DeviceComplianceChange.device_id == device.id)
+                .order_by(DeviceComplianceChange.id.desc())
+                .limit(limit)
+            )
+        ).all()
+        return [
+            HistoryEntry(at=r.at, old_state=r.old_state, new_state=r.new_state, reason=r.reason) for r in rows
+        ]
+
+    async def set_override(
+        self, session: AsyncSession, principal: Principal, device_id: uuid.UUID, data: OverrideIn
+    ) -> DeviceCompliance:
+        device = await device_service.get(session, principal, device_id, P.compliance_write, for_update=True)
+        now = utcnow()
+        until = data.until if data.until.tzinfo else data.until.replace(tzinfo=now.tzinfo)
+        if until <= now:
+            raise ValidationFailed("until: must be in the future.")
+        if until > now + MAX_OVERRIDE:
+            raise ValidationFailed("until: at most 90 days ahead.")
+        current = await session.get(ComplianceOverride, device.id)
+        old = {"until": current.until.isoformat(), "reason": current.reason} if current else None
+        if current is None:
+            current = ComplianceOverride(device_id=device.id, until=until, reason=data.reason, created_at=now)
+            session.add(current)
+        current.until, current.reason, current.created_at = until, data.reason, now
+        current.created_by_id = principal.user_id
+        current.created_by_name = principal.display_name or principal.user_principal_name or ""
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="device.compliance_override",
+            category="policy",
+            operation="update",
+            target_type="device",
+            target_id=device.id,
+            target_name=device.name,
+            changes=[("compliance_override", old, {"until": until.isoformat(), "reason": data.reason})],
+        )
+        await self.evaluate(session, [device.id], now, reason="override")
+        return await self.device_compliance(session, principal, device.id)
+
+    async def clear_override(self, session: AsyncSession, principal: Principal, device_id: uuid.UUID) -> None:
+        device = await device_service.get(session, principal, device_id, P.compliance_write, for_update=True)
+        current = await session.get(ComplianceOverride, device.id)
+        if current is None:
+            raise NotFound("The device has no compliance override.")
+        old = {"until": current.until.isoformat(), "reason": current.reason}
+        await session.delete(current)
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="device.compliance_override",
+            category="policy",
+            operation="delete",
+            target_type="device",
+            target_id=device.id,
+            target_name=device.name,
+            changes=[("compliance_override", old, None)],
+        )
+        await self.evaluate(session, [device.id], reason="override removed")
+
+    # ---------------------------------------------------------------- tenant settings
+    async def tenant_settings(self, session: AsyncSession) -> ComplianceTenantSettings:
+        tenant = await session.get(TenantSettings, 1)
+        if tenant is None:
+            return ComplianceTenantSettings(no_policy_compliant=True, compliance_validity_days=30)
+        return ComplianceTenantSettings.model_validate(tenant)
+
+    async def update_tenant_settings(
+        self, session: AsyncSession, data: ComplianceTenantSettingsUpdate
+    ) -> ComplianceTenantSettings:
+        tenant = await session.get(TenantSettings, 1, with_for_update=True)
+        if tenant is None:
+            tenant = TenantSettings(id=1)
+            session.add(tenant)
+            await session.flush()
+        changes = []
+        for field in ("no_policy_compliant", "compliance_validity_days"):
+            value = getattr(data, field)
+            if value is not None and value != getattr(tenant, field):
+                changes.append((field, getattr(tenant, field), value))
+                setattr(tenant, field, value)
+        if changes:
+            await session.flush()
+            await audit_service.record(
+                session,
+                activity="tenant.compliance_settings",
+                category="policy",
+                operation="update",
+                target_type="tenant",
+                target_name="Compliance settings",
+                changes=changes,
+            )
+            # Every device may change: no-policy devices and the validity rule.
+            device_ids = list(
+                (
+                    await session.scalars(
+                        select(Device.id).where(Device.management_state.not_in(ENDED_STATES))
+                    )
+                ).all()
+            )
+            await self.evaluate_soon(session, device_ids)
+        return ComplianceTenantSettings.model_validate(tenant)
+
+    # ---------------------------------------------------------------- reports
+    async def status(self, session: AsyncSession, principal: Principal, policy_id: uuid.UUID) -> PolicyStatus:
+        policy = await self.get(session, principal, policy_id)
+        scope = principal.scope_for(P.devices_read)
+        in_scope = devices_repository.scoped(select(Device.id), scope).scalar_subquery()
+        counts = dict(
+            (
+                await session.execute(
+                    select(DeviceCompliancePolicy.state, func.count())
+                    .where(
+                        DeviceCompliancePolicy.policy_id == policy.id,
+                        DeviceCompliancePolicy.device_id.in_(in_scope),
+                    )
+                    .group_by(DeviceCompliancePolicy.state)
+                )
+            ).all()
+        )
+        per_setting: dict[str, dict[str, int]] = {}
+        for setting_id, state, count in (
+            await session.execute(
+                select(DeviceComplianceSetting.setting_id, DeviceComplianceSetting.state, func.count())
+                .where(
+                    DeviceComplianceSetting.policy_id == policy.id,
+                    DeviceComplianceSetting.device_id.in_(in_scope),
+                )
+                .group_by(DeviceComplianceSetting.setting_id, DeviceComplianceSetting.state)
+            )
+        ).all():
+            per_setting.setdefault(setting_id, {})[str(state)] = count
+        return PolicyStatus(
+            policy_id=policy.id,
+            counts={str(s): int(counts.get(s, 0)) for s in RANK},
+            settings=[
+                SettingCount(
+                    setting_id=sid,
+                    name=catalog.BY_ID[sid].name if sid in catalog.BY_ID else sid,
+                    compliant=per_setting.get(sid, {}).get("compliant", 0),
+                    noncompliant=per_setting.get(sid, {}).get("noncompliant", 0),
+                    error=per_setting.get(sid, {}).get("error", 0),
+                )
+                for sid in (policy.settings or {})
+            ],
+        )
+
+    async def status_devices(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        policy_id: uuid.UUID,
+        state: ComplianceState | None,
+        setting_id: str | None = None,
+        limit: int = 500,
+    ) -> StatusDevicePage:
+        policy = await self.get(session, principal, policy_id)
+        scope = principal.scope_for(P.devices_read)
+        stmt = (
+            devices_repository.scoped(
+                cast(
+                    "Select[Any]",
+                    select(
+                        Device.id,
+                        Device.name,
+                        DeviceCompliancePolicy.state,
+                        DeviceCompliancePolicy.grace_ends_at,
+                        DeviceCompliancePolicy.evaluated_at,
+                    ),
+                ),
+                scope,
+            )
+            .join(DeviceCompliancePolicy, DeviceCompliancePolicy.device_id == Device.id)
+            .where(DeviceCompliancePolicy.policy_id == policy.id)
+        )
+        if state is not None and setting_id is None:
+            stmt = stmt.where(DeviceCompliancePolicy.state == state)
+        if setting_id is not None:
+            stmt = stmt.join(
+                DeviceComplianceSetting,
+                and_(
+                    DeviceComplianceSetting.device_id == Device.id,
+                    DeviceComplianceSetting.policy_id == policy.id,
+                    DeviceComplianceSetting.setting_id == setting_id,
+                ),
+            )
+            if state is not None:
+                stmt = stmt.where(DeviceComplianceSetting.state == state)
+        total = int(await session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+        rows = (await session.execute(stmt.order_by(func.lower(Device.name), Device.id).limit(limit))).all()
+        return StatusDevicePage(
+            items=[
+                StatusDevice(
+                    device_id=r[0], device_name=r[1], state=r[2], grace_ends_at=r[3], evaluated_at=r[4]
+                )
+                for r in rows
+            ],
+            total=total,
+        )
+
+
+compliance_service = ComplianceService()
+
+
+async def on_targets_changed(session: AsyncSession, device_ids: set[uuid.UUID]) -> None:
+    """The assignment engine's listener: devices whose targets changed are evaluated again."""
+    await compliance_service.evaluate_soon(session, sorted(device_ids))
+
+
+engine.LISTENERS.append(on_targets_changed)
