@@ -167,6 +167,12 @@ ALLOWED: dict[Key, str] = {
         )
     },
     ("POST", "/portal/devices/bulk-actions", "user_id"): "its list filter, over devices in scope, as above",
+    # A report of a policy's devices: it writes the ids of the devices in the caller's scope, takes none.
+    (
+        "GET",
+        "/api/v1/compliance-policies/{policy_id}/devices.csv",
+        "device_id",
+    ): "lists the devices in scope (it writes device ids, takes none)",
     # Role assignments: who holds which role is the roles:read and roles:assign holders' business; their
     # members are named to every roles:read holder (GET /api/v1/role-assignments), whatever their scope.
     ("POST", "/api/v1/role-assignments", "member_ids"): "role assignments name their members to roles:read",
@@ -375,7 +381,11 @@ LICENCE = {"values": lambda w, s: {"licence_id": w.licence}}
 QUEUED = {"values": lambda w, s: {"command_id": s.queued}}
 PENDING = {"values": lambda w, s: {"command_id": s.pending}}
 EXTRA = {"values": lambda w, s: {"group_id": w.extra}}
-PARAMS = {"rename": {"name": "Renamed"}, "lost_mode_on": {"message": "Call the help desk"}}
+PARAMS = {
+    "rename": {"name": "Renamed"},
+    "lost_mode_on": {"message": "Call the help desk"},
+    "notify": {"message": "Please update"},
+}
 
 
 def action(name: str) -> Body:
@@ -443,6 +453,18 @@ PROBES: list[Probe] = [
     _p("GET", f"{D}/commands", "device"),
     _p("GET", f"{D}/groups", "device"),
     _p("GET", f"{D}/assignments", "device"),
+    _p("GET", f"{D}/compliance", "device"),
+    _p("GET", f"{D}/compliance/history", "device"),
+    _p(
+        "PUT",
+        f"{D}/compliance/override",
+        "device",
+        json=lambda w, s: {
+            "until": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+            "reason": "Probe override",
+        },
+    ),
+    _p("DELETE", f"{D}/compliance/override", "device"),
     # The device is looked up (and scoped) before the object: an object that does not exist tells them apart.
     _p(
         "GET",

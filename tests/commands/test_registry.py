@@ -46,6 +46,7 @@ def test_every_entry_is_listed_under_its_own_name_in_the_documented_order() -> N
         "lost_mode_off",
         "passcode_reset",
         "rename",
+        "notify",
     ]
     assert all(isinstance(c, CommandType) and key == c.name for key, c in REGISTRY.items())
     assert {n for n, c in REGISTRY.items() if isinstance(c, EndsManagement)} == {"wipe", "retire"}

@@ -178,7 +178,8 @@ async def test_the_schedules_come_from_the_settings(quiet_settings: Settings) ->
     crons = {p.task.name: p.cron for p in app.periodic_registry.periodic_tasks.values()}
     assert crons["housekeeping.purge_device_nonces"] == "*/3 * * * *"
     assert crons["housekeeping.purge_finished_jobs"] == "5 4 * * *"
-    assert set(crons) == {f"housekeeping.{name}" for name in tasks.SCHEDULES}
+    assert set(crons) == {task.name for task, _cron in tasks.SCHEDULES.values()}
+    assert crons["compliance.evaluate_due"] == settings.compliance_cron
     tasks.schedule(settings)  # again (a restarted embedded worker): no duplicate registration
     assert len(app.periodic_registry.periodic_tasks) == len(tasks.SCHEDULES)
 

@@ -215,6 +215,34 @@ class Executor:
             errors.append(f"{' '.join(args)}: exit {status}{': ' + output if output else ''}")
         return self._failed(command_id, "could not lock the screen: " + "; ".join(errors))
 
+    def _do_notify(
+        self, command_id: str, command: dict[str, Any], params: dict[str, Any], state: AgentState
+    ) -> Outcome:
+        message = str(params.get("message") or "")
+        title = str(params.get("title") or "Corral")
+        if not message:
+            return self._failed(command_id, "the notification has no message")
+        if self.simulate:
+            self.record_effect(command, "notification shown", title=title, message=message)
+            return self._succeeded(command_id, {"shown_at": _now_text()})
+        if self.os_name == "linux":
+            # A system service reaches logged-in users' terminals; desktop sessions show it through wall too.
+            attempts = [["wall", f"{title}: {message}"]]
+        elif self.os_name == "macos":
+            script = f"display notification {json.dumps(message)} with title {json.dumps(title)}"
+            attempts = [["osascript", "-e", script]]
+        elif self.os_name == "windows":
+            attempts = [["msg", "*", f"{title}: {message}"]]
+        else:
+            return self._unsupported(command_id)
+        errors = []
+        for args in attempts:
+            status, output = self.runner(args)
+            if status == 0:
+                return self._succeeded(command_id, {"shown_at": _now_text()})
+            errors.append(f"{args[0]}: exit {status}{': ' + output if output else ''}")
+        return self._failed(command_id, "could not show the notification: " + "; ".join(errors))
+
     def _destructive_refused(self) -> bool:
         return not self.simulate and not self.config.allow_destructive
 

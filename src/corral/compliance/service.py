@@ -662,13 +662,14 @@ class ComplianceService:
         stale = select(Device.id).where(
             active, last < now - validity, Device.compliance_state != ComplianceState.noncompliant
         )
+        expected_days = sa_cast(sa_cast(DeviceComplianceSetting.expected, Text), Integer)
         checkin_days = (
             select(DeviceComplianceSetting.device_id)
             .join(Device, Device.id == DeviceComplianceSetting.device_id)
             .where(
                 DeviceComplianceSetting.setting_id == "checkin.max_days",
                 DeviceComplianceSetting.state == ComplianceState.compliant,
-                last < now - func.make_interval(0, 0, 0, sa_cast(sa_cast(DeviceComplianceSetting.expected, Text), Integer)),
+                last < now - func.make_interval(0, 0, 0, expected_days),
             )
         )
         result = await session.scalars(grace.union(overrides, stale, checkin_days))
