@@ -539,6 +539,15 @@ PROBES: list[Probe] = [
     _p("POST", f"{PD}/commands/clear", "device"),
     _p(
         "POST",
+        f"{PD}/compliance/override",
+        "device",
+        form=lambda w, s: {
+            "until": (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
+            "reason": "Probe override",
+        },
+    ),
+    _p(
+        "POST",
         f"{PD}/commands/{{command_id}}/approve",
         "device",
         form=lambda w, s: {"comment": "ok"},

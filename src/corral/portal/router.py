@@ -8,6 +8,7 @@ from corral.portal.admin_views import router as admin_router
 from corral.portal.approval_views import router as approval_router
 from corral.portal.assignment_views import router as assignment_router
 from corral.portal.auth_views import router as auth_router
+from corral.portal.compliance_views import router as compliance_router
 from corral.portal.device_views import router as device_router
 from corral.portal.group_views import router as group_router
 from corral.portal.identity_views import router as identity_router
@@ -24,6 +25,7 @@ portal_router.include_router(group_router)
 portal_router.include_router(user_router)
 portal_router.include_router(approval_router)
 portal_router.include_router(assignment_router)
+portal_router.include_router(compliance_router)
 portal_router.include_router(scim_router)
 portal_router.include_router(oidc_router)
 portal_router.include_router(identity_router)
