@@ -602,6 +602,20 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("PUT", "/api/v1/compliance-policies/{policy_id}/assignments"): {"assignments": []},
         ("PUT", "/api/v1/configuration-profiles/{profile_id}/assignments"): {"assignments": []},
+        # Compliance: policies and templates are created for real; the rest reach validation and the 404.
+        ("POST", "/api/v1/compliance-policies"): {
+            "name": f"Fuzz {n}",
+            "platform": "linux",
+            "settings": {"firewall.required": True},
+        },
+        ("PATCH", "/api/v1/compliance-policies/{policy_id}"): {"description": "fuzz"},
+        ("PUT", "/api/v1/devices/{device_id}/compliance/override"): {
+            "until": "2099-01-01T00:00:00Z",
+            "reason": "fuzz reason",
+        },
+        ("PATCH", "/api/v1/tenant/compliance-settings"): {"compliance_validity_days": 30},
+        ("POST", "/api/v1/notification-templates"): {"name": f"Fuzz {n}", "subject": "s", "body": "b"},
+        ("PATCH", "/api/v1/notification-templates/{template_id}"): {"subject": "fuzz"},
         **{
             ("POST", info.path): {"reason": "fuzz", "idempotency_key": f"fuzz-{n}"}
             for info in ROUTES

@@ -314,6 +314,14 @@ async def update_notification_template(
     if item is None:
         raise NotFound("No such notification template.")
     _check_template(data.subject or item.subject, data.body or item.body)
+    if data.name is not None and data.name.lower() != item.name.lower():
+        taken = await session.scalar(
+            select(NotificationTemplate.id).where(
+                func.lower(NotificationTemplate.name) == data.name.lower(), NotificationTemplate.id != item.id
+            )
+        )
+        if taken:
+            raise Conflict(f"A template named {data.name!r} already exists.")
     changes = []
     for field in ("name", "subject", "body"):
         value = getattr(data, field)
