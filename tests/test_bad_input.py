@@ -616,6 +616,12 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
         ("PATCH", "/api/v1/tenant/compliance-settings"): {"compliance_validity_days": 30},
         ("POST", "/api/v1/notification-templates"): {"name": f"Fuzz {n}", "subject": "s", "body": "b"},
         ("PATCH", "/api/v1/notification-templates/{template_id}"): {"subject": "fuzz"},
+        ("POST", "/api/v1/configuration-profiles"): {
+            "name": f"Fuzz {n}",
+            "platform": "linux",
+            "settings": {"login_banner.text": "fuzz"},
+        },
+        ("PATCH", "/api/v1/configuration-profiles/{profile_id}"): {"description": "fuzz"},
         **{
             ("POST", info.path): {"reason": "fuzz", "idempotency_key": f"fuzz-{n}"}
             for info in ROUTES

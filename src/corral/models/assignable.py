@@ -102,3 +102,18 @@ class DeviceDesiredState(Model):
     device_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger)
     changed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ConfigurationProfileVersion(Model):
+    """A configuration profile's settings as of one version (secrets still encrypted): what devices that
+    report this version applied."""
+
+    __tablename__ = "configuration_profile_versions"
+
+    profile_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("configuration_profiles.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(primary_key=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    created_by: Mapped[str] = mapped_column(String(320), default="")
