@@ -4,6 +4,7 @@ from corral.assignments.endpoints import router as assignments_router
 from corral.audit.endpoints import router as audit_router
 from corral.auth.endpoints import router as me_router
 from corral.compliance.endpoints import router as compliance_router
+from corral.delivery.endpoints import router as delivery_router
 from corral.devices.endpoints import router as devices_router
 from corral.enrollment.endpoints import router as enrollment_router
 from corral.groups.endpoints import router as groups_router
@@ -33,6 +34,7 @@ for router in (
     assignments_router,
     compliance_router,
     profiles_router,
+    delivery_router,
     licensing_router,
     scim_admin_router,
     identity_router,

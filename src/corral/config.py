@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     # How often the worker evaluates compliance that changes with time and takes the actions that fall due.
     compliance_cron: str = "*/5 * * * *"
 
+    # Desired-state documents one process builds at the same time; beyond, devices get 429 with Retry-After
+    # (seconds) and come back later (the agent adds jitter).
+    desired_state_concurrency: int = Field(default=16, ge=1, le=1024)
+    desired_state_retry_after_seconds: int = Field(default=30, ge=1, le=3600)
+
     log_level: str = "INFO"
     log_json: bool = True
 

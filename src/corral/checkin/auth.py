@@ -37,6 +37,7 @@ from corral.models import (
     CertificateAuthority,
     Device,
     DeviceCertificate,
+    DeviceDesiredState,
     DeviceNonce,
     ManagementState,
 )
@@ -55,8 +56,13 @@ VERIFIED_CLIENT_CERTS = 16_384
 
 # The certificate, its device (without the inventory document: only an inventory upload needs it) and whether
 # commands are pending: one indexed lookup per request. Built once; SQLAlchemy caches its compiled form.
+# The device's desired-state version rides along (a primary-key lookup in the same statement): the check-in
+# answer carries it without a query of its own.
+_DESIRED = (
+    select(DeviceDesiredState.version).where(DeviceDesiredState.device_id == Device.id).scalar_subquery()
+)
 _LOOKUP = (
-    select(DeviceCertificate, Device, PENDING_FOR_DEVICE.label("pending"))
+    select(DeviceCertificate, Device, PENDING_FOR_DEVICE.label("pending"), _DESIRED.label("desired"))
     .join(Device, Device.id == DeviceCertificate.device_id)
     .where(DeviceCertificate.fingerprint_sha256 == bindparam("fingerprint"))
     .options(defer(Device.inventory, raiseload=True))
@@ -98,6 +104,8 @@ class AuthenticatedDevice:
     pending_commands: bool = False
     #: "signature" (RFC 9421) or "client-cert" (RFC 9440, from a trusted proxy).
     method: str = "signature"
+    #: The device's desired-state version when it was authenticated (0: nothing assigned yet).
+    desired_state_version: int = 0
 
 
 #: Why a device request was refused: code (a metric label) -> the server's words (the audit log's). The
@@ -189,12 +197,12 @@ async def _issued_by_device_ca(request: Request, session: AsyncSession, cert: x5
     return False
 
 
-async def _lookup(session: AsyncSession, fingerprint: str) -> tuple[DeviceCertificate, Device, bool]:
+async def _lookup(session: AsyncSession, fingerprint: str) -> tuple[DeviceCertificate, Device, bool, int]:
     """The certificate and its device, refused when either may not be used now."""
     row = (await session.execute(_LOOKUP, {"fingerprint": fingerprint})).first()
     if row is None:
         raise _Refused("unknown_certificate")
-    certificate, device, pending = row[0], row[1], bool(row[2])
+    certificate, device, pending, desired = row[0], row[1], bool(row[2]), int(row[3] or 0)
     now = utcnow()
     if certificate.revoked_at is not None:
         raise _Refused("certificate_revoked", device)
@@ -202,7 +210,7 @@ async def _lookup(session: AsyncSession, fingerprint: str) -> tuple[DeviceCertif
         raise _Refused("certificate_not_valid_now", device)
     if device.management_state in ENDED_STATES:
         raise _Refused(f"device_{device.management_state}", device)
-    return certificate, device, pending
+    return certificate, device, pending, desired
 
 
 async def _by_signature(
@@ -212,7 +220,7 @@ async def _by_signature(
         key_id = _key_id(signature_input)
     except (ValueError, TypeError) as exc:
         raise _Refused("malformed_signature_input", explanation=str(exc)) from exc
-    certificate, device, pending = await _lookup(session, key_id.lower())
+    certificate, device, pending, desired = await _lookup(session, key_id.lower())
     body = await request.body()  # only now, and at most CORRAL_MAX_BODY_DEVICE_BYTES (corral/body_limits.py)
     try:
         public_key = _public_key(certificate.certificate_pem)
@@ -241,7 +249,7 @@ async def _by_signature(
     )
     if inserted.first() is None:
         raise _Refused("replayed", device)
-    return AuthenticatedDevice(device, certificate, body, pending)
+    return AuthenticatedDevice(device, certificate, body, pending, desired_state_version=desired)
 
 
 async def _by_client_certificate(request: Request, session: AsyncSession, value: str) -> AuthenticatedDevice:
@@ -264,9 +272,11 @@ async def _by_client_certificate(request: Request, session: AsyncSession, value:
         if len(verified) >= VERIFIED_CLIENT_CERTS:
             verified.clear()
         verified[value] = fingerprint
-    certificate, device, pending = await _lookup(session, fingerprint)
+    certificate, device, pending, desired = await _lookup(session, fingerprint)
     body = await request.body()
-    return AuthenticatedDevice(device, certificate, body, pending, method="client-cert")
+    return AuthenticatedDevice(
+        device, certificate, body, pending, method="client-cert", desired_state_version=desired
+    )
 
 
 async def _refuse(request: Request, refused: _Refused) -> CorralError:

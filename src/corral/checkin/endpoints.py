@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from corral.audit.refusals import RefusalsDep
+from corral.audit.refusals import Refusal, RefusalsDep, get_refusals
 from corral.auth.dependencies import PUBLIC
 from corral.checkin.auth import CurrentDevice
 from corral.checkin.last_seen import LastSeenBuffer
@@ -22,10 +22,12 @@ from corral.checkin.schemas import (
     RenewResponse,
 )
 from corral.checkin.service import checkin_service
-from corral.checkin.throttle import ENROLL_THROTTLE
+from corral.checkin.throttle import ENROLL_THROTTLE, endpoint_of
 from corral.config import Settings
+from corral.delivery.service import DesiredStateReport, NotDelivered, delivery_service
 from corral.enrollment.service import DeviceFacts, enrollment_service
 from corral.errors import UnsupportedMediaType, ValidationFailed
+from corral.kit import context
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
@@ -134,6 +136,45 @@ async def checkin(
     data = parse(CheckinRequest, device.body)
     raw = json.loads(device.body).get("inventory") if data.inventory is not None else None
     return await checkin_service.checkin(session, settings, device, data, raw, last_seen)
+
+
+@router.get("/desired-state")
+async def desired_state(
+    session: SessionDep, settings: Annotated[Settings, Depends(get_settings)], device: CurrentDevice
+) -> dict[str, Any]:
+    """The device's desired-state document (device-protocol.md §10): fetch it when the check-in's
+    ``desired_state_version`` differs from the one applied. 429 with Retry-After when the server is busy."""
+    return await delivery_service.fetch(session, settings, device.device.id)
+
+
+@router.post("/desired-state/report")
+async def desired_state_report(
+    request: Request, session: SessionDep, device: CurrentDevice
+) -> dict[str, Any]:
+    """What applying the document did, per profile and setting. A profile (or version) never delivered to
+    the device is refused (422) and audited."""
+    data = parse(DesiredStateReport, device.body)
+    try:
+        stored = await delivery_service.report(session, device.device.id, data)
+    except NotDelivered:
+        await (await get_refusals(request)).record(
+            Refusal(
+                activity="device.desired_state_report",
+                category="device",
+                operation="update",
+                endpoint=endpoint_of(request),
+                reason="not_delivered",
+                text="a report for a profile the device was never sent",
+                source=context.current().client_ip,
+                actor=context.Actor(type="device", id=device.device.id, name=device.device.name),
+                target_type="device",
+                target_id=device.device.id,
+                target_name=device.device.name,
+                subject=f"device:{device.device.id}",
+            )
+        )
+        raise
+    return {"stored": stored}
 
 
 @router.post("/renew")

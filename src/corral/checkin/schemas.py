@@ -57,6 +57,10 @@ class CheckinResponse(BaseModel):
     inventory: Literal["accepted", "unchanged", "needed"]
     commands: list[PendingCommand]
     renew_certificate: bool
+    desired_state_version: int = Field(
+        description="The device's desired-state version: fetch GET /device/v1/desired-state when it differs "
+        "from the one applied"
+    )
 
 
 class RenewRequest(_Strict):

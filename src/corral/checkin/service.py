@@ -22,6 +22,7 @@ from corral.checkin.schemas import CheckinRequest, CheckinResponse, PendingComma
 from corral.commands.service import command_service
 from corral.compliance.service import compliance_service
 from corral.config import Settings
+from corral.delivery.service import desired_version
 from corral.devices import repository as devices_repository
 from corral.devices.schemas import Inventory
 from corral.errors import ValidationFailed
@@ -216,6 +217,11 @@ class CheckinService:
             inventory=inventory_state,
             commands=pending,
             renew_certificate=renew,
+            # As authenticated for a steady check-in; read again after one that may have moved it (new
+            # inventory through a filter or a dynamic group).
+            desired_state_version=auth.desired_state_version
+            if steady
+            else await desired_version(session, device.id),
         )
 
     def is_steady(self, device: Device, auth: AuthenticatedDevice, request: CheckinRequest) -> bool:

@@ -31,6 +31,7 @@ from corral.models.compliance import (
     DeviceComplianceSetting,
     NotificationTemplate,
 )
+from corral.models.delivery import DeviceProfileDelivery, DeviceSettingState
 from corral.models.device import (
     ComplianceState,
     Device,
@@ -105,6 +106,8 @@ __all__ = [
     "DeviceDesiredState",
     "DeviceInventoryChange",
     "DeviceNonce",
+    "DeviceProfileDelivery",
+    "DeviceSettingState",
     "DynamicKind",
     "EnrollmentRefusal",
     "EnrollmentToken",

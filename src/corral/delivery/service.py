@@ -1,0 +1,295 @@
+"""Delivery of each device's desired state (docs/device-protocol.md §10, docs/policies.md "Delivery").
+
+The desired-state document of a device holds the configuration profiles that reach it (their settings, with
+secrets revealed for the device only), the compliance facts its policies read, and the **conflicts**: a
+setting two profiles give different values is delivered from neither and listed with both. The document's
+``version`` is the device's desired-state version (a sequence number the assignment engine moves whenever
+what reaches the device or what it asks changes); the check-in answer carries it, so a device fetches the
+document only when it moved. The device reports, per profile and setting, what applying it did; the server
+keeps that next to what it intended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from corral.compliance import catalog as compliance_catalog
+from corral.config import Settings
+from corral.devices.service import device_service
+from corral.errors import TooManyRequests, ValidationFailed
+from corral.kit.time import utcnow
+from corral.models import (
+    CompliancePolicy,
+    ConfigurationProfile,
+    DeviceDesiredState,
+    device_targets,
+)
+from corral.models.delivery import DeviceProfileDelivery, DeviceSettingState
+from corral.profiles.service import redact, reveal
+from corral.rbac.principal import Principal
+
+SettingState = Literal["succeeded", "error", "not_applicable", "conflict"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SettingReport(_Strict):
+    id: str = Field(max_length=64)
+    state: SettingState
+    message: str | None = Field(default=None, max_length=512)
+
+
+class ProfileReport(_Strict):
+    id: uuid.UUID
+    version: int = Field(ge=1)
+    settings: list[SettingReport] = Field(max_length=200)
+
+
+class DesiredStateReport(_Strict):
+    version: int = Field(ge=0, description="The desired-state version the device applied")
+    profiles: list[ProfileReport] = Field(max_length=200)
+
+
+class NotDelivered(ValidationFailed):
+    """A report for a profile (or version) the device was never sent."""
+
+
+async def desired_version(session: AsyncSession, device_id: uuid.UUID) -> int:
+    return int(
+        await session.scalar(
+            select(DeviceDesiredState.version).where(DeviceDesiredState.device_id == device_id)
+        )
+        or 0
+    )
+
+
+async def build_document(session: AsyncSession, settings: Settings, device_id: uuid.UUID) -> dict[str, Any]:
+    """The device's desired-state document (secrets revealed: for the device only)."""
+    version = await desired_version(session, device_id)
+    targets = select(device_targets.c.assignable_id).where(device_targets.c.device_id == device_id)
+    profiles = (
+        await session.scalars(
+            select(ConfigurationProfile)
+            .where(ConfigurationProfile.id.in_(targets))
+            .order_by(ConfigurationProfile.name, ConfigurationProfile.id)
+        )
+    ).all()
+    policies = (
+        await session.scalars(
+            select(CompliancePolicy)
+            .where(CompliancePolicy.id.in_(targets))
+            .order_by(CompliancePolicy.name, CompliancePolicy.id)
+        )
+    ).all()
+    values: dict[str, dict[uuid.UUID, Any]] = {}
+    for profile in profiles:
+        for setting_id, value in (profile.settings or {}).items():
+            values.setdefault(setting_id, {})[profile.id] = value
+    conflicting = {
+        sid: sorted(str(p) for p in by_profile)
+        for sid, by_profile in values.items()
+        if len({json.dumps(v, sort_keys=True) for v in by_profile.values()}) > 1
+    }
+    document_profiles = []
+    for profile in profiles:
+        revealed = reveal(profile.settings or {}, settings)
+        document_profiles.append(
+            {
+                "id": str(profile.id),
+                "name": profile.name,
+                "version": profile.version,
+                "settings": [
+                    {"id": sid, "value": value}
+                    for sid, value in sorted(revealed.items())
+                    if sid not in conflicting
+                ],
+            }
+        )
+    facts = sorted(
+        {
+            compliance_catalog.BY_ID[sid].reads
+            for policy in policies
+            for sid in (policy.settings or {})
+            if sid in compliance_catalog.BY_ID
+        }
+    )
+    document: dict[str, Any] = {
+        "version": version,
+        "profiles": document_profiles,
+        "conflicts": [{"setting_id": sid, "profiles": ids} for sid, ids in sorted(conflicting.items())],
+        "compliance": {
+            "policies": [{"id": str(p.id), "name": p.name, "version": p.version} for p in policies],
+            "report": facts,
+        },
+    }
+    body = json.dumps({k: v for k, v in document.items() if k != "version"}, sort_keys=True)
+    document["hash"] = hashlib.sha256(body.encode()).hexdigest()
+    return document
+
+
+class DeliveryService:
+    def __init__(self) -> None:
+        self._builds: asyncio.Semaphore | None = None
+        self._limit = 0
+
+    def _semaphore(self, settings: Settings) -> asyncio.Semaphore:
+        if self._builds is None or self._limit != settings.desired_state_concurrency:
+            self._builds, self._limit = (
+                asyncio.Semaphore(settings.desired_state_concurrency),
+                settings.desired_state_concurrency,
+            )
+        return self._builds
+
+    async def fetch(self, session: AsyncSession, settings: Settings, device_id: uuid.UUID) -> dict[str, Any]:
+        """The document for the device, recording what it delivered. Busy (429) when this process already
+        builds as many documents as it may: the device comes back after Retry-After."""
+        semaphore = self._semaphore(settings)
+        if semaphore.locked():
+            raise TooManyRequests(
+                "The server is busy building desired states: retry later.",
+                headers={"Retry-After": str(settings.desired_state_retry_after_seconds)},
+            )
+        async with semaphore:
+            document = await build_document(session, settings, device_id)
+            now = utcnow()
+            rows = [
+                {
+                    "device_id": device_id,
+                    "profile_id": uuid.UUID(p["id"]),
+                    "version": p["version"],
+                    "delivered_at": now,
+                }
+                for p in document["profiles"]
+            ]
+            if rows:
+                stmt = pg_insert(DeviceProfileDelivery).values(rows)
+                await session.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[DeviceProfileDelivery.device_id, DeviceProfileDelivery.profile_id],
+                        set_={"version": stmt.excluded.version, "delivered_at": stmt.excluded.delivered_at},
+                    )
+                )
+            return document
+
+    async def report(self, session: AsyncSession, device_id: uuid.UUID, data: DesiredStateReport) -> int:
+        """Store what the device says applying did. A profile (or version) never delivered to it is refused
+        (the caller audits it); returns the settings stored."""
+        delivered = {
+            row.profile_id: row.version
+            for row in (
+                await session.scalars(
+                    select(DeviceProfileDelivery).where(DeviceProfileDelivery.device_id == device_id)
+                )
+            ).all()
+        }
+        for index, profile in enumerate(data.profiles):
+            if delivered.get(profile.id) != profile.version:
+                raise NotDelivered(
+                    f"profiles.{index}: profile {profile.id} version {profile.version} was never "
+                    "delivered to this device."
+                )
+        now = utcnow()
+        stored = 0
+        for profile in data.profiles:
+            await session.execute(
+                delete(DeviceSettingState).where(
+                    DeviceSettingState.device_id == device_id, DeviceSettingState.profile_id == profile.id
+                )
+            )
+            rows = [
+                {
+                    "device_id": device_id,
+                    "profile_id": profile.id,
+                    "setting_id": s.id,
+                    "profile_version": profile.version,
+                    "state": s.state,
+                    "message": s.message or "",
+                    "reported_at": now,
+                }
+                for s in {s.id: s for s in profile.settings}.values()
+            ]
+            if rows:
+                await session.execute(pg_insert(DeviceSettingState), rows)
+                stored += len(rows)
+        return stored
+
+    async def device_configuration(
+        self, session: AsyncSession, settings: Settings, principal: Principal, device_id: uuid.UUID
+    ) -> dict[str, Any]:
+        """Applied versus intended, per profile and setting, with conflicts named (API and admin center)."""
+        from corral.assignments.service import assignment_service
+
+        device = await device_service.get(session, principal, device_id)
+        document = await build_document(session, settings, device.id)
+        reports = (
+            await session.scalars(select(DeviceSettingState).where(DeviceSettingState.device_id == device.id))
+        ).all()
+        by_profile: dict[uuid.UUID, dict[str, DeviceSettingState]] = {}
+        for r in reports:
+            by_profile.setdefault(r.profile_id, {})[r.setting_id] = r
+        profiles = {
+            p.id: p
+            for p in (
+                await session.scalars(
+                    select(ConfigurationProfile)
+                    .where(ConfigurationProfile.id.in_([uuid.UUID(p["id"]) for p in document["profiles"]]))
+                    .options(selectinload(ConfigurationProfile.scope_tags))
+                )
+            ).all()
+        }
+        conflicts = {c["setting_id"]: c["profiles"] for c in document["conflicts"]}
+        names = {p["id"]: p["name"] for p in document["profiles"]}
+        out = []
+        for entry in document["profiles"]:
+            profile = profiles[uuid.UUID(entry["id"])]
+            if not assignment_service.visible(principal, profile):
+                continue
+            reported = by_profile.get(profile.id, {})
+            applied = max((r.profile_version for r in reported.values()), default=None)
+            rows = []
+            for setting_id, value in sorted(redact(profile.settings or {}).items()):
+                report = reported.get(setting_id)
+                if setting_id in conflicts:
+                    state, message = (
+                        "conflict",
+                        "Also set differently by "
+                        + ", ".join(names.get(p, p) for p in conflicts[setting_id] if p != entry["id"]),
+                    )
+                elif report is None or report.profile_version != profile.version:
+                    state, message = "pending", "not reported at this version yet"
+                else:
+                    state, message = report.state, report.message
+                rows.append({"setting_id": setting_id, "intended": value, "state": state, "message": message})
+            out.append(
+                {
+                    "profile_id": str(profile.id),
+                    "profile_name": profile.name,
+                    "intended_version": profile.version,
+                    "applied_version": applied,
+                    "settings": rows,
+                }
+            )
+        return {
+            "device_id": str(device.id),
+            "desired_state_version": document["version"],
+            "profiles": out,
+            "conflicts": [
+                {"setting_id": sid, "profiles": [names.get(p, p) for p in ids]}
+                for sid, ids in sorted(conflicts.items())
+            ],
+        }
+
+
+delivery_service = DeliveryService()

@@ -1,0 +1,175 @@
+"""The desired-state exchange over the device protocol: the check-in carries the version, the document holds
+what reaches the device (secrets for the device only), conflicting profiles are reported on both and
+delivered from neither, reports are stored and refused for what was never delivered, the server answers
+429 when busy, and the admin view shows applied versus intended."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from corral.delivery.service import delivery_service
+from tests.conftest import Admin, Factory
+from tests.devices.device import TestDevice
+from tests.devices.test_enrollment_and_checkin import enrolled
+
+Sessionmaker = async_sessionmaker[AsyncSession]
+
+
+async def profile(
+    client: httpx.AsyncClient, admin: Admin, name: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    made = await client.post(
+        "/api/v1/configuration-profiles",
+        json={"name": name, "platform": "linux", "settings": settings},
+        headers=admin.headers,
+    )
+    assert made.status_code == 201, made.text
+    response = await client.put(
+        f"/api/v1/configuration-profiles/{made.json()['id']}/assignments",
+        json={"assignments": [{"target": "all_devices"}]},
+        headers=admin.headers,
+    )
+    assert response.status_code == 200, response.text
+    return dict(made.json())
+
+
+async def version_at_checkin(device: TestDevice) -> int:
+    response = await device.checkin({})
+    assert response.status_code == 200, response.text
+    return int(response.json()["desired_state_version"])
+
+
+async def test_document_conflicts_reports_and_applied_versus_intended(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: Sessionmaker
+) -> None:
+    admin = await factory.admin()
+    device = await enrolled(client, admin)
+    assert await version_at_checkin(device) == 0  # nothing assigned yet
+
+    banner = await profile(
+        client, admin, "Banner A", {"login_banner.text": "A", "ssh.password_authentication": False}
+    )
+    first = await version_at_checkin(device)
+    assert first > 0
+    assert await version_at_checkin(device) == first  # steady: unchanged
+    document = (await device.request("GET", "/device/v1/desired-state")).json()
+    assert document["version"] == first
+    assert document["conflicts"] == []
+    (entry,) = document["profiles"]
+    assert entry["id"] == banner["id"] and entry["version"] == 1
+    assert entry["settings"] == [
+        {"id": "login_banner.text", "value": "A"},
+        {"id": "ssh.password_authentication", "value": False},
+    ]
+
+    other = await profile(client, admin, "Banner B", {"login_banner.text": "B"})
+    second = await version_at_checkin(device)
+    assert second != first
+    document = (await device.request("GET", "/device/v1/desired-state")).json()
+    assert document["conflicts"] == [
+        {"setting_id": "login_banner.text", "profiles": sorted([banner["id"], other["id"]])}
+    ]
+    settings_by_profile = {p["name"]: [s["id"] for s in p["settings"]] for p in document["profiles"]}
+    assert settings_by_profile == {"Banner A": ["ssh.password_authentication"], "Banner B": []}
+
+    report = {
+        "version": second,
+        "profiles": [
+            {
+                "id": banner["id"],
+                "version": 1,
+                "settings": [{"id": "ssh.password_authentication", "state": "succeeded"}],
+            },
+            {"id": other["id"], "version": 1, "settings": []},
+        ],
+    }
+    stored = await device.request("POST", "/device/v1/desired-state/report", report)
+    assert stored.status_code == 200, stored.text
+    view = (
+        await client.get(f"/api/v1/devices/{device.device_id}/configuration", headers=admin.headers)
+    ).json()
+    by_name = {p["profile_name"]: p for p in view["profiles"]}
+    a = {s["setting_id"]: s for s in by_name["Banner A"]["settings"]}
+    assert by_name["Banner A"]["applied_version"] == 1 and by_name["Banner A"]["intended_version"] == 1
+    assert a["ssh.password_authentication"]["state"] == "succeeded"
+    assert a["login_banner.text"]["state"] == "conflict"
+    assert a["login_banner.text"]["message"] == "Also set differently by Banner B"
+    b = {s["setting_id"]: s for s in by_name["Banner B"]["settings"]}
+    assert b["login_banner.text"]["state"] == "conflict" and "Banner A" in b["login_banner.text"]["message"]
+
+    # A new version of A: intended 2, applied still 1, its settings pending until the device reports.
+    await client.patch(
+        f"/api/v1/configuration-profiles/{banner['id']}",
+        json={"settings": {"login_banner.text": "A", "ssh.password_authentication": True}},
+        headers=admin.headers,
+    )
+    assert await version_at_checkin(device) != second
+    view = (
+        await client.get(f"/api/v1/devices/{device.device_id}/configuration", headers=admin.headers)
+    ).json()
+    a_view = next(p for p in view["profiles"] if p["profile_name"] == "Banner A")
+    assert (a_view["intended_version"], a_view["applied_version"]) == (2, 1)
+    assert {s["setting_id"]: s["state"] for s in a_view["settings"]}[
+        "ssh.password_authentication"
+    ] == "pending"
+
+    # A report for a version it was never sent: refused, audited, nothing stored.
+    bad = {"version": 1, "profiles": [{"id": banner["id"], "version": 7, "settings": []}]}
+    refused = await device.request("POST", "/device/v1/desired-state/report", bad)
+    assert refused.status_code == 422
+    assert "was never delivered to this device" in refused.json()["detail"]
+
+
+async def test_secrets_reach_the_device_only_and_a_busy_server_says_when_to_come_back(
+    app: FastAPI, client: httpx.AsyncClient, factory: Factory, sessionmaker: Sessionmaker
+) -> None:
+    admin = await factory.admin()
+    device = await enrolled(client, admin)
+    made = await client.post(
+        "/api/v1/configuration-profiles",
+        json={
+            "name": "Wi-Fi",
+            "platform": "windows",
+            "settings": {
+                "wifi.networks": [{"ssid": "Corp", "security": "wpa3_personal", "password": "s3cret-psk"}]
+            },
+        },
+        headers=admin.headers,
+    )
+    assert made.status_code == 201, made.text
+    windows = TestDevice(client, platform="windows")
+    token = (
+        await client.post(
+            "/api/v1/enrollment-tokens", json={"name": "W", "platforms": ["windows"]}, headers=admin.headers
+        )
+    ).json()["token"]
+    assert (await windows.enroll(token)).status_code == 201
+    await client.put(
+        f"/api/v1/configuration-profiles/{made.json()['id']}/assignments",
+        json={"assignments": [{"target": "all_devices"}]},
+        headers=admin.headers,
+    )
+    document = (await windows.request("GET", "/device/v1/desired-state")).json()
+    (entry,) = document["profiles"]
+    assert entry["settings"][0]["value"][0]["password"] == "s3cret-psk"
+    view = (
+        await client.get(f"/api/v1/devices/{windows.device_id}/configuration", headers=admin.headers)
+    ).text
+    assert "s3cret-psk" not in view
+    # The Linux device gets nothing of a Windows profile.
+    assert (await device.request("GET", "/device/v1/desired-state")).json()["profiles"] == []
+
+    semaphore = delivery_service._semaphore(app.state.settings)
+    async with semaphore:
+        for _ in range(app.state.settings.desired_state_concurrency - 1):
+            await semaphore.acquire()
+        busy = await windows.request("GET", "/device/v1/desired-state")
+        for _ in range(app.state.settings.desired_state_concurrency - 1):
+            semaphore.release()
+    assert busy.status_code == 429
+    assert busy.headers["retry-after"] == str(app.state.settings.desired_state_retry_after_seconds)
+    assert (await windows.request("GET", "/device/v1/desired-state")).status_code == 200
