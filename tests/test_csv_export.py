@@ -18,7 +18,7 @@ from corral.kit.csvexport import safe_cell, to_csv
 from corral.kit.routes import api_routes
 from corral.main import create_app
 from tests.conftest import Factory, new_client, portal_csrf
-from tests.devices.device import TestDevice
+from tests.devices.device import TestDevice, inventory
 
 FORMULA = ("=", "+", "-", "@")
 
@@ -104,6 +104,20 @@ async def test_every_csv_export_neutralises_formulas_behind_blanks(
     # Device names come from devices; Corral trims their blanks (kit/text.py), the formula stays.
     device = TestDevice(client, name=DEVICE_NAME)
     assert (await device.enroll(created.json()["token"])).status_code == 201
+    # A compliance policy reaching it, so that the policy's device report lists the device.
+    policy = await client.post(
+        "/api/v1/compliance-policies",
+        json={"name": "Firewall", "platform": "linux", "settings": {"firewall.required": True}},
+        headers=admin.headers,
+    )
+    assert policy.status_code == 201, policy.text
+    assigned = await client.put(
+        f"/api/v1/compliance-policies/{policy.json()['id']}/assignments",
+        json={"assignments": [{"target": "all_devices"}]},
+        headers=admin.headers,
+    )
+    assert assigned.status_code == 200, assigned.text
+    assert (await device.checkin({"inventory": inventory()})).status_code == 200
     user_id = await factory.user()
     async with sessionmaker() as session:  # as a directory could deliver it (SCIM, OIDC claims)
         await session.execute(
@@ -114,7 +128,8 @@ async def test_every_csv_export_neutralises_formulas_behind_blanks(
 
     async with new_client(app) as browser:
         await portal_csrf(browser, admin.email)
-        for path in CSV_PATHS:
+        for template in CSV_PATHS:
+            path = template.replace("{policy_id}", policy.json()["id"])
             http, headers = (client, admin.headers) if path.startswith("/api/") else (browser, {})
             response = await http.get(path, headers=headers)
             assert response.status_code == 200, (path, response.text)

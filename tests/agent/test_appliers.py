@@ -92,6 +92,8 @@ def test_login_banner_keeps_and_restores_what_was_there(tmp_path: Path) -> None:
     # A second, different banner does not overwrite the original kept aside.
     apply_settings(ctx, [("login_banner.text", "Second banner")])
     apply_settings(ctx, [], previous_families=["login_banner"])
+    # /etc/issue.net did not exist before Corral wrote it: it goes.
+    assert not (ctx.root / "etc/issue.net").exists()
     assert issue.read_text() == "Debian GNU/Linux 12 \\n \\l\n"
 
 

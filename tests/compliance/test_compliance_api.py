@@ -238,11 +238,12 @@ async def test_bad_policies_are_refused_and_change_nothing(
         (
             {
                 "actions": [
-                    {"action": "mark_noncompliant", "delay_hours": 48},
-                    {"action": "remote_lock", "delay_hours": 24},
+                    {"action": "mark_noncompliant"},
+                    {"action": "remote_lock", "delay_hours": 48},
+                    {"action": "retire", "delay_hours": 24},
                 ]
             },
-            "actions.1.delay_hours",
+            "actions.2.delay_hours",
         ),
         (
             {"actions": [{"action": "mark_noncompliant"}, {"action": "push_message"}]},

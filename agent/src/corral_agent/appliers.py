@@ -324,9 +324,13 @@ class LoginBannerApplier(Applier):
         if not values.get("text"):
             for name in self.files:
                 backup = backups / Path(name).name
+                absent = backups / (Path(name).name + ".absent")
                 if backup.exists():
                     _write_managed(ctx.path(name), backup.read_text(encoding="utf-8"))
                     backup.unlink()
+                elif absent.exists():  # there was no file before Corral wrote one
+                    _remove(ctx.path(name))
+                    absent.unlink()
             return self.all(values, "succeeded") if values else {}
         text = values["text"]
         if not isinstance(text, str) or len(text) > 4096:
@@ -334,9 +338,13 @@ class LoginBannerApplier(Applier):
         text = text if text.endswith("\n") else text + "\n"
         for name in self.files:
             target, backup = ctx.path(name), backups / Path(name).name
-            if target.exists() and not backup.exists():
+            absent = backups / (Path(name).name + ".absent")
+            if not backup.exists() and not absent.exists():
                 backups.mkdir(parents=True, exist_ok=True, mode=0o700)
-                backup.write_text(target.read_text(encoding="utf-8", errors="replace"), encoding="utf-8")
+                if target.exists():
+                    backup.write_text(target.read_text(encoding="utf-8", errors="replace"), encoding="utf-8")
+                else:
+                    absent.touch()
             _write_managed(target, text)
         results = self.all(values, "not_applicable", "not known to this agent")
         results["text"] = self.result("text", "succeeded")

@@ -34,6 +34,7 @@ import httpx
 from corral_agent import keys
 from corral_agent._version import __version__
 from corral_agent.actions import Executor, Runner, run_command
+from corral_agent.appliers import ApplyContext, applied_families, apply_settings
 from corral_agent.config import AgentConfig
 from corral_agent.errors import AgentError, AuthenticationError, NotEnrolledError, ProtocolError
 from corral_agent.inventory import (
@@ -114,6 +115,8 @@ class CheckinSummary:
     renewed: bool = False
     #: ``"wipe"`` or ``"retire"`` when the device's enrollment ended during this check-in.
     ended: str | None = None
+    #: The desired state applied during this check-in (its version and how many settings), if any.
+    desired_state: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ agent
@@ -417,6 +420,9 @@ class Agent:
                     elif status == "needed":
                         need_inventory = True
                     renew = renew or data.get("renew_certificate") is True
+                    wanted = data.get("desired_state_version")
+                    if isinstance(wanted, int) and wanted != state.desired_state_version:
+                        await self._apply_desired_state(http, state, summary)
                     await self._process_commands(data.get("commands"), state, summary, handled)
                     self.store.save(state)
                     if state.pending_action is not None:
@@ -438,6 +444,79 @@ class Agent:
                 except AgentError as exc:  # the old certificate stays valid; the server asks again next time
                     log.error("certificate renewal failed: %s", exc)
         return summary
+
+    async def _apply_desired_state(
+        self, http: DeviceHttp, state: AgentState, summary: CheckinSummary
+    ) -> None:
+        """Fetch the desired-state document, apply its settings through the appliers, report per setting
+        (device-protocol.md §10). A server too busy to answer (429, after the transport's retries with
+        Retry-After and jitter) or a failure leaves the version as it was: the next check-in tries again."""
+        base = state.checkin_url.rsplit("/", 1)[0]
+        try:
+            response = await http.request("GET", f"{base}/desired-state")
+            document = _json_object(response)
+        except AgentError as exc:
+            log.warning("could not fetch the desired state (%s); trying again at the next check-in", exc)
+            return
+        profiles = [p for p in document.get("profiles") or [] if isinstance(p, dict)]
+        conflicts = {
+            str(c.get("setting_id")): [str(i) for i in c.get("profiles") or []]
+            for c in document.get("conflicts") or []
+            if isinstance(c, dict)
+        }
+        wanted = [
+            (str(s["id"]), s.get("value"))
+            for p in profiles
+            for s in p.get("settings") or []
+            if isinstance(s, dict) and "id" in s
+        ]
+        executor = self.executor
+        ctx = ApplyContext(
+            root=self.config.settings_root,
+            state_dir=self.store.directory,
+            simulate=self.config.simulate,
+            os_name=executor.os_name,
+            run=executor.runner,
+            record=lambda effect: executor.record_effect(
+                {"type": "desired_state"}, str(effect.pop("effect")), **effect
+            ),
+        )
+        results = await asyncio.to_thread(
+            apply_settings, ctx, wanted, previous_families=state.applied_families
+        )
+        report = {
+            "version": document.get("version"),
+            "profiles": [
+                {
+                    "id": p["id"],
+                    "version": p["version"],
+                    "settings": [
+                        results[str(s["id"])].to_json()
+                        for s in p.get("settings") or []
+                        if str(s["id"]) in results
+                    ]
+                    + [
+                        {"id": sid, "state": "conflict", "message": "set differently by another profile"}
+                        for sid, ids in sorted(conflicts.items())
+                        if str(p["id"]) in ids
+                    ],
+                }
+                for p in profiles
+            ],
+        }
+        try:
+            await http.request("POST", f"{base}/desired-state/report", json_body=report)
+        except AgentError as exc:
+            log.warning(
+                "could not report the desired state (%s); it is applied again at the next check-in", exc
+            )
+            return
+        version = document.get("version")
+        if isinstance(version, int):
+            state.desired_state_version = version
+        state.applied_families = applied_families(results)
+        summary.desired_state = {"version": version, "settings": len(results)}
+        self.store.save(state)
 
     async def _process_commands(
         self, commands: Any, state: AgentState, summary: CheckinSummary, handled: set[str]

@@ -17,7 +17,7 @@ from typing import Any
 
 from corral_agent.errors import ConfigError
 
-_KNOWN = {"managed_data_dirs", "allow_destructive", "simulate"}
+_KNOWN = {"managed_data_dirs", "allow_destructive", "simulate", "settings_root"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class AgentConfig:
     managed_data_dirs: tuple[Path, ...] = field(default_factory=tuple)
     allow_destructive: bool = False
     simulate: bool = False
+    #: Where configuration profiles' settings are written (appliers): "/" on a real device.
+    settings_root: Path = Path("/")
 
     def __post_init__(self) -> None:
         dirs = tuple(Path(p) for p in self.managed_data_dirs)
@@ -34,6 +36,10 @@ class AgentConfig:
             if path == Path(path.anchor):
                 raise ConfigError(f"managed_data_dirs: refusing a filesystem root ({path})")
         object.__setattr__(self, "managed_data_dirs", dirs)
+        root = Path(self.settings_root)
+        if not root.is_absolute():
+            raise ConfigError(f"settings_root: {str(root)!r} is not an absolute path")
+        object.__setattr__(self, "settings_root", root)
 
     @classmethod
     def from_dict(cls, data: Any) -> AgentConfig:
@@ -54,6 +60,7 @@ class AgentConfig:
             managed_data_dirs=tuple(Path(d) for d in dirs),
             allow_destructive=data.get("allow_destructive", False),
             simulate=data.get("simulate", False),
+            settings_root=Path(str(data.get("settings_root") or "/")),
         )
 
     @classmethod
@@ -80,4 +87,5 @@ class AgentConfig:
             "managed_data_dirs": [str(p) for p in self.managed_data_dirs],
             "allow_destructive": self.allow_destructive,
             "simulate": self.simulate,
+            "settings_root": str(self.settings_root),
         }

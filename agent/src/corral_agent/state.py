@@ -86,6 +86,10 @@ class AgentState:
     enrolled_at: str = field(default_factory=utc_now_text)
     last_checkin_at: str | None = None
     renewed_at: str | None = None
+    #: The desired-state version last applied (the check-in answer says when there is a newer one), and the
+    #: setting families applied then (cleaned up when they are no longer wanted).
+    desired_state_version: int = 0
+    applied_families: list[str] = field(default_factory=list)
 
     @property
     def processed_command_ids(self) -> list[str]:

@@ -148,7 +148,8 @@ def validate_settings(platform: Platform, settings: dict[str, Any]) -> dict[str,
 
 
 def validate_actions(actions: Sequence[ActionIn]) -> list[dict[str, Any]]:
-    """The ladder: mark noncompliant first, delays never going back, each action a bounded number of times;
+    """The ladder: mark noncompliant first (its delay is the grace period), then the other steps with delays
+    never going back, each action a bounded number of times;
     only e-mail takes recipients and a template, only a message takes text."""
     if not actions:
         raise ValidationFailed("actions: the first action must be mark_noncompliant.")
@@ -163,12 +164,14 @@ def validate_actions(actions: Sequence[ActionIn]) -> list[dict[str, Any]]:
             raise ValidationFailed(
                 f"actions.{index}.action: {step.action.value} at most {MAX_PER_ACTION[step.action]} time(s)."
             )
-        if step.delay_hours < previous:
+        # The grace period (the first step) has its own clock; the steps after it run in order.
+        if index > 1 and step.delay_hours < previous:
             raise ValidationFailed(
                 f"actions.{index}.delay_hours: steps run in order; {step.delay_hours} h comes before the "
                 f"previous step's {previous} h."
             )
-        previous = step.delay_hours
+        if index > 0:
+            previous = step.delay_hours
         if step.action is not ActionKind.email_user and (step.recipients or step.template_id):
             raise ValidationFailed(f"actions.{index}: only email_user takes recipients and a template.")
         if step.action is ActionKind.push_message and not step.message:
@@ -507,6 +510,24 @@ class ComplianceService:
         changed: list[Evaluated] = []
         for device in devices:
             active = device.management_state not in ENDED_STATES
+            if active and device.inventory_updated_at is None:
+                # Enrolled, no inventory yet: nothing to judge (Intune's "not evaluated").
+                if device.compliance_state != ComplianceState.not_evaluated:
+                    why = "the device has not reported its inventory yet"
+                    changed.append(
+                        Evaluated(device.id, device.compliance_state, ComplianceState.not_evaluated, why)
+                    )
+                    history.append(
+                        {
+                            "device_id": device.id,
+                            "at": now,
+                            "old_state": device.compliance_state,
+                            "new_state": ComplianceState.not_evaluated,
+                            "reason": why,
+                        }
+                    )
+                    device.compliance_state = ComplianceState.not_evaluated
+                continue
             states: list[tuple[CompliancePolicy, ComplianceState]] = []
             for policy in policies.get(device.id, []) if active else []:
                 observation = catalog.Observation(device, frozenset(apps.get(device.id, ())), now)

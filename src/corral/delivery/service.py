@@ -286,7 +286,7 @@ class DeliveryService:
             "desired_state_version": document["version"],
             "profiles": out,
             "conflicts": [
-                {"setting_id": sid, "profiles": [names.get(p, p) for p in ids]}
+                {"setting_id": sid, "profiles": sorted(names.get(p, p) for p in ids)}
                 for sid, ids in sorted(conflicts.items())
             ],
         }
