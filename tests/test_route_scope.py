@@ -453,6 +453,7 @@ PROBES: list[Probe] = [
     _p("GET", f"{D}/commands", "device"),
     _p("GET", f"{D}/groups", "device"),
     _p("GET", f"{D}/assignments", "device"),
+    _p("GET", f"{D}/configuration", "device"),
     _p("GET", f"{D}/compliance", "device"),
     _p("GET", f"{D}/compliance/history", "device"),
     _p(
