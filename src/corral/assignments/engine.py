@@ -79,11 +79,14 @@ _LOCK_KEY = "corral.assignments_lock"
 #: registers here; a listener decides itself whether to work now or queue a job).
 TargetsListener = Callable[[AsyncSession, set[uuid.UUID]], Awaitable[None]]
 LISTENERS: list[TargetsListener] = []
+#: Called with the devices whose desired-state version moved for any reason (targets or what an object asks):
+#: delivery wakes them.
+VERSION_LISTENERS: list[TargetsListener] = []
 
 
 async def notify(session: AsyncSession, changed: set[uuid.UUID]) -> set[uuid.UUID]:
     if changed:
-        for listener in LISTENERS:
+        for listener in (*LISTENERS, *VERSION_LISTENERS):
             await listener(session, changed)
     return changed
 
@@ -340,7 +343,10 @@ async def bump_versions(session: AsyncSession, assignable_ids: Sequence[uuid.UUI
         .where(effective.in_ids(device_targets.c.assignable_id, assignable_ids))
         .distinct()
     )
-    return set((await session.scalars(new_versions(targeted))).all())
+    changed = set((await session.scalars(new_versions(targeted))).all())
+    for listener in VERSION_LISTENERS:
+        await listener(session, changed)
+    return changed
 
 
 async def release_objects(session: AsyncSession, assignable_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from corral.assignments import engine
 from corral.compliance import catalog as compliance_catalog
 from corral.config import Settings
 from corral.devices.service import device_service
@@ -293,3 +294,21 @@ class DeliveryService:
 
 
 delivery_service = DeliveryService()
+
+
+#: More devices than this whose desired state moved at once are not woken: they fetch it at their next
+#: check-in (a wake-up storm would only meet the 429 of the document builder).
+MAX_WAKE = 20_000
+
+
+async def wake_changed(session: AsyncSession, device_ids: set[uuid.UUID]) -> None:
+    """The assignment engine's version listener: wake the devices whose desired state moved, through the
+    push hub of whichever replica holds their stream, when the transaction commits. PostgreSQL delivers one
+    notification per device and transaction, however many changes the transaction made (coalesced)."""
+    from corral.push.service import push_service
+
+    if 0 < len(device_ids) <= MAX_WAKE:
+        await push_service.wake_many(session, sorted(device_ids), "desired_state")
+
+
+engine.VERSION_LISTENERS.append(wake_changed)

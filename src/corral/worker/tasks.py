@@ -18,6 +18,7 @@ from procrastinate.tasks import Task
 
 from corral.compliance import jobs as compliance_jobs
 from corral.config import Settings
+from corral.delivery import service as _delivery  # noqa: F401 - registers the wake-up listener
 from corral.worker import housekeeping
 from corral.worker.app import app, resources
 
