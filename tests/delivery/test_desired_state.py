@@ -160,6 +160,26 @@ async def test_secrets_reach_the_device_only_and_a_busy_server_says_when_to_come
         await client.get(f"/api/v1/devices/{windows.device_id}/configuration", headers=admin.headers)
     ).text
     assert "s3cret-psk" not in view
+    # A second profile with the same network and password: equal values, no conflict (the two ciphertexts
+    # differ, the passwords do not).
+    same = await client.post(
+        "/api/v1/configuration-profiles",
+        json={
+            "name": "Wi-Fi again",
+            "platform": "windows",
+            "settings": {
+                "wifi.networks": [{"ssid": "Corp", "security": "wpa3_personal", "password": "s3cret-psk"}]
+            },
+        },
+        headers=admin.headers,
+    )
+    await client.put(
+        f"/api/v1/configuration-profiles/{same.json()['id']}/assignments",
+        json={"assignments": [{"target": "all_devices"}]},
+        headers=admin.headers,
+    )
+    document = (await windows.request("GET", "/device/v1/desired-state")).json()
+    assert document["conflicts"] == [] and len(document["profiles"]) == 2
     # The Linux device gets nothing of a Windows profile.
     assert (await device.request("GET", "/device/v1/desired-state")).json()["profiles"] == []
 

@@ -94,9 +94,11 @@ async def build_document(session: AsyncSession, settings: Settings, device_id: u
             .order_by(CompliancePolicy.name, CompliancePolicy.id)
         )
     ).all()
+    # Compared as the device would apply them: two equal secrets are stored as different ciphertexts.
+    revealed_by_id = {profile.id: reveal(profile.settings or {}, settings) for profile in profiles}
     values: dict[str, dict[uuid.UUID, Any]] = {}
     for profile in profiles:
-        for setting_id, value in (profile.settings or {}).items():
+        for setting_id, value in revealed_by_id[profile.id].items():
             values.setdefault(setting_id, {})[profile.id] = value
     conflicting = {
         sid: sorted(str(p) for p in by_profile)
@@ -105,7 +107,7 @@ async def build_document(session: AsyncSession, settings: Settings, device_id: u
     }
     document_profiles = []
     for profile in profiles:
-        revealed = reveal(profile.settings or {}, settings)
+        revealed = revealed_by_id[profile.id]
         document_profiles.append(
             {
                 "id": str(profile.id),
