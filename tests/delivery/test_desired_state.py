@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.delivery.service import delivery_service
-from tests.conftest import Admin, Factory
+from tests.conftest import Admin, Factory, sign_in
 from tests.devices.device import TestDevice
 from tests.devices.test_enrollment_and_checkin import enrolled
 
@@ -116,6 +116,13 @@ async def test_document_conflicts_reports_and_applied_versus_intended(
     assert {s["setting_id"]: s["state"] for s in a_view["settings"]}[
         "ssh.password_authentication"
     ] == "pending"
+
+    # The device's page shows the same: applied versus intended, the conflict named.
+    await sign_in(client, admin.email)
+    page = (await client.get(f"/portal/devices/{device.device_id}")).text
+    card = page[page.index("data-configuration") :]
+    assert "intended version 2, applied 1" in card
+    assert "Also set differently by Banner B" in card and ">Pending<" in card
 
     # A report for a version it was never sent: refused, audited, nothing stored.
     bad = {"version": 1, "profiles": [{"id": banner["id"], "version": 7, "settings": []}]}

@@ -19,6 +19,7 @@ from corral.auth.dependencies import Require
 from corral.commands.registry import REGISTRY, CommandType
 from corral.commands.service import CommandRequest, command_service
 from corral.compliance.service import compliance_service
+from corral.delivery.service import delivery_service
 from corral.devices import access
 from corral.devices.bulk import BULK_PERMISSIONS, bulk_service, bulk_types_for, segments
 from corral.devices.schemas import BulkActionCreate, DeviceFilter
@@ -240,6 +241,11 @@ async def _detail_context(
             "member_label": "device",
             "targets": await assignment_service.device_targets(session, principal, device.id),
             "compliance": await compliance_service.device_compliance(session, principal, device.id),
+            "configuration": await delivery_service.device_configuration(
+                session, settings, principal, device.id
+            )
+            if principal.has(P.profiles_read)
+            else None,
             "can_override": device_service.may(principal, P.compliance_write, device),
             "can_explain": principal.has_any(P.compliance_read, P.profiles_read),
             "min_reason": MIN_REASON,
