@@ -11,6 +11,7 @@ from corral.groups.endpoints import router as groups_router
 from corral.identity.endpoints import router as identity_router
 from corral.kit.routing import APIRouter
 from corral.licensing.endpoints import router as licensing_router
+from corral.policy_code.endpoints import router as policy_code_router
 from corral.profiles.endpoints import router as profiles_router
 from corral.rbac.endpoints import router as rbac_router
 from corral.scim.endpoints import api_router as scim_admin_router
@@ -35,6 +36,7 @@ for router in (
     compliance_router,
     profiles_router,
     delivery_router,
+    policy_code_router,
     licensing_router,
     scim_admin_router,
     identity_router,

@@ -13,7 +13,9 @@ from corral.kit.body_limit import BodyLimits, Limit
 #: (method, path template exactly as the route declares it, e.g. "/api/v1/apps/{app_id}/package") → the name
 #: of the Settings field holding the limit in bytes. Add that setting to corral.config.Settings and to the
 #: settings table of docs/operations.md with it. (tests/test_body_limits.py checks each entry names a route.)
-ROUTE_LIMITS: dict[tuple[str, str], str] = {}
+ROUTE_LIMITS: dict[tuple[str, str], str] = {
+    ("POST", "/api/v1/policy-document/apply"): "max_body_policy_document_bytes",
+}
 
 
 def body_limits(settings: Settings, route_limits: Mapping[tuple[str, str], str] = ROUTE_LIMITS) -> BodyLimits:

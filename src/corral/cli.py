@@ -24,6 +24,7 @@ from corral.kit import context
 from corral.kit.db import create_engine, create_sessionmaker
 from corral.kit.embedded import resolve_database_url
 from corral.kit.logging import configure_logging
+from corral.policy_code.cli import policies_app
 
 app = typer.Typer(help="Corral: device and app management.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -32,6 +33,7 @@ token_app = typer.Typer(help="API tokens for automation.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(token_app, name="token")
+app.add_typer(policies_app, name="policies")
 
 T = TypeVar("T")
 

@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     max_body_device_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)  # /device/v1
     max_body_api_bytes: int = Field(default=1024 * 1024, ge=1024)  # /api/v1
     max_body_scim_bytes: int = Field(default=1024 * 1024, ge=1024)  # /scim/v2
+    max_body_policy_document_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # policies apply
     max_body_form_bytes: int = Field(default=1024 * 1024, ge=1024)  # /portal and every other path
 
     db_pool_size: int = 10

@@ -104,8 +104,9 @@ async def test_bad_values_are_refused_naming_the_setting_and_change_nothing(
         ({"wifi.networks": [{"ssid": "A", "security": "open", "colour": "red"}]}, "0.colour: unknown field"),
         (
             {"wifi.networks": [{"ssid": "A", "security": "open", "password": {"$secret": True}}]},
-            "must be text",
+            "0.password: a new profile has no stored secret to keep",
         ),
+        ({"wifi.networks": [{"ssid": "A", "security": "open", "password": 7}]}, "0.password: must be text"),
         ({}, "at least one setting"),
     ]
     for values, message in cases:

@@ -7,12 +7,17 @@ the server shows applied versus intended; the explanation names the group chain 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from corral_agent import Agent, AgentConfig
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -263,3 +268,49 @@ async def test_policies_from_assignment_to_lock_and_profiles_to_applied_settings
         ]
         # Delivered from neither: the agent removed its banner and put back what was there (nothing).
         assert not (root / "etc/issue").exists()
+
+        # Policy as code: export → edit → apply --dry-run → apply, through the command an operator runs.
+        def policies(*args: str) -> subprocess.CompletedProcess[str]:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+            env.update({"CORRAL_URL": live.url, "CORRAL_TOKEN": admin.token or ""})
+            return subprocess.run(
+                [sys.executable, "-m", "corral.cli", "policies", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        exported = tmp_path / "tenant.yaml"
+        done = await asyncio.to_thread(policies, "export", "--output", str(exported))
+        assert done.returncode == 0, done.stderr
+        document = yaml.safe_load(exported.read_text())
+        assert [p["name"] for p in document["configuration_profiles"]] == ["Banner", "Other banner"]
+        assert document["compliance_policies"][0]["assignments"] == [
+            {"group": "All managed", "filter": "Kiosks", "filter_mode": "exclude"},
+            {"group": "Exempt", "mode": "exclude"},
+        ]
+        document["configuration_profiles"] = [document["configuration_profiles"][0]]  # drop the conflict
+        document["configuration_profiles"][0]["settings"]["login_banner.text"] = "Managed by Corral"
+        exported.write_text(yaml.safe_dump(document, sort_keys=False))
+        dry = await asyncio.to_thread(policies, "apply", str(exported), "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert dry.stdout.splitlines() == [
+            '~ configuration profile "Banner"',
+            "    settings.login_banner.text: Authorised use only → Managed by Corral",
+            '- configuration profile "Other banner"',
+            "0 to create, 1 to update, 1 to delete, 2 unchanged (dry run: nothing was changed)",
+        ]
+        summary = await agent.checkin()
+        assert summary.desired_state is None  # the dry run changed nothing
+        applied = await asyncio.to_thread(policies, "apply", str(exported))
+        assert applied.returncode == 0, applied.stderr
+        assert applied.stdout.splitlines()[-1] == "0 created, 1 updated, 1 deleted, 2 unchanged"
+        await agent.checkin()
+        assert (root / "etc/issue").read_text() == "Managed by Corral\n"
+        view = (await api.get(f"/api/v1/devices/{device_id}/configuration", headers=h)).json()
+        assert view["conflicts"] == []
+        again = await asyncio.to_thread(policies, "apply", str(exported), "--dry-run")
+        assert again.stdout.splitlines() == [
+            "0 to create, 0 to update, 0 to delete, 3 unchanged (dry run: nothing was changed)"
+        ]

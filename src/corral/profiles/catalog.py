@@ -120,8 +120,10 @@ class Setting(_Frozen):
                         return f"{index}.{name}: required"
                     continue
                 found = entry[name]
-                if item.secret and secrets_kept and found == {SECRET_MARK: True}:
-                    continue
+                if item.secret and found == {SECRET_MARK: True}:
+                    if secrets_kept:
+                        continue
+                    return f"{index}.{name}: a new profile has no stored secret to keep: write the secret"
                 if item.type in ("string", "enum") and not isinstance(found, str):
                     return f"{index}.{name}: must be text"
                 if item.type == "boolean" and not isinstance(found, bool):
