@@ -522,3 +522,41 @@
     document.querySelectorAll("form[data-assignment-editor]").forEach(editor);
   });
 })();
+
+// Settings catalog picker: <section data-settings-picker> with a search box (data-settings-search), a category
+// select (data-settings-category) and settings (data-setting data-name data-category) inside category
+// fieldsets. As the person types or picks, settings that do not match are hidden (their values stay in the
+// form); Enter in the search box does not submit. Without this script the "Find" button does the same.
+(function () {
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-settings-picker]").forEach(function (picker) {
+      var search = picker.querySelector("[data-settings-search]");
+      var category = picker.querySelector("[data-settings-category]");
+      var none = picker.querySelector("[data-settings-none]");
+      if (!search || !category) { return; }
+      picker.querySelectorAll("[data-no-script]").forEach(function (node) { node.hidden = true; });
+      function apply() {
+        var needle = search.value.trim().toLowerCase();
+        var chosen = category.value;
+        var any = false;
+        picker.querySelectorAll("fieldset[data-category]").forEach(function (group) {
+          var shown = 0;
+          group.querySelectorAll("[data-setting]").forEach(function (setting) {
+            var match = (!chosen || setting.getAttribute("data-category") === chosen) &&
+              (!needle || setting.getAttribute("data-name").indexOf(needle) !== -1);
+            setting.hidden = !match;
+            if (match) { shown += 1; }
+          });
+          group.hidden = shown === 0;
+          if (shown) { any = true; }
+        });
+        if (none) { none.hidden = any; }
+      }
+      search.addEventListener("input", apply);
+      category.addEventListener("change", apply);
+      search.addEventListener("keydown", function (event) {
+        if (event.key === "Enter") { event.preventDefault(); apply(); }
+      });
+    });
+  });
+})();

@@ -173,6 +173,11 @@ ALLOWED: dict[Key, str] = {
         "/api/v1/compliance-policies/{policy_id}/devices.csv",
         "device_id",
     ): "lists the devices in scope (it writes device ids, takes none)",
+    (
+        "GET",
+        "/api/v1/configuration-profiles/{profile_id}/devices.csv",
+        "device_id",
+    ): "lists the devices in scope (it writes device ids, takes none)",
     # Role assignments: who holds which role is the roles:read and roles:assign holders' business; their
     # members are named to every roles:read holder (GET /api/v1/role-assignments), whatever their scope.
     ("POST", "/api/v1/role-assignments", "member_ids"): "role assignments name their members to roles:read",

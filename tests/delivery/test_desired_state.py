@@ -200,3 +200,80 @@ async def test_secrets_reach_the_device_only_and_a_busy_server_says_when_to_come
     assert busy.status_code == 429
     assert busy.headers["retry-after"] == str(app.state.settings.desired_state_retry_after_seconds)
     assert (await windows.request("GET", "/device/v1/desired-state")).status_code == 200
+
+
+async def report_profile(device: TestDevice, states: dict[str, str]) -> None:
+    """Fetch the desired state and report these states for its one profile."""
+    document = (await device.request("GET", "/device/v1/desired-state")).json()
+    (entry,) = [p for p in document["profiles"] if p["name"] == "Servers"]
+    report = {
+        "version": document["version"],
+        "profiles": [
+            {
+                "id": entry["id"],
+                "version": entry["version"],
+                "settings": [
+                    {"id": sid, "state": state, **({"message": "no pwquality"} if state == "error" else {})}
+                    for sid, state in states.items()
+                ],
+            }
+        ],
+    }
+    stored = await device.request("POST", "/device/v1/desired-state/report", report)
+    assert stored.status_code == 200, stored.text
+
+
+async def test_a_profiles_status_report_counts_devices_by_what_they_reported(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    admin = await factory.admin()
+    ok, failing, conflicted, silent = [await enrolled(client, admin) for _ in range(4)]
+    servers = await profile(client, admin, "Servers", {"login_banner.text": "A", "password.min_length": 12})
+    await report_profile(ok, {"login_banner.text": "succeeded", "password.min_length": "succeeded"})
+    await report_profile(failing, {"login_banner.text": "succeeded", "password.min_length": "error"})
+    await report_profile(
+        conflicted, {"login_banner.text": "conflict", "password.min_length": "not_applicable"}
+    )
+    base = f"/api/v1/configuration-profiles/{servers['id']}"
+    status = (await client.get(f"{base}/status", headers=admin.headers)).json()
+    assert status["version"] == 1
+    assert status["counts"] == {
+        "succeeded": 1,
+        "error": 1,
+        "conflict": 1,
+        "not_applicable": 0,
+        "pending": 1,
+    }
+    by_setting = {s["setting_id"]: s for s in status["settings"]}
+    assert by_setting["password.min_length"] == {
+        "setting_id": "password.min_length",
+        "name": "Minimum password length",
+        "succeeded": 1,
+        "error": 1,
+        "conflict": 0,
+        "not_applicable": 1,
+        "pending": 1,
+    }
+    errors = (await client.get(f"{base}/devices?state=error", headers=admin.headers)).json()
+    assert [d["device_id"] for d in errors["items"]] == [failing.device_id]
+    assert errors["items"][0]["message"] == "no pwquality"
+    pending = (
+        await client.get(f"{base}/devices?state=pending&setting_id=login_banner.text", headers=admin.headers)
+    ).json()
+    assert [d["device_id"] for d in pending["items"]] == [silent.device_id] and pending["total"] == 1
+    csv = await client.get(f"{base}/devices.csv?state=succeeded", headers=admin.headers)
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    lines = csv.text.strip().splitlines()
+    assert lines[0] == "device_id,device_name,serial_number,state,message,reported_at"
+    assert len(lines) == 2 and lines[1].startswith(ok.device_id)
+
+    # A new version: every report is for the old one, so every device is pending again.
+    changed = await client.patch(base, json={"settings": {"login_banner.text": "B"}}, headers=admin.headers)
+    assert changed.status_code == 200, changed.text
+    status = (await client.get(f"{base}/status", headers=admin.headers)).json()
+    assert status["counts"]["pending"] == 4 and status["version"] == 2
+    # Readers see it, the unauthenticated and the bad state do not.
+    helpdesk = await factory.admin("Help desk operator")
+    assert (await client.get(f"{base}/status", headers=helpdesk.headers)).status_code == 200
+    assert (await client.get(f"{base}/status")).status_code == 401
+    assert (await client.get(f"{base}/devices?state=broken", headers=admin.headers)).status_code == 422

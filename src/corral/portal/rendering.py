@@ -63,6 +63,7 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("Devices", "Enrollment", "/portal/enrollment", (P.enrollment_read,)),
     NavItem("Devices", "Approvals", "/portal/approvals", (P.remote_approve,)),
     NavItem("Devices", "Compliance policies", "/portal/compliance-policies", (P.compliance_read,)),
+    NavItem("Devices", "Configuration profiles", "/portal/configuration-profiles", (P.profiles_read,)),
     NavItem("Devices", "Filters", "/portal/assignment-filters", (P.filters_read,)),
     NavItem("Users", "All users", "/portal/users", (P.users_read,)),
     NavItem("Groups", "All groups", "/portal/groups", (P.groups_read,)),

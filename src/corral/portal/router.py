@@ -13,6 +13,7 @@ from corral.portal.device_views import router as device_router
 from corral.portal.group_views import router as group_router
 from corral.portal.identity_views import router as identity_router
 from corral.portal.oidc_views import router as oidc_router
+from corral.portal.profile_views import router as profile_router
 from corral.portal.scim_views import router as scim_router
 from corral.portal.selfservice_views import router as selfservice_router
 from corral.portal.user_views import router as user_router
@@ -26,6 +27,7 @@ portal_router.include_router(user_router)
 portal_router.include_router(approval_router)
 portal_router.include_router(assignment_router)
 portal_router.include_router(compliance_router)
+portal_router.include_router(profile_router)
 portal_router.include_router(scim_router)
 portal_router.include_router(oidc_router)
 portal_router.include_router(identity_router)

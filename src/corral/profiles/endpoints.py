@@ -6,9 +6,11 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Response, status
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from corral.auth.dependencies import Require
+from corral.kit.csvexport import to_csv
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
@@ -21,6 +23,13 @@ from corral.profiles.service import (
     ProfileVersionOut,
     profile_out,
     profile_service,
+)
+from corral.profiles.status import (
+    DeviceState,
+    ProfileStatus,
+    ProfileStatusDevicePage,
+    profile_status,
+    profile_status_devices,
 )
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
@@ -144,3 +153,66 @@ async def configuration_profile_versions(
 ) -> list[ProfileVersionOut]:
     """Every version of the profile's settings, newest first (secrets redacted)."""
     return await profile_service.versions(session, principal, profile_id)
+
+
+@router.get(
+    "/configuration-profiles/{profile_id:uuid}/status", response_model=ProfileStatus, responses=NOT_FOUND
+)
+async def configuration_profile_status(
+    profile_id: uuid.UUID, session: SessionDep, principal: ProfilesRead
+) -> ProfileStatus:
+    """Devices the profile reaches by state at its current version (succeeded, error, conflict, not
+    applicable, pending) and per setting, within your device scope."""
+    profile = await profile_service.get(session, principal, profile_id)
+    return await profile_status(session, principal, profile)
+
+
+@router.get(
+    "/configuration-profiles/{profile_id:uuid}/devices",
+    response_model=ProfileStatusDevicePage,
+    responses=NOT_FOUND,
+)
+async def configuration_profile_devices(
+    profile_id: uuid.UUID,
+    session: SessionDep,
+    principal: ProfilesRead,
+    state: DeviceState | None = None,
+    setting_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> ProfileStatusDevicePage:
+    """The devices behind a count of the status report (by state, optionally for one setting; first 500)."""
+    profile = await profile_service.get(session, principal, profile_id)
+    return await profile_status_devices(session, principal, profile, state, setting_id)
+
+
+@router.get(
+    "/configuration-profiles/{profile_id:uuid}/devices.csv",
+    response_class=PlainTextResponse,
+    responses={**NOT_FOUND, 200: {"content": {"text/csv": {}}}},
+)
+async def configuration_profile_devices_csv(
+    profile_id: uuid.UUID,
+    session: SessionDep,
+    principal: ProfilesRead,
+    state: DeviceState | None = None,
+    setting_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """The same as CSV (up to 100,000 devices)."""
+    profile = await profile_service.get(session, principal, profile_id)
+    page = await profile_status_devices(session, principal, profile, state, setting_id, limit=100_000)
+    rows = [
+        [
+            str(d.device_id),
+            d.device_name,
+            d.serial_number,
+            d.state,
+            d.message,
+            d.reported_at.isoformat() if d.reported_at else "",
+        ]
+        for d in page.items
+    ]
+    header = ["device_id", "device_name", "serial_number", "state", "message", "reported_at"]
+    return Response(
+        to_csv(header, rows),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="profile-{profile_id}.csv"'},
+    )
