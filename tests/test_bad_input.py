@@ -622,6 +622,18 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
             "settings": {"login_banner.text": "fuzz"},
         },
         ("PATCH", "/api/v1/configuration-profiles/{profile_id}"): {"description": "fuzz"},
+        # Policy as code: a document that creates a profile (dry run or not, odd values must stay 4xx).
+        ("POST", "/api/v1/policy-document/apply"): {
+            "version": 1,
+            "configuration_profiles": [
+                {
+                    "name": f"Fuzz {n}",
+                    "platform": "linux",
+                    "settings": {"login_banner.text": "fuzz", "custom.json": {"fuzz": [n]}},
+                    "assignments": [{"target": "all_devices"}],
+                }
+            ],
+        },
         **{
             ("POST", info.path): {"reason": "fuzz", "idempotency_key": f"fuzz-{n}"}
             for info in ROUTES

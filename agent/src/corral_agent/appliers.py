@@ -27,9 +27,9 @@ family              what it does on Linux
                     directory, read by the agent itself
 ==================  ==========================================================================================
 
-Other families (camera, screenshots, disk encryption, Wi-Fi, VPN, OS updates, custom payloads of other
-platforms) are ``not_applicable`` on Linux. In simulate mode nothing is written: each setting is recorded in
-``simulated-effects.jsonl`` and reported ``succeeded``.
+Other families (camera, screenshots, disk encryption, Wi-Fi, VPN, OS updates, and the custom payloads of
+other platforms: see ``apply_custom``) are ``not_applicable`` on Linux. In simulate mode nothing is written:
+each setting is recorded in ``simulated-effects.jsonl`` and reported ``succeeded``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -492,3 +493,74 @@ def applied_families(results: dict[str, SettingResult]) -> list[str]:
             if r.state == "succeeded" and sid.partition(".")[0] in APPLIERS
         }
     )
+
+
+CUSTOM_DIR = "/etc/corral/custom.d"
+CUSTOM_PREFIX = "custom."
+
+
+def apply_custom(
+    ctx: ApplyContext, items: Iterable[tuple[str, str, Any]]
+) -> dict[tuple[str, str], SettingResult]:
+    """Apply the custom payloads of each profile (``(profile id, setting id, value)``): on Linux a
+    ``custom.json`` object becomes ``/etc/corral/custom.d/<profile id>.json`` and the files of profiles that
+    no longer reach the device are removed; a ``.mobileconfig`` is Apple MDM's to install (macOS does not let
+    an agent install profiles) and OMA-URI rows are Windows MDM's, so both are not applicable here. Returns
+    the result of each by (profile id, setting id)."""
+    results: dict[tuple[str, str], SettingResult] = {}
+    wanted: dict[str, Any] = {}
+    for profile_id, setting_id, value in items:
+        kind = setting_id.removeprefix(CUSTOM_PREFIX)
+        key = (profile_id, setting_id)
+        if ctx.simulate:
+            ctx.record(
+                {"effect": "custom payload applied", "setting_id": setting_id, "profile_id": profile_id}
+            )
+            results[key] = SettingResult(setting_id, "succeeded")
+        elif kind == "json" and ctx.os_name == "linux":
+            wanted[profile_id] = value
+        elif kind == "mobileconfig":
+            results[key] = SettingResult(
+                setting_id,
+                "not_applicable",
+                "a .mobileconfig is installed through Apple MDM enrollment, not by the agent",
+            )
+        elif kind == "oma_uri":
+            results[key] = SettingResult(
+                setting_id, "not_applicable", "OMA-URI settings are applied through Windows MDM enrollment"
+            )
+        else:
+            results[key] = SettingResult(
+                setting_id, "not_applicable", f"not supported on {ctx.os_name} by this agent"
+            )
+    if ctx.simulate or ctx.os_name != "linux":
+        return results
+    directory = ctx.path(CUSTOM_DIR)
+    for profile_id, value in wanted.items():
+        key = (profile_id, f"{CUSTOM_PREFIX}json")
+        try:
+            name = f"{uuid.UUID(profile_id)}.json"  # never a path the server chose
+        except ValueError:
+            results[key] = SettingResult(key[1], "error", "the profile id is not a UUID")
+            continue
+        if not isinstance(value, dict):
+            results[key] = SettingResult(key[1], "error", "the payload is not a JSON object")
+            continue
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            target = directory / name
+            text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+            if not target.exists() or target.read_text(encoding="utf-8") != text:
+                temporary = target.with_suffix(".tmp")
+                temporary.write_text(text, encoding="utf-8")
+                os.chmod(temporary, 0o644)
+                temporary.replace(target)
+            results[key] = SettingResult(key[1], "succeeded")
+        except OSError as exc:
+            results[key] = SettingResult(key[1], "error", f"{type(exc).__name__}: {exc}")
+    if directory.is_dir():
+        keep = {f"{p}.json" for p in wanted}
+        for path in directory.glob("*.json"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+    return results

@@ -34,7 +34,13 @@ import httpx
 from corral_agent import keys
 from corral_agent._version import __version__
 from corral_agent.actions import Executor, Runner, run_command
-from corral_agent.appliers import ApplyContext, applied_families, apply_settings
+from corral_agent.appliers import (
+    CUSTOM_PREFIX,
+    ApplyContext,
+    applied_families,
+    apply_custom,
+    apply_settings,
+)
 from corral_agent.config import AgentConfig
 from corral_agent.errors import AgentError, AuthenticationError, NotEnrolledError, ProtocolError
 from corral_agent.inventory import (
@@ -464,12 +470,16 @@ class Agent:
             for c in document.get("conflicts") or []
             if isinstance(c, dict)
         }
-        wanted = [
-            (str(s["id"]), s.get("value"))
+        settings = [
+            (str(p.get("id")), str(s["id"]), s.get("value"))
             for p in profiles
             for s in p.get("settings") or []
             if isinstance(s, dict) and "id" in s
         ]
+        # Catalog settings merge across profiles (conflicts are the server's to find); custom payloads are
+        # each their profile's own.
+        wanted = [(sid, value) for _, sid, value in settings if not sid.startswith(CUSTOM_PREFIX)]
+        custom = [item for item in settings if item[1].startswith(CUSTOM_PREFIX)]
         executor = self.executor
         ctx = ApplyContext(
             root=self.config.settings_root,
@@ -484,6 +494,7 @@ class Agent:
         results = await asyncio.to_thread(
             apply_settings, ctx, wanted, previous_families=state.applied_families
         )
+        custom_results = await asyncio.to_thread(apply_custom, ctx, custom)
         report = {
             "version": document.get("version"),
             "profiles": [
@@ -491,9 +502,14 @@ class Agent:
                     "id": p["id"],
                     "version": p["version"],
                     "settings": [
-                        results[str(s["id"])].to_json()
+                        custom_results[(str(p["id"]), str(s["id"]))].to_json()
+                        if (str(p["id"]), str(s["id"])) in custom_results
+                        else results[str(s["id"])].to_json()
                         for s in p.get("settings") or []
-                        if str(s["id"]) in results
+                        if isinstance(s, dict)
+                        and (
+                            (str(p["id"]), str(s.get("id"))) in custom_results or str(s.get("id")) in results
+                        )
                     ]
                     + [
                         {"id": sid, "state": "conflict", "message": "set differently by another profile"}

@@ -99,6 +99,8 @@ async def build_document(session: AsyncSession, settings: Settings, device_id: u
     values: dict[str, dict[uuid.UUID, Any]] = {}
     for profile in profiles:
         for setting_id, value in revealed_by_id[profile.id].items():
+            if setting_id.startswith("custom."):
+                continue  # each profile's own payload, not one setting several profiles could set
             values.setdefault(setting_id, {})[profile.id] = value
     conflicting = {
         sid: sorted(str(p) for p in by_profile)

@@ -7,6 +7,7 @@ again by the service (corral.profiles.service), which the /api/v1 twins call too
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Annotated, Any, cast
 
@@ -24,7 +25,7 @@ from corral.kit.routing import APIRouter
 from corral.models import ConfigurationProfile, Device, Platform, ScopeTag, device_targets
 from corral.portal.compliance_views import _first_error
 from corral.portal.rendering import redirect, render
-from corral.profiles import catalog
+from corral.profiles import catalog, custom
 from corral.profiles.catalog import Setting
 from corral.profiles.service import ProfileCreate, ProfileUpdate, profile_service, redact, reveal
 from corral.profiles.status import STATES, profile_status, profile_status_devices
@@ -35,6 +36,8 @@ router = APIRouter(prefix="/portal", include_in_schema=False)
 
 ProfilesRead = Annotated[Principal, Depends(Require(P.profiles_read))]
 ProfilesWrite = Annotated[Principal, Depends(Require(P.profiles_write))]
+#: Settings edited as rows (a list's entries, OMA-URI rows).
+ROW_TYPES = ("list", "oma_uri")
 #: Empty rows offered below a list setting's entries.
 EXTRA_ROWS = 2
 STATE_LABELS = {
@@ -104,7 +107,7 @@ async def configuration_profiles(
 # ------------------------------------------------------------------------------------------- the editor
 def _raw(setting: Setting, value: Any) -> Any:
     """A stored value as the form shows it: text for scalars, rows of text for lists (secrets never)."""
-    if setting.type == "list":
+    if setting.type in ROW_TYPES:
         rows = []
         for entry in value if isinstance(value, list) else []:
             row: dict[str, Any] = {}
@@ -121,6 +124,8 @@ def _raw(setting: Setting, value: Any) -> Any:
         return rows
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value, indent=2, sort_keys=True)
     return "" if value is None else str(value)
 
 
@@ -145,9 +150,9 @@ def _form_values(
     raw: dict[str, Any] = {}
     for setting in _settings_for(platform):
         key = f"s.{setting.id}"
-        if setting.type != "list":
+        if setting.type not in ROW_TYPES:
             text = str(form.get(key) or "")
-            text = text if setting.type == "string" else text.strip()
+            text = text if setting.type in ("string", "mobileconfig", "json") else text.strip()
             raw[setting.id] = text
             if text.strip():
                 values[setting.id] = _parse_scalar(setting.type, text.strip())
@@ -228,7 +233,7 @@ async def _form_ctx(
         categories.setdefault(setting.category, []).append(setting)
     rows: dict[str, list[dict[str, Any]]] = {}
     for setting in settings:
-        if setting.type == "list":
+        if setting.type in ROW_TYPES:
             given = list(values["raw"].get(setting.id) or [])
             for index, row in enumerate(given):
                 row.setdefault("__from", str(index))
@@ -253,7 +258,12 @@ async def _form_ctx(
 
 def _shown_value(setting: Setting, value: Any) -> str:
     """A value for the review and the profile's page (secrets as •••)."""
-    if setting.type == "list":
+    if setting.type == "mobileconfig" and isinstance(value, str):
+        kinds = custom.mobileconfig_summary(value)
+        return f"a profile with {len(kinds)} payload(s)" + (f": {', '.join(kinds)}" if kinds else "")
+    if setting.type == "json":
+        return json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    if setting.type in ROW_TYPES:
         parts = []
         for entry in value if isinstance(value, list) else []:
             fields = []

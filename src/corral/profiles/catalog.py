@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.models import Platform
+from corral.profiles import custom
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 SECRET_MARK = "$secret"  # noqa: S105 - the key marking an encrypted value, not a secret
@@ -47,7 +48,7 @@ class Setting(_Frozen):
     name: str
     description: str
     category: str
-    type: Literal["boolean", "integer", "string", "enum", "list"]
+    type: Literal["boolean", "integer", "string", "enum", "list", "mobileconfig", "oma_uri", "json"]
     minimum: int | None = None
     maximum: int | None = None
     max_length: int | None = None
@@ -75,6 +76,10 @@ class Setting(_Frozen):
             raise ValueError(f"{self.id}: its default is not a valid value")
         return self
 
+    def normalized(self, value: Any) -> Any:
+        """A valid value in its stored form (custom payloads: canonical; others: as given)."""
+        return custom.NORMALIZERS[self.type](value) if self.type in custom.NORMALIZERS else value
+
     @property
     def family(self) -> str:
         return self.id.partition(".")[0]
@@ -86,6 +91,12 @@ class Setting(_Frozen):
     def problem(self, value: Any, *, secrets_kept: bool = False) -> str | None:
         """Why ``value`` is not a valid value of this setting, or None. ``secrets_kept``: a secret field may
         hold the placeholder for "keep the stored secret"."""
+        if self.type in custom.NORMALIZERS:
+            try:
+                custom.NORMALIZERS[self.type](value)
+            except custom.PayloadError as exc:
+                return str(exc)
+            return None
         if self.type == "boolean":
             return None if isinstance(value, bool) else "must be true or false"
         if self.type == "integer":

@@ -181,7 +181,7 @@ class ProfileService:
             problem = setting.problem(value, secrets_kept=stored is not None)
             if problem:
                 raise ValidationFailed(f"settings.{setting_id}: {problem}.")
-            value = copy.deepcopy(value)
+            value = setting.normalized(copy.deepcopy(value))
             if setting.secret_fields:
                 _seal(setting_id, setting, value, (stored or {}).get(setting_id) or [], box)
             out[setting_id] = value
