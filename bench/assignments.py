@@ -14,20 +14,27 @@ Measured in one run, on one database (CORRAL_DATABASE_URL's server or a throwawa
   device's targets re-resolved and its desired-state version changed; committed), p50/p99 over ``--moves``
   moves, with 20 policies assigned (to the root, to subtrees, to all devices, with a filter, with an
   exclusion). Target: p99 ≤ 50 ms. The floor is the same move with no policy assigned.
+* Compliance evaluation of every device the root reaches after a policy change, as the worker runs it (one
+  ``compliance.evaluate`` job per chunk of devices, each its own transaction, one after the other): every
+  device has reported its security facts, the policy checks the firewall, disk encryption and a minimum OS
+  version. From nothing (no earlier results), then after the policy's minimum version changed. Target:
+  5 x F_bulk at most.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import statistics
 import time
 import uuid
 
 from common import database, percentile
 from groups_dynamic import GENERATE_DEVICES, build_tree, median_of, ms
 from sqlalchemy import delete, func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from corral.assignments.schemas import AssignmentIn
 from corral.assignments.service import assignment_service
@@ -152,6 +159,98 @@ async def moves(
     return latencies, changed
 
 
+INVENTORY = """
+UPDATE devices SET inventory_updated_at = now(),
+       firewall_enabled = abs(hashtext(id::text)) % 5 <> 0,
+       disk_encrypted = abs(hashtext(id::text)) % 3 <> 0
+"""
+
+
+async def evaluate_all(maker: async_sessionmaker[AsyncSession], device_ids: list[uuid.UUID]) -> float:
+    """Every device evaluated as the worker's jobs do it: CHUNK devices per transaction."""
+    from corral.compliance.jobs import CHUNK
+    from corral.compliance.service import compliance_service
+
+    started = time.perf_counter()
+    ordered = sorted(device_ids)
+    for start in range(0, len(ordered), CHUNK):
+        async with maker() as session:
+            await compliance_service.evaluate(session, ordered[start : start + CHUNK], reason="bench")
+            await session.commit()
+    return time.perf_counter() - started
+
+
+async def compliance(
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], root: uuid.UUID, bulk: float, runs: int
+) -> None:
+    async with maker() as session:
+        await session.execute(text(INVENTORY))
+        await session.commit()
+    policy = uuid.uuid4()
+    settings = {"firewall.required": True, "disk_encryption.required": True, "os.min_version": "10.0.19045"}
+    async with maker() as session:
+        session.add(
+            CompliancePolicy(id=policy, name="compliance bench", platform="windows", settings=settings)
+        )
+        await session.commit()
+    await assign(maker, policy, [AssignmentIn(target=AssignmentTarget.group, group_id=root)])
+    async with maker() as session:
+        await session.execute(text("DELETE FROM procrastinate.procrastinate_jobs"))  # the worker's, run below
+        reached = list(
+            (
+                await session.scalars(
+                    text("SELECT device_id FROM device_targets WHERE assignable_id = :p"), {"p": policy}
+                )
+            ).all()
+        )
+        await session.execute(text("ANALYZE"))
+        await session.commit()
+
+    async def reset() -> None:
+        async with maker() as session:
+            for table in (
+                "device_compliance_settings",
+                "device_compliance_policies",
+                "device_compliance_history",
+            ):
+                await session.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+            await session.execute(text("UPDATE devices SET compliance_state = 'unknown'"))
+            await session.execute(
+                text("UPDATE compliance_policies SET settings = CAST(:s AS jsonb)"),
+                {"s": json.dumps(settings)},
+            )
+            await session.commit()
+        async with engine.connect() as connection:  # VACUUM runs outside a transaction
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text("VACUUM ANALYZE"))
+
+    async def changed() -> None:
+        async with maker() as session:
+            newer = json.dumps({**settings, "os.min_version": "10.0.22631"})
+            await session.execute(
+                text("UPDATE compliance_policies SET settings = CAST(:s AS jsonb)"), {"s": newer}
+            )
+            await session.commit()
+
+    first, second = [], []
+    for _ in range(runs):
+        await reset()
+        first.append(await evaluate_all(maker, reached))
+        await changed()
+        second.append(await evaluate_all(maker, reached))
+    async with maker() as session:
+        states = dict(
+            (await session.execute(text("SELECT compliance_state, count(*) FROM devices GROUP BY 1"))).all()
+        )
+    print(
+        f"\nS4: compliance evaluation of the {len(reached):,} devices reached (worker jobs), median of {runs}"
+    )
+    for label, values in (("from nothing", first), ("after the policy changed", second)):
+        value = statistics.median(values)
+        print(f"  {label:<52} {ms(value):>12}   {value / bulk:5.2f} x F_bulk (target ≤ 5)")
+    print(f"  device states after: {dict(sorted((str(k), v) for k, v in states.items()))}")
+
+
 async def run(args: argparse.Namespace) -> None:
     db = await database("corral_bench_assignments")
     engine = create_engine(db.url, pool_size=4, max_overflow=0)
@@ -229,6 +328,7 @@ async def run(args: argparse.Namespace) -> None:
         for label, values in (("floor: no policy assigned", floor), ("20 policies assigned", latencies)):
             print(f"  {label:<28} p50 {ms(percentile(values, 50)):>10}  p99 {ms(percentile(values, 99)):>10}")
         print(f"  (target p99 ≤ 50 ms; {changed} of {args.moves} moves changed the desired-state version)")
+        await compliance(engine, maker, root, bulk, args.runs)
     finally:
         await engine.dispose()
         if db.handle is not None:

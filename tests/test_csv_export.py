@@ -117,6 +117,19 @@ async def test_every_csv_export_neutralises_formulas_behind_blanks(
         headers=admin.headers,
     )
     assert assigned.status_code == 200, assigned.text
+    # And a configuration profile reaching it, for the profile's device report (the device is pending).
+    profile = await client.post(
+        "/api/v1/configuration-profiles",
+        json={"name": "Banner", "platform": "linux", "settings": {"login_banner.text": "Hello"}},
+        headers=admin.headers,
+    )
+    assert profile.status_code == 201, profile.text
+    assigned = await client.put(
+        f"/api/v1/configuration-profiles/{profile.json()['id']}/assignments",
+        json={"assignments": [{"target": "all_devices"}]},
+        headers=admin.headers,
+    )
+    assert assigned.status_code == 200, assigned.text
     assert (await device.checkin({"inventory": inventory()})).status_code == 200
     user_id = await factory.user()
     async with sessionmaker() as session:  # as a directory could deliver it (SCIM, OIDC claims)
@@ -129,7 +142,9 @@ async def test_every_csv_export_neutralises_formulas_behind_blanks(
     async with new_client(app) as browser:
         await portal_csrf(browser, admin.email)
         for template in CSV_PATHS:
-            path = template.replace("{policy_id}", policy.json()["id"])
+            path = template.replace("{policy_id}", policy.json()["id"]).replace(
+                "{profile_id}", profile.json()["id"]
+            )
             http, headers = (client, admin.headers) if path.startswith("/api/") else (browser, {})
             response = await http.get(path, headers=headers)
             assert response.status_code == 200, (path, response.text)

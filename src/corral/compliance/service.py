@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Integer, Select, Text, and_, delete, func, or_, select
+from sqlalchemy import Integer, Select, Table, Text, and_, bindparam, delete, func, select, tuple_, update
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from corral.assignments import engine
 from corral.audit.service import audit_service
@@ -83,6 +84,8 @@ RANK = {
 }
 #: Devices evaluated per batch (one set of queries each).
 BATCH = 1000
+#: Rows per multi-row statement (7 columns each: under PostgreSQL's 32,767 parameters).
+ROWS_PER_STATEMENT = 4000
 #: More devices than this after a change are evaluated by the worker, not in the request.
 INLINE_DEVICES = 2000
 MAX_OVERRIDE = timedelta(days=90)
@@ -506,6 +509,7 @@ class ComplianceService:
         )
         setting_rows: list[dict[str, Any]] = []
         policy_rows: list[dict[str, Any]] = []
+        new_states: dict[uuid.UUID, ComplianceState] = {}
         history: list[dict[str, Any]] = []
         changed: list[Evaluated] = []
         for device in devices:
@@ -526,7 +530,7 @@ class ComplianceService:
                             "reason": why,
                         }
                     )
-                    device.compliance_state = ComplianceState.not_evaluated
+                    new_states[device.id] = ComplianceState.not_evaluated
                 continue
             states: list[tuple[CompliancePolicy, ComplianceState]] = []
             for policy in policies.get(device.id, []) if active else []:
@@ -598,35 +602,49 @@ class ComplianceService:
                         "reason": (f"{reason}: {why}" if reason else why)[:2000],
                     }
                 )
-                device.compliance_state = new_state
+                new_states[device.id] = new_state
         kept = {(r["device_id"], r["policy_id"]) for r in policy_rows}
         gone = [key for key in existing if key not in kept]
-        if gone:
+        # PostgreSQL takes at most 32,767 parameters per statement: a batch of devices each reached by many
+        # policies is written in slices.
+        for start in range(0, len(gone), ROWS_PER_STATEMENT):
             await session.execute(
                 delete(DeviceCompliancePolicy).where(
-                    or_(
-                        *(
-                            and_(DeviceCompliancePolicy.device_id == d, DeviceCompliancePolicy.policy_id == p)
-                            for d, p in gone
-                        )
+                    tuple_(DeviceCompliancePolicy.device_id, DeviceCompliancePolicy.policy_id).in_(
+                        gone[start : start + ROWS_PER_STATEMENT]
                     )
                 )
             )
         if policy_rows:
-            stmt = pg_insert(DeviceCompliancePolicy).values(policy_rows)
-            await session.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[DeviceCompliancePolicy.device_id, DeviceCompliancePolicy.policy_id],
-                    set_={
-                        c: stmt.excluded[c]
-                        for c in ("state", "policy_version", "failing_since", "grace_ends_at", "evaluated_at")
-                    },
-                )
+            # Many rows through one cached statement (SQLAlchemy sends them in pages of multi-row VALUES).
+            stmt = pg_insert(
+                cast(Table, DeviceCompliancePolicy.__table__)
+            )  # Core: the ORM's bulk path upserts row by row
+            upsert = stmt.on_conflict_do_update(
+                index_elements=["device_id", "policy_id"],
+                set_={
+                    c: stmt.excluded[c]
+                    for c in ("state", "policy_version", "failing_since", "grace_ends_at", "evaluated_at")
+                },
             )
+            await session.execute(upsert, policy_rows)
         if setting_rows:
-            await session.execute(pg_insert(DeviceComplianceSetting), setting_rows)
+            await session.execute(pg_insert(cast(Table, DeviceComplianceSetting.__table__)), setting_rows)
         if history:
-            await session.execute(pg_insert(DeviceComplianceChange), history)
+            await session.execute(pg_insert(cast(Table, DeviceComplianceChange.__table__)), history)
+        if new_states:
+            # One statement for the batch's new device states (the ORM would write row by row); the loaded
+            # rows are told their new value without being marked changed.
+            table = cast(Table, Device.__table__)
+            await session.execute(
+                update(table)
+                .where(table.c.id == bindparam("device_id"))
+                .values(compliance_state=bindparam("state")),
+                [{"device_id": i, "state": state} for i, state in new_states.items()],
+            )
+            by_id = {d.id: d for d in devices}
+            for device_id, state in new_states.items():
+                set_committed_value(by_id[device_id], "compliance_state", state)
         await session.flush()
         return changed
 
