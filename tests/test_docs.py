@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tools.api_table import DOC, rows
 
 
@@ -30,3 +32,14 @@ def test_no_file_keeps_merge_conflict_markers() -> None:
                     if line.startswith(markers)
                 ]
     assert not found, f"merge conflict markers left in: {found}"
+
+
+def test_policies_md_documents_every_catalog_setting() -> None:
+    """The settings catalogs are data; docs/policies.md names every setting of both (and its mapping)."""
+    from corral.compliance import catalog as compliance_catalog
+    from corral.profiles import catalog as profiles_catalog
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "policies.md").read_text(encoding="utf-8")
+    ids = [s.id for s in profiles_catalog.load().settings] + [s.id for s in compliance_catalog.SETTINGS]
+    missing = [i for i in ids if f"`{i}`" not in text]
+    assert not missing, f"docs/policies.md does not document {missing}"
