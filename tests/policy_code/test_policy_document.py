@@ -434,3 +434,22 @@ async def test_roles_scope_and_unauthenticated(
         }
     )
     assert (await apply(client, manager, taken)).status_code == 409
+
+
+async def test_custom_payloads_round_trip_and_text_json_is_no_change(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    admin = await factory.admin()
+    document = {
+        "version": 1,
+        "configuration_profiles": [
+            {"name": "Agent extras", "platform": "linux", "settings": {"custom.json": '{"team": "web"}'}}
+        ],
+    }
+    first = await apply(client, admin, document)
+    assert [c["action"] for c in first.json()["changes"]] == ["create"]
+    again = await apply(client, admin, document, dry_run=True)
+    assert again.json() == {"dry_run": True, "changes": [], "unchanged": 1}
+    exported = await export(client, admin)
+    assert exported["configuration_profiles"][0]["settings"] == {"custom.json": {"team": "web"}}
+    assert (await apply(client, admin, exported)).json()["changes"] == []

@@ -166,6 +166,20 @@ def _with_kept_secrets(desired: dict[str, Any], stored: dict[str, Any]) -> dict[
     return out
 
 
+def _normalized(values: dict[str, Any]) -> dict[str, Any]:
+    """Profile settings in their stored form where the catalog gives one (a custom JSON payload written as
+    text is the object it says), so an unchanged payload is not shown as a change. Invalid values stay as
+    they are: the service refuses them with their reason."""
+    out = {}
+    for setting_id, value in values.items():
+        setting = profiles_catalog.load().by_id.get(setting_id)
+        try:
+            out[setting_id] = setting.normalized(value) if setting is not None else value
+        except ValueError:
+            out[setting_id] = value
+    return out
+
+
 def _masked(setting_id: str, value: Any, other: Any, *, new: bool) -> Any:
     """A profile setting's value for the plan: secrets never shown, only whether the new value changes
     them."""
@@ -550,7 +564,8 @@ class PolicyCodeService:
                 else:
                     existing = current[section].get(obj.name.lower())
                     stored = existing.form["settings"] if existing else {}
-                    form["settings"] = dict(sorted(_with_kept_secrets(obj.settings, stored).items()))
+                    kept = _with_kept_secrets(obj.settings, stored)
+                    form["settings"] = dict(sorted(_normalized(kept).items()))
                 desired[section].append((obj, form))
 
         changes: list[ObjectChange] = []
