@@ -63,9 +63,14 @@ async def compliance_policies(
     principal: ComplianceRead,
     search: Annotated[str, Query(max_length=200)] = "",
     platform: Annotated[str, Query(max_length=16)] = "",
+    scope_tag: Annotated[str, Query(max_length=128)] = "",
 ) -> Response:
     chosen = Platform(platform) if platform in {p.value for p in Platform} else None
-    page = await compliance_service.page(session, principal, search=search or None, platform=chosen)
+    tags = (await session.scalars(select(ScopeTag).order_by(ScopeTag.name))).all()
+    tag = next((t for t in tags if t.name == scope_tag), None)
+    page = await compliance_service.page(
+        session, principal, search=search or None, platform=chosen, scope_tag_id=tag.id if tag else None
+    )
     # Devices each policy reaches, within the reader's device scope.
     reached = cast(
         "Select[Any]",
@@ -84,6 +89,8 @@ async def compliance_policies(
             "platform": platform,
             "platforms": list(Platform),
             "device_counts": counts,
+            "scope_tag": scope_tag,
+            "tags": tags,
         },
     )
 
