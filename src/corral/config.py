@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     housekeeping_batch_size: int = Field(default=5000, ge=1, le=100_000)
     # Finished jobs (succeeded, failed, aborted, cancelled) are kept this long for inspection.
     job_retention_hours: int = Field(default=168, ge=1)
+    # History kept this many days, then deleted by the worker (0: kept for ever; docs/operations.md, "Data
+    # retention"): the audit log, devices' inventory changes, finished commands, compliance state changes.
+    housekeeping_retention_cron: str = "41 2 * * *"
+    audit_retention_days: int = Field(default=365, ge=0, le=36500)  # 0, or at least 30 (the database's floor)
+    inventory_history_retention_days: int = Field(default=180, ge=0, le=36500)
+    command_retention_days: int = Field(default=180, ge=0, le=36500)
+    compliance_history_retention_days: int = Field(default=365, ge=0, le=36500)
 
     # Outgoing e-mail (compliance notifications): none is sent while smtp_host is empty.
     smtp_host: str = ""
@@ -159,6 +166,13 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("audit_retention_days")
+    @classmethod
+    def _audit_floor(cls, value: int) -> int:
+        if 0 < value < 30:
+            raise ValueError("audit events are kept at least 30 days (0 keeps them for ever)")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -190,6 +204,7 @@ class Settings(BaseSettings):
         "housekeeping_stalled_jobs_cron",
         "housekeeping_finished_jobs_cron",
         "housekeeping_checkin_days_cron",
+        "housekeeping_retention_cron",
         "compliance_cron",
     )
     @classmethod

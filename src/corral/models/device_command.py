@@ -43,6 +43,7 @@ class DeviceCommand(IdMixin, Model):
     __tablename__ = "device_commands"
     __table_args__ = (
         Index("ix_device_commands_device_id_created_at", "device_id", "created_at"),
+        Index("ix_device_commands_created_at", "created_at"),  # retention
         Index(
             "ix_device_commands_pending",
             "device_id",

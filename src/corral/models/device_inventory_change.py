@@ -15,7 +15,10 @@ class DeviceInventoryChange(Model):
     """One changed inventory field of one device: what, when, from what to what."""
 
     __tablename__ = "device_inventory_changes"
-    __table_args__ = (Index("ix_device_inventory_changes_device_id_seq", "device_id", "seq"),)
+    __table_args__ = (
+        Index("ix_device_inventory_changes_device_id_seq", "device_id", "seq"),
+        Index("ix_device_inventory_changes_changed_at", "changed_at"),  # retention
+    )
 
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     device_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))

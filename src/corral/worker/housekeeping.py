@@ -13,27 +13,46 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.checkin.auth import CLOCK_SKEW
 from corral.commands.service import command_service
 from corral.config import Settings
 from corral.kit.time import utcnow
-from corral.models import DeviceNonce, SignInThrottle, User, UserSession, device_checkin_days
+from corral.models import (
+    AuditEvent,
+    CommandStatus,
+    DeviceCommand,
+    DeviceComplianceChange,
+    DeviceInventoryChange,
+    DeviceNonce,
+    SignInThrottle,
+    User,
+    UserSession,
+    device_checkin_days,
+)
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
 
 async def _delete_in_batches(
-    sessionmaker: Sessionmaker, model: Any, key: tuple[Any, ...], where: ColumnElement[bool], batch: int
+    sessionmaker: Sessionmaker,
+    model: Any,
+    key: tuple[Any, ...],
+    where: ColumnElement[bool],
+    batch: int,
+    *,
+    settings: dict[str, str] | None = None,
 ) -> int:
     """DELETE … WHERE key IN (SELECT key … WHERE where LIMIT batch FOR UPDATE SKIP LOCKED), until a batch
-    comes back short."""
+    comes back short. ``settings``: configuration parameters set for each batch's transaction."""
     total = 0
     while True:
         chosen = select(*key).where(where).limit(batch).with_for_update(skip_locked=True)
         async with sessionmaker() as session:
+            for name, value in (settings or {}).items():
+                await session.execute(select(func.set_config(name, value, True)))
             result = await session.execute(delete(model).where(tuple_(*key).in_(chosen)))
             await session.commit()
         deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
@@ -136,3 +155,64 @@ async def expire_commands(
         if done.considered < batch or done.after is None:
             return outcome
         after = done.after
+
+
+#: Command states that are history: the device answered, or the command ran out or was called off.
+FINISHED_COMMANDS = (
+    CommandStatus.succeeded,
+    CommandStatus.failed,
+    CommandStatus.expired,
+    CommandStatus.canceled,
+)
+
+
+async def purge_history(
+    sessionmaker: Sessionmaker, settings: Settings, *, batch: int, now: datetime | None = None
+) -> dict[str, int]:
+    """History older than its retention (``*_retention_days``; 0 keeps it for ever): audit events, devices'
+    inventory changes, finished commands and compliance state changes. Returns the rows deleted per kind."""
+    now = now or utcnow()
+    kinds: list[tuple[str, int, Any, tuple[Any, ...], Any]] = [
+        (
+            "audit_events",
+            settings.audit_retention_days,
+            AuditEvent,
+            (AuditEvent.seq,),
+            AuditEvent.occurred_at,
+        ),
+        (
+            "inventory_changes",
+            settings.inventory_history_retention_days,
+            DeviceInventoryChange,
+            (DeviceInventoryChange.seq,),
+            DeviceInventoryChange.changed_at,
+        ),
+        (
+            "commands",
+            settings.command_retention_days,
+            DeviceCommand,
+            (DeviceCommand.id,),
+            DeviceCommand.created_at,
+        ),
+        (
+            "compliance_changes",
+            settings.compliance_history_retention_days,
+            DeviceComplianceChange,
+            (DeviceComplianceChange.id,),
+            DeviceComplianceChange.at,
+        ),
+    ]
+    deleted: dict[str, int] = {}
+    for name, days, model, key, column in kinds:
+        if days <= 0:
+            deleted[name] = 0
+            continue
+        cutoff = now - timedelta(days=days)
+        where = column < cutoff
+        if model is DeviceCommand:
+            where = and_(where, DeviceCommand.status.in_(FINISHED_COMMANDS))
+        # The audit trail refuses deletes but of events older than the cutoff its transaction declares (and
+        # never of events younger than 30 days): see the migration e3a9c5d1b7f2.
+        declared = {"corral.audit_retention_cutoff": cutoff.isoformat()} if model is AuditEvent else None
+        deleted[name] = await _delete_in_batches(sessionmaker, model, key, where, batch, settings=declared)
+    return deleted

@@ -116,6 +116,17 @@ async def purge_finished_jobs(context: JobContext, timestamp: int) -> None:
     log.info("housekeeping: deleted finished jobs older than %d hours", hours)
 
 
+@_housekeeping("purge_history")
+async def purge_history(context: JobContext, timestamp: int) -> dict[str, int]:
+    """Audit events, inventory changes, finished commands and compliance changes past their retention."""
+    res = resources(context)
+    deleted = await housekeeping.purge_history(
+        res.sessionmaker, res.settings, batch=res.settings.housekeeping_batch_size
+    )
+    log.info("housekeeping: deleted history past its retention: %s", deleted)
+    return deleted
+
+
 SCHEDULES: dict[str, tuple[Task[Any, Any, Any], Callable[[Settings], str]]] = {
     "purge_device_nonces": (purge_device_nonces, lambda s: s.housekeeping_nonces_cron),
     "purge_user_sessions": (purge_user_sessions, lambda s: s.housekeeping_sessions_cron),
@@ -125,6 +136,7 @@ SCHEDULES: dict[str, tuple[Task[Any, Any, Any], Callable[[Settings], str]]] = {
     "expire_commands": (expire_commands, lambda s: s.housekeeping_commands_cron),
     "retry_stalled_jobs": (retry_stalled_jobs, lambda s: s.housekeeping_stalled_jobs_cron),
     "purge_finished_jobs": (purge_finished_jobs, lambda s: s.housekeeping_finished_jobs_cron),
+    "purge_history": (purge_history, lambda s: s.housekeeping_retention_cron),
 }
 
 
