@@ -12,7 +12,13 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.checkin.last_seen import LastSeenBuffer
-from corral.models import ComplianceState, Device, device_checkin_days
+from corral.models import (
+    ComplianceState,
+    Device,
+    DeviceCompliancePolicy,
+    DeviceComplianceSetting,
+    device_checkin_days,
+)
 from corral.worker import housekeeping
 from tests.conftest import Factory, make_settings, sign_in
 from tests.devices.device import TestDevice
@@ -159,3 +165,72 @@ async def test_a_check_in_day_is_a_date(client: httpx.AsyncClient, factory: Fact
         response = await client.get("/api/v1/devices", params={"checked_in_on": bad}, headers=admin.headers)
         assert response.status_code == 422, (bad, response.text)
         assert "checked_in_on" in response.text
+
+
+async def test_failing_settings_and_grace_periods_ending_are_charted_and_listed(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    admin = await factory.admin()
+    token = await make_token(client, admin, platforms=["linux"])
+    failing, grace, fine = [await _enroll(client, token, "linux") for _ in range(3)]
+    policy = await client.post(
+        "/api/v1/compliance-policies",
+        json={"name": "Baseline", "platform": "linux", "settings": {"firewall.required": True}},
+        headers=admin.headers,
+    )
+    assert policy.status_code == 201, policy.text
+    policy_id = uuid.UUID(policy.json()["id"])
+    now = datetime.now(UTC)
+    tomorrow = now.date() + timedelta(days=1)
+    ends = datetime.combine(tomorrow, datetime.min.time(), tzinfo=UTC) + timedelta(hours=9)
+    async with sessionmaker() as session, session.begin():
+        for device, state, grace_end in (
+            (failing, ComplianceState.noncompliant, None),
+            (grace, ComplianceState.in_grace_period, ends),
+            (fine, ComplianceState.compliant, None),
+        ):
+            device_id = uuid.UUID(str(device.device_id))
+            await session.execute(update(Device).where(Device.id == device_id).values(compliance_state=state))
+            await session.execute(
+                insert(DeviceCompliancePolicy).values(
+                    device_id=device_id,
+                    policy_id=policy_id,
+                    state=state,
+                    policy_version=1,
+                    failing_since=now if grace_end or state is ComplianceState.noncompliant else None,
+                    grace_ends_at=grace_end,
+                    evaluated_at=now,
+                )
+            )
+            await session.execute(
+                insert(DeviceComplianceSetting).values(
+                    device_id=device_id,
+                    policy_id=policy_id,
+                    setting_id="firewall.required",
+                    state=ComplianceState.compliant
+                    if state is ComplianceState.compliant
+                    else ComplianceState.noncompliant,
+                    expected=True,
+                    observed=state is ComplianceState.compliant,
+                    message="",
+                )
+            )
+
+    await sign_in(client, admin.email)
+    html = (await client.get("/portal")).text
+    # Both devices that fail the firewall setting (one still in its grace period) under the setting's name.
+    assert "Require firewall" in html
+    assert _value(html, "/portal/devices?failing_setting=firewall.required") == "2"
+    # The grace period ending tomorrow, 7 days charted from today.
+    assert _value(html, f"/portal/devices?grace_ends_on={tomorrow.isoformat()}") == "1"
+    assert _value(html, f"/portal/devices?grace_ends_on={now.date().isoformat()}") == "0"
+    assert len(set(re.findall(r"grace_ends_on=([0-9-]+)", html))) == 7
+
+    listed = await client.get(f"/portal/devices?grace_ends_on={tomorrow.isoformat()}")
+    assert grace.name in listed.text and failing.name not in listed.text and fine.name not in listed.text
+    api = await client.get(
+        "/api/v1/devices", params={"failing_setting": "firewall.required"}, headers=admin.headers
+    )
+    assert sorted(d["name"] for d in api.json()["items"]) == sorted([failing.name, grace.name])
+    bad = await client.get("/api/v1/devices", params={"failing_setting": "x;y"}, headers=admin.headers)
+    assert bad.status_code == 422

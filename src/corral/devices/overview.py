@@ -1,17 +1,26 @@
 """The dashboard's device figures, within the reader's device scope: devices by platform and by compliance
-state, and how many checked in on each of the last days."""
+state, noncompliant devices by the setting they fail, grace periods ending on each of the next days, and how
+many devices checked in on each of the last days."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.devices.repository import scoped
-from corral.models import ComplianceState, Device, ManagementState, Platform, device_checkin_days
+from corral.models import (
+    ComplianceState,
+    Device,
+    DeviceCompliancePolicy,
+    DeviceComplianceSetting,
+    ManagementState,
+    Platform,
+    device_checkin_days,
+)
 from corral.rbac.principal import Scope
 
 #: Retired and wiped devices are history, not the fleet.
@@ -25,6 +34,10 @@ class DeviceOverview:
     by_compliance: dict[ComplianceState, int]
     #: (day, devices that checked in that day), oldest first, ``days`` of them ending today.
     checkins: list[tuple[date, int]]
+    #: (compliance setting id, devices failing it), most first.
+    failing_settings: list[tuple[str, int]] = field(default_factory=list)
+    #: (day, devices whose grace period ends that day, UTC), ``days`` of them starting today.
+    grace_ending: list[tuple[date, int]] = field(default_factory=list)
 
 
 async def device_overview(
@@ -57,9 +70,55 @@ async def device_overview(
     checkins = [
         (first + timedelta(days=i), int(day_counts.get(first + timedelta(days=i), 0))) for i in range(days)
     ]
+    failing = (
+        await session.execute(
+            scoped(
+                cast(
+                    "Select[Any]",
+                    select(
+                        DeviceComplianceSetting.setting_id,
+                        func.count(func.distinct(DeviceComplianceSetting.device_id)),
+                    )
+                    .select_from(DeviceComplianceSetting)
+                    .join(Device, Device.id == DeviceComplianceSetting.device_id)
+                    .where(active, DeviceComplianceSetting.state == ComplianceState.noncompliant),
+                ),
+                scope,
+            ).group_by(DeviceComplianceSetting.setting_id)
+        )
+    ).all()
+    start = datetime.combine(today, time(), tzinfo=UTC)
+    ends_on = func.date(func.timezone("UTC", DeviceCompliancePolicy.grace_ends_at))
+    grace_counts = dict(
+        (
+            await session.execute(
+                scoped(
+                    cast(
+                        "Select[Any]",
+                        select(ends_on, func.count(func.distinct(DeviceCompliancePolicy.device_id)))
+                        .select_from(DeviceCompliancePolicy)
+                        .join(Device, Device.id == DeviceCompliancePolicy.device_id)
+                        .where(
+                            active,
+                            Device.compliance_state == ComplianceState.in_grace_period,
+                            DeviceCompliancePolicy.state == ComplianceState.in_grace_period,
+                            DeviceCompliancePolicy.grace_ends_at >= start,
+                            DeviceCompliancePolicy.grace_ends_at < start + timedelta(days=days),
+                        ),
+                    ),
+                    scope,
+                ).group_by(ends_on)
+            )
+        ).all()
+    )
     return DeviceOverview(
         total=sum(by_platform.values()),
         by_platform=by_platform,
         by_compliance=by_compliance,
         checkins=checkins,
+        failing_settings=sorted(((str(k), int(v)) for k, v in failing), key=lambda kv: (-kv[1], kv[0])),
+        grace_ending=[
+            (today + timedelta(days=i), int(grace_counts.get(today + timedelta(days=i), 0)))
+            for i in range(days)
+        ],
     )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -27,9 +27,12 @@ from corral.devices.schemas import MAX_BULK_DEVICES, DeviceFilter
 from corral.errors import BadRequest
 from corral.kit.pagination import decode_cursor, encode_cursor
 from corral.models import (
+    ComplianceState,
     Device,
     DeviceApp,
     DeviceCertificate,
+    DeviceCompliancePolicy,
+    DeviceComplianceSetting,
     DeviceInventoryChange,
     ManagementState,
     User,
@@ -145,6 +148,25 @@ def filtered(filters: DeviceFilter, scope: Scope, stale_days: int) -> Select[Any
                 device_checkin_days.c.day == filters.checked_in_on,
                 device_checkin_days.c.device_id == Device.id,
             )
+        )
+    if filters.failing_setting is not None:
+        stmt = stmt.where(
+            exists().where(
+                DeviceComplianceSetting.device_id == Device.id,
+                DeviceComplianceSetting.setting_id == filters.failing_setting,
+                DeviceComplianceSetting.state == ComplianceState.noncompliant,
+            )
+        )
+    if filters.grace_ends_on is not None:
+        start = datetime.combine(filters.grace_ends_on, time(), tzinfo=UTC)
+        stmt = stmt.where(
+            Device.compliance_state == ComplianceState.in_grace_period,
+            exists().where(
+                DeviceCompliancePolicy.device_id == Device.id,
+                DeviceCompliancePolicy.state == ComplianceState.in_grace_period,
+                DeviceCompliancePolicy.grace_ends_at >= start,
+                DeviceCompliancePolicy.grace_ends_at < start + timedelta(days=1),
+            ),
         )
     if filters.stale is not None:
         threshold = datetime.now(UTC) - timedelta(days=stale_days)

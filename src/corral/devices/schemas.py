@@ -133,9 +133,18 @@ class DeviceFilter(BaseModel):
     stale: bool | None = Field(default=None, description="No check-in for the stale threshold (days)")
     user_id: uuid.UUID | None = Field(default=None, description="Devices enrolled for this user")
     checked_in_on: date | None = Field(default=None, description="Devices that checked in on this day (UTC)")
+    failing_setting: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$",
+        description="Devices that fail this compliance setting (a compliance catalog id)",
+    )
+    grace_ends_on: date | None = Field(
+        default=None, description="Devices in a grace period that ends on this day (UTC)"
+    )
     sort: SortKey = "name"
 
-    @field_validator("checked_in_on", mode="before")
+    @field_validator("checked_in_on", "grace_ends_on", mode="before")
     @classmethod
     def _iso_day(cls, value: Any) -> Any:
         # Pydantic would read a number as seconds since 1970; a day is written YYYY-MM-DD.

@@ -17,6 +17,7 @@ from corral.audit.endpoints import CSV_HEADER, csv_row
 from corral.audit.schemas import AuditFilter
 from corral.audit.service import audit_service
 from corral.auth.dependencies import Authenticated, Require
+from corral.compliance import catalog as compliance_catalog
 from corral.devices.overview import DeviceOverview, device_overview
 from corral.errors import CorralError, Forbidden, ValidationFailed
 from corral.kit.csvexport import to_csv
@@ -157,11 +158,32 @@ def _device_charts(overview: DeviceOverview, nonce: str) -> dict[str, Markup]:
         )
         for day, count in overview.checkins
     ]
-    return {
+    failing = [
+        charts.Point(
+            compliance_catalog.BY_ID[sid].name if sid in compliance_catalog.BY_ID else sid,
+            count,
+            "/portal/devices?" + urlencode({"failing_setting": sid}),
+        )
+        for sid, count in overview.failing_settings[:10]
+    ]
+    grace = [
+        charts.Point(
+            day.strftime("%a %d"), count, "/portal/devices?" + urlencode({"grace_ends_on": day.isoformat()})
+        )
+        for day, count in overview.grace_ending
+    ]
+    out = {
         "platforms": charts.bar_chart(platforms, nonce=nonce, title="Enrolled devices by platform"),
         "compliance": charts.pie_chart(compliance, nonce=nonce, title="Devices by compliance state"),
         "checkins": charts.line_chart(checkins, nonce=nonce, title="Devices that checked in, per day"),
     }
+    if any(p.value for p in grace):
+        out["grace"] = charts.bar_chart(grace, nonce=nonce, title="Grace periods ending, per day")
+    if failing:
+        out["failing"] = charts.bar_chart(
+            failing, nonce=nonce, title="Noncompliant devices by failing setting", horizontal=True
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------------------- administrators
