@@ -230,7 +230,18 @@ async def new_compliance_policy(
     platform: Annotated[str, Query(max_length=16)] = "",
 ) -> Response:
     if platform not in {p.value for p in Platform}:
-        return render(request, "compliance/choose_platform.html", {"platforms": list(Platform)})
+        return render(
+            request,
+            "choose_platform.html",
+            {
+                "platforms": list(Platform),
+                "kind": "compliance policy",
+                "list_title": "Compliance policies",
+                "base": "/portal/compliance-policies",
+                "intro": "A policy is for one platform: its settings are what devices of that platform "
+                "report.",
+            },
+        )
     return render(
         request, "compliance/policy_form.html", await _form_ctx(session, _blank(Platform(platform)))
     )

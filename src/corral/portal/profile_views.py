@@ -322,7 +322,18 @@ async def new_configuration_profile(
 ) -> Response:
     chosen = _platform(platform)
     if chosen is None:
-        return render(request, "profiles/choose_platform.html", {"platforms": list(Platform)})
+        return render(
+            request,
+            "choose_platform.html",
+            {
+                "platforms": list(Platform),
+                "kind": "configuration profile",
+                "list_title": "Configuration profiles",
+                "base": "/portal/configuration-profiles",
+                "intro": "A profile is for one platform: the settings catalog offers what that platform "
+                "can apply.",
+            },
+        )
     return render(request, "profiles/form.html", await _form_ctx(session, _blank(chosen)))
 
 
