@@ -385,6 +385,13 @@ async def test_roles_scope_and_unauthenticated(
         assert "compliance:write" in refused.json()["detail"]
     assert await snapshot(sessionmaker) == before
     assert (await apply(client, reader, await export(client, reader))).status_code == 200  # nothing to do
+    created = {
+        "version": 1,
+        "filters": [{"name": "New", "platform": "linux", "rule": 'device.displayName -eq "x"'}],
+    }
+    refused = await apply(client, reader, created, dry_run=True)
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == 'filters["New"]: changing it needs the permission filters:write.'
 
     # A manager limited to a scope tag sees and deletes only objects tagged with it.
     paris = await client.post("/api/v1/scope-tags", json={"name": "Paris"}, headers=admin.headers)

@@ -66,6 +66,12 @@ SECTIONS: dict[str, tuple[ObjectKind, P]] = {
     "compliance_policies": ("compliance_policy", P.compliance_read),
     "configuration_profiles": ("configuration_profile", P.profiles_read),
 }
+#: Document section → the permission its changes need (assignments also need the kind's assign permission).
+WRITE: dict[str, P] = {
+    "filters": P.filters_write,
+    "compliance_policies": P.compliance_write,
+    "configuration_profiles": P.profiles_write,
+}
 _KIND_OF_SECTION = {
     "compliance_policies": AssignableKind.compliance_policy,
     "configuration_profiles": AssignableKind.configuration_profile,
@@ -594,6 +600,7 @@ class PolicyCodeService:
                         fields=fields,
                     )
                 )
+                self._may_change(principal, section, where)
                 await self._write(session, principal, settings, section, item, form, existing, names)
         # Deletions: objects before the filters their assignments may use.
         for section in ("compliance_policies", "configuration_profiles", "filters"):
@@ -610,6 +617,7 @@ class PolicyCodeService:
                     )
                 )
                 where = _where(section, gone.form["name"])
+                self._may_change(principal, section, where)
                 if section == "filters":
                     await _located(where, assignment_service.delete_filter(session, principal, gone.id))
                 elif section == "compliance_policies":
@@ -634,6 +642,11 @@ class PolicyCodeService:
                 detail=", ".join(f"{c.action} {c.kind} {c.name!r}" for c in changes[:50]),
             )
         return result
+
+    @staticmethod
+    def _may_change(principal: Principal, section: str, where: str) -> None:
+        if not principal.has(WRITE[section]):
+            raise Forbidden(f"{where}: changing it needs the permission {WRITE[section].value}.")
 
     async def _write(
         self,
