@@ -20,6 +20,7 @@ from corral.checkin.throttle import DeviceLimits
 from corral.config import Settings, get_settings
 from corral.health.endpoints import router as health_router
 from corral.kit import openapi
+from corral.kit.admission import Admission, AdmissionMiddleware
 from corral.kit.body_limit import BodyLimitMiddleware
 from corral.kit.db import asyncpg_dsn, create_engine, create_sessionmaker
 from corral.kit.embedded import resolve_database_url
@@ -106,6 +107,21 @@ def create_app(
     app.state.route_templates = route_templates(app)
     # Innermost: its 413s carry the request context's headers and are logged with their status.
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings), render=error_handlers.http_error)
+    # Device requests beyond the process's capacity wait briefly, then get 429 + Retry-After (kit/admission).
+    app.state.admission = Admission(
+        settings.device_concurrency or settings.db_pool_size + settings.db_max_overflow
+    )
+    app.add_middleware(
+        AdmissionMiddleware,
+        admission=app.state.admission,
+        prefix="/device/v1/",
+        exclude=("/device/v1/events",),
+        wait_seconds=settings.device_admission_wait_seconds,
+        retry_after_seconds=settings.device_retry_after_seconds,
+        render=lambda _request, status, detail, headers: error_handlers.problem(
+            status, "Too many requests", detail, headers=headers
+        ),
+    )
     app.state.method_table = method_table(app)  # the Allow header of 405 answers (error_handlers)
     openapi.install(app)  # every error answer in the document, as Problem Details
     app.add_middleware(
