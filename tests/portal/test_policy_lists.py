@@ -74,3 +74,44 @@ async def test_the_profile_editor_finds_settings_without_script(
     refused = await client.post("/portal/configuration-profiles/new", data=form)
     assert refused.status_code == 422
     assert "settings.password.min_length: must be from 4 to 64" in refused.text
+
+
+async def test_custom_payloads_in_the_profile_editor(client: httpx.AsyncClient, factory: Factory) -> None:
+    admin = await factory.admin()
+    await sign_in(client, admin.email)
+    for platform, label in (
+        ("macos", "Custom configuration profile (.mobileconfig)"),
+        ("windows", "Custom OMA-URI settings"),
+        ("linux", "Custom JSON for the agent"),
+    ):
+        page = await client.get(f"/portal/configuration-profiles/new?platform={platform}")
+        assert page.status_code == 200 and label in page.text, platform
+    page = await client.get("/portal/configuration-profiles/new?platform=windows")
+    form = {
+        "csrf_token": csrf_of(page.text),
+        "platform": "windows",
+        "name": "Camera off",
+        "s.custom.oma_uri.0.__from": "",
+        "s.custom.oma_uri.0.name": "Camera",
+        "s.custom.oma_uri.0.oma_uri": "./Device/Vendor/MSFT/Policy/Config/Camera/AllowCamera",
+        "s.custom.oma_uri.0.data_type": "integer",
+        "s.custom.oma_uri.0.value": "zero",
+        "step": "create",
+    }
+    refused = await client.post("/portal/configuration-profiles/new", data=form)
+    assert refused.status_code == 422
+    assert "0.value: must be a whole number (data type integer)" in refused.text
+    form["s.custom.oma_uri.0.value"] = "0"
+    created = await client.post("/portal/configuration-profiles/new", data=form)
+    assert created.status_code == 303, created.text
+    (profile,) = (await client.get("/api/v1/configuration-profiles", headers=admin.headers)).json()
+    assert profile["settings"]["custom.oma_uri"] == [
+        {
+            "name": "Camera",
+            "oma_uri": "./Device/Vendor/MSFT/Policy/Config/Camera/AllowCamera",
+            "data_type": "integer",
+            "value": "0",
+        }
+    ]
+    detail = await client.get(f"/portal/configuration-profiles/{profile['id']}")
+    assert "AllowCamera" in detail.text
