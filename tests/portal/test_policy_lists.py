@@ -115,3 +115,26 @@ async def test_custom_payloads_in_the_profile_editor(client: httpx.AsyncClient, 
     ]
     detail = await client.get(f"/portal/configuration-profiles/{profile['id']}")
     assert "AllowCamera" in detail.text
+
+
+async def test_a_signed_or_binary_mobileconfig_is_reviewed_by_its_payloads(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    import base64
+    import plistlib
+
+    from tests.profiles.test_custom_payloads import mobileconfig
+
+    admin = await factory.admin()
+    await sign_in(client, admin.email)
+    page = await client.get("/portal/configuration-profiles/new?platform=ios")
+    binary = base64.b64encode(plistlib.dumps(mobileconfig(), fmt=plistlib.FMT_BINARY)).decode()
+    form = {
+        "csrf_token": csrf_of(page.text),
+        "platform": "ios",
+        "name": "Restrictions",
+        "s.custom.mobileconfig": binary,
+    }
+    review = await client.post("/portal/configuration-profiles/new", data=form)
+    assert review.status_code == 200 and "data-review" in review.text
+    assert "a profile with 1 payload(s): com.apple.applicationaccess" in review.text

@@ -7,6 +7,7 @@ again by the service (corral.profiles.service), which the /api/v1 twins call too
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from typing import Annotated, Any, cast
@@ -259,6 +260,8 @@ async def _form_ctx(
 def _shown_value(setting: Setting, value: Any) -> str:
     """A value for the review and the profile's page (secrets as •••)."""
     if setting.type == "mobileconfig" and isinstance(value, str):
+        with contextlib.suppress(custom.PayloadError):  # base64 (binary, signed): read as its stored XML
+            value = custom.mobileconfig(value)
         kinds = custom.mobileconfig_summary(value)
         return f"a profile with {len(kinds)} payload(s)" + (f": {', '.join(kinds)}" if kinds else "")
     if setting.type == "json":
