@@ -138,3 +138,40 @@ async def test_a_signed_or_binary_mobileconfig_is_reviewed_by_its_payloads(
     review = await client.post("/portal/configuration-profiles/new", data=form)
     assert review.status_code == 200 and "data-review" in review.text
     assert "a profile with 1 payload(s): com.apple.applicationaccess" in review.text
+
+
+async def test_a_mobileconfig_file_can_be_chosen_instead_of_pasted(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    import plistlib
+
+    from tests.profiles.test_custom_payloads import mobileconfig, sign
+
+    admin = await factory.admin()
+    await sign_in(client, admin.email)
+    page = await client.get("/portal/configuration-profiles/new?platform=macos")
+    assert 'enctype="multipart/form-data"' in page.text and 'type="file"' in page.text
+    content = plistlib.dumps(mobileconfig())
+    for name, data in (("plain", content), ("signed", sign(content))):
+        created = await client.post(
+            "/portal/configuration-profiles/new",
+            data={"csrf_token": csrf_of(page.text), "platform": "macos", "name": name, "step": "create"},
+            files={
+                "s.custom.mobileconfig.file": (
+                    f"{name}.mobileconfig",
+                    data,
+                    "application/x-apple-aspen-config",
+                )
+            },
+        )
+        assert created.status_code == 303, created.text
+    profiles = (await client.get("/api/v1/configuration-profiles", headers=admin.headers)).json()
+    stored = {p["name"]: plistlib.loads(p["settings"]["custom.mobileconfig"].encode()) for p in profiles}
+    assert stored["plain"] == stored["signed"] == plistlib.loads(content)
+    too_big = plistlib.dumps(mobileconfig(PayloadDescription="x" * 210_000))
+    refused = await client.post(
+        "/portal/configuration-profiles/new",
+        data={"csrf_token": csrf_of(page.text), "platform": "macos", "name": "big", "step": "create"},
+        files={"s.custom.mobileconfig.file": ("big.mobileconfig", too_big, "application/xml")},
+    )
+    assert refused.status_code in (413, 422)

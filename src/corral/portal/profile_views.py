@@ -7,6 +7,7 @@ again by the service (corral.profiles.service), which the /api/v1 twins call too
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import uuid
@@ -16,6 +17,7 @@ from fastapi import Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy import Select, func, select
+from starlette.datastructures import UploadFile
 
 from corral.auth.dependencies import Require
 from corral.devices import repository as devices_repository
@@ -141,6 +143,19 @@ def _parse_scalar(kind: str, raw: str) -> Any:
     return raw
 
 
+def _uploaded_profile(upload: Any) -> str:
+    """A .mobileconfig file chosen in the form, as the text the setting takes: its XML, or base64 of a binary
+    or signed profile (empty when no file was chosen). A file over the limit is read one byte past it, for
+    the validation to refuse with the limit."""
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return ""
+    data = upload.file.read(custom.MAX_MOBILECONFIG_BYTES + 1)
+    if data.lstrip()[:1] == b"<":
+        with contextlib.suppress(UnicodeDecodeError):
+            return data.decode("utf-8")
+    return base64.b64encode(data).decode("ascii")
+
+
 def _form_values(
     form: Any, platform: Platform, stored: dict[str, Any] | None, settings: Any
 ) -> dict[str, Any]:
@@ -153,6 +168,8 @@ def _form_values(
         key = f"s.{setting.id}"
         if setting.type not in ROW_TYPES:
             text = str(form.get(key) or "")
+            if setting.type == "mobileconfig":
+                text = _uploaded_profile(form.get(f"{key}.file")) or text
             text = text if setting.type in ("string", "mobileconfig", "json") else text.strip()
             raw[setting.id] = text
             if text.strip():
