@@ -6,9 +6,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,6 +70,59 @@ class Idp:
         tmp.replace(self.users_file)
 
 
+#: How long the provider may take to say where it listens before it is restarted (once) or the test fails.
+START_TIMEOUT = 30.0
+
+
+def _issuer_within(process: subprocess.Popen[str], timeout: float) -> str | None:
+    """The ``listening <url>`` line of a starting provider, read with a deadline (never blocking for ever on a
+    provider that hangs), or None."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return None
+        chunk = os.read(fd, 4096)  # raw reads: the text wrapper has buffered nothing yet
+        if not chunk:
+            return None  # it exited
+        seen += chunk.decode("utf-8", "replace")
+        for line in seen.splitlines():
+            if line.startswith("listening "):
+                return line.split(" ", 1)[1].strip()
+    return None
+
+
+def _drain(process: subprocess.Popen[str]) -> None:
+    for _ in process.stdout or []:
+        pass
+
+
+def _start(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Start the provider; one that does not come up within START_TIMEOUT is killed and started once more."""
+    for attempt in (1, 2):
+        process = subprocess.Popen(
+            ["node", "server.mjs"],
+            cwd=IDP_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        issuer = _issuer_within(process, START_TIMEOUT)
+        if issuer is not None:
+            # Keep draining its output so it never blocks on a full pipe.
+            threading.Thread(target=_drain, args=(process,), daemon=True).start()
+            return process, issuer
+        process.kill()
+        process.wait(10)
+        if attempt == 2:
+            pytest.fail(f"the test identity provider did not start within {START_TIMEOUT:.0f} s (twice)")
+    raise AssertionError("unreachable")
+
+
 @contextmanager
 def run_idp(directory: Path, clients: list[dict[str, Any]], *, id_token_ttl: int = 3600) -> Iterator[Idp]:
     ensure_installed()
@@ -83,25 +138,8 @@ def run_idp(directory: Path, clients: list[dict[str, Any]], *, id_token_ttl: int
         "IDP_TTL_ID_TOKEN": str(id_token_ttl),
         "NODE_NO_WARNINGS": "1",
     }
-    process = subprocess.Popen(
-        ["node", "server.mjs"],
-        cwd=IDP_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, issuer = _start(env)
     try:
-        assert process.stdout is not None
-        issuer = None
-        for line in process.stdout:
-            if line.startswith("listening "):
-                issuer = line.split(" ", 1)[1].strip()
-                break
-        if issuer is None:
-            pytest.fail(f"the test identity provider did not start (exit {process.wait(5)})")
-        # Keep draining its output so it never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in process.stdout or []], daemon=True).start()
         yield Idp(issuer, users_file)
     finally:
         process.terminate()
