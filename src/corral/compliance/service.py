@@ -84,7 +84,7 @@ RANK = {
 }
 #: Devices evaluated per batch (one set of queries each).
 BATCH = 1000
-#: Rows per multi-row statement (7 columns each: under PostgreSQL's 32,767 parameters).
+#: Rows per statement where rows are spelt out as parameters (under PostgreSQL's 32,767 per statement).
 ROWS_PER_STATEMENT = 4000
 #: More devices than this after a change are evaluated by the worker, not in the request.
 INLINE_DEVICES = 2000

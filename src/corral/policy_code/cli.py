@@ -170,15 +170,13 @@ def report(result: dict[str, Any]) -> str:
             else:
                 lines.append(f"    {item['path']}: {_value(item['old'])} → {_value(item['new'])}")
     counts = {a: sum(1 for c in result["changes"] if c["action"] == a) for a in SIGNS}
+    done = result["changes"] and not result["dry_run"]  # what happened, else what would
     summary = (
-        f"{counts['create']} to create, {counts['update']} to update, {counts['delete']} to delete, "
-        f"{result['unchanged']} unchanged"
+        ", ".join(f"{counts[action]} {action + 'd' if done else 'to ' + action}" for action in SIGNS)
+        + f", {result['unchanged']} unchanged"
     )
     if result["dry_run"]:
         summary += " (dry run: nothing was changed)"
-    elif result["changes"]:
-        summary = summary.replace(" to ", " ").replace("create,", "created,").replace("update,", "updated,")
-        summary = summary.replace("delete,", "deleted,")
     lines.append(summary)
     return "\n".join(lines)
 

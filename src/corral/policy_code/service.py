@@ -19,7 +19,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from corral.assignments import repository as assignments_repository
 from corral.assignments.schemas import AssignmentIn, FilterCreate, FilterUpdate
 from corral.assignments.service import assignment_service, parse_filter_rule
 from corral.audit.service import audit_service
@@ -29,7 +28,6 @@ from corral.config import Settings
 from corral.errors import CorralError, Forbidden, ValidationFailed
 from corral.groups.rules import format_rule
 from corral.models import (
-    AssignableKind,
     Assignment,
     AssignmentFilter,
     AssignmentMode,
@@ -72,10 +70,8 @@ WRITE: dict[str, P] = {
     "compliance_policies": P.compliance_write,
     "configuration_profiles": P.profiles_write,
 }
-_KIND_OF_SECTION = {
-    "compliance_policies": AssignableKind.compliance_policy,
-    "configuration_profiles": AssignableKind.configuration_profile,
-}
+#: The sections of assignable objects (they carry assignments).
+OBJECT_SECTIONS = ("compliance_policies", "configuration_profiles")
 
 
 def _where(section: str, name: str) -> str:
@@ -251,7 +247,11 @@ class PolicyCodeService:
         """Every object the caller may read, per section, by lower-cased name."""
         out: dict[str, dict[str, Current]] = {section: {} for section in SECTIONS}
         if self._readable(principal, "filters"):
-            for item in await assignments_repository.filters(session, None, None):
+            # Every filter (the repository's list stops at 1,000: an export must not).
+            every = await session.scalars(
+                select(AssignmentFilter).options(selectinload(AssignmentFilter.scope_tags))
+            )
+            for item in every.all():
                 if assignment_service._filter_visible(principal, item):
                     out["filters"][item.name.lower()] = Current(item.id, self._filter_form(item), item)
         objects: list[CompliancePolicy | ConfigurationProfile] = []
@@ -518,14 +518,14 @@ class PolicyCodeService:
         names = await self._names(session)
         wanted_groups = [
             a.group
-            for section in _KIND_OF_SECTION
+            for section in OBJECT_SECTIONS
             for item in getattr(document, section) or []
             for a in item.assignments
             if a.group is not None
         ]
         wanted_ids = [
             a.group_id
-            for section in _KIND_OF_SECTION
+            for section in OBJECT_SECTIONS
             for item in getattr(document, section) or []
             for a in item.assignments
             if a.group_id is not None
@@ -554,7 +554,7 @@ class PolicyCodeService:
                     },
                 )
             )
-        for section in _KIND_OF_SECTION:
+        for section in OBJECT_SECTIONS:
             for obj in getattr(document, section) or []:
                 where = _where(section, obj.name)
                 form: dict[str, Any] = {
@@ -577,7 +577,12 @@ class PolicyCodeService:
         changes: list[ObjectChange] = []
         unchanged = 0
         # Creations and updates: filters first (assignments name them), then the objects.
+        filter_ids: dict[str, uuid.UUID] = {}
         for section, (kind, _) in SECTIONS.items():
+            if section == OBJECT_SECTIONS[0]:  # the filters are written: their ids, once for every object
+                filter_ids = await self._filter_ids(
+                    session, [a for s in OBJECT_SECTIONS for _, f in desired[s] for a in f["assignments"]]
+                )
             for item, form in desired[section]:
                 existing = current[section].get(item.name.lower())
                 where = _where(section, item.name)
@@ -601,7 +606,9 @@ class PolicyCodeService:
                     )
                 )
                 self._may_change(principal, section, where)
-                await self._write(session, principal, settings, section, item, form, existing, names)
+                await self._write(
+                    session, principal, settings, section, item, form, existing, names, filter_ids
+                )
         # Deletions: objects before the filters their assignments may use.
         for section in ("compliance_policies", "configuration_profiles", "filters"):
             if getattr(document, section) is None:
@@ -658,6 +665,7 @@ class PolicyCodeService:
         form: dict[str, Any],
         existing: Current | None,
         names: Names,
+        filter_ids: dict[str, uuid.UUID],
     ) -> None:
         where = _where(section, item.name)
         tag_ids = [names.tags_by_name[t.lower()].id for t in form["scope_tags"]]
@@ -773,7 +781,6 @@ class PolicyCodeService:
             )
         before = existing.form["assignments"] if existing else []
         if form["assignments"] != before:
-            filter_ids = await self._filter_ids(session, form["assignments"])
             await _located(
                 where,
                 assignment_service.replace(

@@ -29,7 +29,7 @@ from corral.models import (
     Platform,
     ScopeTag,
 )
-from corral.portal.rendering import redirect, render
+from corral.portal.rendering import first_error, redirect, render
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 
@@ -46,13 +46,6 @@ ACTION_LABELS = {
     ActionKind.remote_lock: "Remotely lock the device",
     ActionKind.retire: "Retire the device",
 }
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(p) for p in error.get("loc", ()))
-    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
 
 
 # ------------------------------------------------------------------------------------------- list
@@ -163,7 +156,7 @@ def _actions(rows: list[dict[str, Any]]) -> list[ActionIn]:
             )
         except (ValueError, ValidationError) as exc:
             detail = (
-                _first_error(exc)
+                first_error(exc)
                 if isinstance(exc, ValidationError)
                 else "choose an action and a whole number of hours"
             )
@@ -274,7 +267,7 @@ async def create_compliance_policy(
             return render(request, "compliance/policy_form.html", ctx)
         policy = await compliance_service.create(session, principal, data)
     except ValidationError as exc:
-        ctx = await _form_ctx(session, values, error=_first_error(exc))
+        ctx = await _form_ctx(session, values, error=first_error(exc))
         return render(request, "compliance/policy_form.html", ctx, status_code=422)
     except CorralError as exc:
         ctx = await _form_ctx(session, values, error=exc.detail)
@@ -343,7 +336,7 @@ async def update_compliance_policy(
         )
         await compliance_service.update(session, principal, policy_id, data)
     except ValidationError as exc:
-        ctx = await _form_ctx(session, values, policy=policy, error=_first_error(exc))
+        ctx = await _form_ctx(session, values, policy=policy, error=first_error(exc))
         return render(request, "compliance/policy_form.html", ctx, status_code=422)
     except CorralError as exc:
         ctx = await _form_ctx(session, values, policy=policy, error=exc.detail)
@@ -435,7 +428,7 @@ async def override_device_compliance(
         )
         await compliance_service.set_override(session, principal, device_id, data)
     except ValidationError as exc:
-        return redirect(request, back, f"Not marked compliant: {_first_error(exc)}", kind="error")
+        return redirect(request, back, f"Not marked compliant: {first_error(exc)}", kind="error")
     except CorralError as exc:
         return redirect(request, back, f"Not marked compliant: {exc.detail}", kind="error")
     return redirect(request, back, "The device counts as compliant until the time you set.")

@@ -26,8 +26,7 @@ from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
 from corral.models import ConfigurationProfile, Device, Platform, ScopeTag, device_targets
-from corral.portal.compliance_views import _first_error
-from corral.portal.rendering import redirect, render
+from corral.portal.rendering import first_error, redirect, render
 from corral.profiles import catalog, custom
 from corral.profiles.catalog import Setting
 from corral.profiles.service import ProfileCreate, ProfileUpdate, profile_service, redact, reveal
@@ -185,32 +184,28 @@ def _form_values(
             origin = int(origin_text) if origin_text.isdigit() else None
             row: dict[str, Any] = {"__from": origin_text}
             entry: dict[str, Any] = {}
+            typed = False  # something of the row's own (a kept secret alone is a cleared row)
+            before = revealed.get(setting.id) or []
             for item in setting.items or []:
                 text = str(form.get(prefix + item.name) or "").strip()
-                row[item.name] = "" if item.secret else text
-                if item.secret:
-                    row[f"{item.name}.__typed"] = text  # kept through the review and a refusal, not stored
-                if item.secret:
-                    before = revealed.get(setting.id) or []
-                    kept = (
-                        before[origin].get(item.name)
-                        if origin is not None and origin < len(before) and isinstance(before[origin], dict)
-                        else None
-                    )
-                    row[f"{item.name}.__stored"] = kept is not None
+                typed = typed or bool(text)
+                if not item.secret:
+                    row[item.name] = text
                     if text:
-                        entry[item.name] = text
-                    elif kept is not None:
-                        entry[item.name] = kept
-                elif text:
-                    entry[item.name] = _parse_scalar(item.type, text)
+                        entry[item.name] = _parse_scalar(item.type, text)
+                    continue
+                kept = (
+                    before[origin].get(item.name)
+                    if origin is not None and origin < len(before) and isinstance(before[origin], dict)
+                    else None
+                )
+                row[item.name] = ""
+                row[f"{item.name}.__typed"] = text  # kept through the review and a refusal, not stored
+                row[f"{item.name}.__stored"] = kept is not None
+                if text or kept is not None:
+                    entry[item.name] = text or kept
             rows.append(row)
-            # A row counts when something of its own was typed (a kept secret alone is a cleared row).
-            own = [i.name for i in setting.items or [] if not i.secret]
-            typed_secret = any(
-                str(form.get(prefix + i.name) or "").strip() for i in setting.items or [] if i.secret
-            )
-            if typed_secret or any(name in entry for name in own):
+            if typed:
                 entries.append(entry)
         raw[setting.id] = rows
         if entries:
@@ -328,7 +323,7 @@ def _values_of(profile: ConfigurationProfile) -> dict[str, Any]:
 
 def _problem(exc: Exception) -> tuple[str, int]:
     if isinstance(exc, ValidationError):
-        return _first_error(exc), 422
+        return first_error(exc), 422
     assert isinstance(exc, CorralError)
     return exc.detail, exc.status_code if exc.status_code >= 400 else 422
 

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from pydantic import ValidationError
 
 from corral.config import Settings
 from corral.kit.paths import TEMPLATES_DIR
@@ -228,3 +229,11 @@ def redirect(
     if message:
         set_flash(response, request, message, kind)
     return response
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first problem of a form's validation, for its page: "field: message"."""
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error.get("loc", ()))
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
