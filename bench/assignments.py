@@ -209,7 +209,6 @@ async def compliance(
     async def reset() -> None:
         async with maker() as session:
             for table in (
-                "device_compliance_settings",
                 "device_compliance_policies",
                 "device_compliance_history",
             ):
@@ -230,6 +229,10 @@ async def compliance(
             await session.execute(
                 text("UPDATE compliance_policies SET settings = CAST(:s AS jsonb) WHERE id = :p"),
                 {"s": newer, "p": policy},
+            )
+            # A new version, as the service makes it.
+            await session.execute(
+                text("UPDATE assignables SET version = version + 1 WHERE id = :p"), {"p": policy}
             )
             await session.commit()
 

@@ -16,7 +16,6 @@ from corral.models import (
     ComplianceState,
     Device,
     DeviceCompliancePolicy,
-    DeviceComplianceSetting,
     device_checkin_days,
 )
 from corral.worker import housekeeping
@@ -199,23 +198,16 @@ async def test_failing_settings_and_grace_periods_ending_are_charted_and_listed(
                     policy_version=1,
                     failing_since=now if grace_end or state is ComplianceState.noncompliant else None,
                     grace_ends_at=grace_end,
+                    settings={
+                        "firewall.required": {
+                            "state": "compliant" if state is ComplianceState.compliant else "noncompliant",
+                            "expected": True,
+                            "observed": state is ComplianceState.compliant,
+                        }
+                    },
                     evaluated_at=now,
                 )
             )
-            await session.execute(
-                insert(DeviceComplianceSetting).values(
-                    device_id=device_id,
-                    policy_id=policy_id,
-                    setting_id="firewall.required",
-                    state=ComplianceState.compliant
-                    if state is ComplianceState.compliant
-                    else ComplianceState.noncompliant,
-                    expected=True,
-                    observed=state is ComplianceState.compliant,
-                    message="",
-                )
-            )
-
     await sign_in(client, admin.email)
     html = (await client.get("/portal")).text
     # Both devices that fail the firewall setting (one still in its grace period) under the setting's name.

@@ -9,7 +9,7 @@ reported, the setting is then in *error*), ``complies`` compares it with the pol
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -41,15 +41,16 @@ def version_key(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Observation:
-    """What evaluation knows about a device: the row, its app identifiers, the time."""
+    """What evaluation knows about a device: its columns (a ``Device`` or a row of the same columns, see
+    ``EVALUATED``), the security facts of its inventory, its app identifiers, the time."""
 
-    device: Device
+    device: Any
+    facts: Mapping[str, Any]
     apps: frozenset[str]
     now: datetime
 
     def security(self, key: str) -> Any:
-        security = (self.device.inventory or {}).get("security") or {}
-        return security.get(key) if isinstance(security, dict) else None
+        return self.facts.get(key)
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,20 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_ID: dict[str, Setting] = {s.id: s for s in SETTINGS}
+#: The device columns the settings read: evaluation loads these (and the inventory's security facts), never
+#: whole devices.
+EVALUATED = (
+    Device.os_version,
+    Device.os_build,
+    Device.disk_encrypted,
+    Device.firewall_enabled,
+    Device.screen_lock_enabled,
+    Device.jailbroken,
+    Device.secure_boot,
+    Device.last_checkin_at,
+    Device.enrolled_at,
+    Device.agent_version,
+)
 #: Settings that read the device's apps (their evaluation loads them).
 READS_APPS = frozenset({"apps.required", "apps.forbidden"})
 

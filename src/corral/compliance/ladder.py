@@ -36,7 +36,6 @@ from corral.models import (
     ComplianceState,
     Device,
     DeviceCompliancePolicy,
-    DeviceComplianceSetting,
     NotificationTemplate,
     TenantSettings,
     User,
@@ -228,16 +227,12 @@ async def _email(
     if step.action.get("template_id"):
         template = await session.get(NotificationTemplate, uuid.UUID(str(step.action["template_id"])))
     tenant = await session.get(TenantSettings, 1)
-    failing = (
-        await session.scalars(
-            select(DeviceComplianceSetting).where(
-                DeviceComplianceSetting.device_id == device.id,
-                DeviceComplianceSetting.policy_id == policy.id,
-                DeviceComplianceSetting.state != ComplianceState.compliant,
-            )
-        )
-    ).all()
     state = await session.get(DeviceCompliancePolicy, (device.id, policy.id))
+    failing = sorted(
+        (sid, r)
+        for sid, r in (state.settings if state else {}).items()
+        if r.get("state") != ComplianceState.compliant.value
+    )
     values = {
         "device": {
             "name": device.name,
@@ -251,11 +246,11 @@ async def _email(
         "policy": {"name": policy.name},
         "failing": [
             {
-                "name": catalog.BY_ID[s.setting_id].name if s.setting_id in catalog.BY_ID else s.setting_id,
-                "expected": s.expected,
-                "observed": "not reported" if s.observed is None else s.observed,
+                "name": catalog.BY_ID[sid].name if sid in catalog.BY_ID else sid,
+                "expected": r.get("expected"),
+                "observed": "not reported" if r.get("observed") is None else r["observed"],
             }
-            for s in failing
+            for sid, r in failing
         ],
         "grace_ends_at": f"{state.grace_ends_at:%Y-%m-%d %H:%M} UTC" if state and state.grace_ends_at else "",
         "organization": tenant.organization_name if tenant else "your organisation",

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Integer, Select, Table, Text, and_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Integer, Select, Table, bindparam, column, delete, func, select, true, tuple_, update
 from sqlalchemy import cast as sa_cast
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from corral.assignments import engine
 from corral.audit.service import audit_service
@@ -66,7 +68,6 @@ from corral.models import (
     DeviceApp,
     DeviceComplianceChange,
     DeviceCompliancePolicy,
-    DeviceComplianceSetting,
     Platform,
     TenantSettings,
     device_targets,
@@ -200,6 +201,88 @@ class Evaluated:
     old: ComplianceState
     new: ComplianceState
     reason: str
+    #: As the device's history records it (with what caused the evaluation).
+    history: str = ""
+
+
+#: A device's result under one policy as evaluation reads it back; ``COMPARED`` decides whether a new result
+#: is written (an evaluation that finds what is stored writes nothing).
+COMPARED = ("state", "policy_version", "failing_since", "grace_ends_at", "settings")
+RESULT_COLUMNS = (
+    DeviceCompliancePolicy.device_id,
+    DeviceCompliancePolicy.policy_id,
+    *(getattr(DeviceCompliancePolicy, c) for c in COMPARED),
+)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A policy as one evaluation batch uses it: its settings looked up in the catalog once."""
+
+    id: uuid.UUID
+    name: str
+    version: int
+    grace: timedelta
+    checks: tuple[tuple[catalog.Setting, Any], ...]
+    reads_apps: bool
+
+    @classmethod
+    def of(cls, policy: CompliancePolicy) -> _Compiled:
+        checks = tuple(
+            (catalog.BY_ID[sid], expected)
+            for sid, expected in sorted((policy.settings or {}).items())
+            if sid in catalog.BY_ID
+        )
+        return cls(
+            policy.id,
+            policy.name,
+            policy.version,
+            timedelta(hours=grace_hours(policy)),
+            checks,
+            bool(catalog.READS_APPS & set(policy.settings or {})),
+        )
+
+    def evaluate(self, observation: catalog.Observation, before: Any) -> dict[str, Any]:
+        """The device's result under this policy: each setting's state, expected and observed values; the
+        policy's state (a failing setting starts a noncompliance episode, in grace period until it ends)."""
+        settings: dict[str, dict[str, Any]] = {}
+        failing = erroring = False
+        for setting, expected in self.checks:
+            observed = setting.observe(observation)
+            result: dict[str, Any] = {"expected": expected}
+            if observed is None:
+                result["state"] = ComplianceState.error.value
+                result["message"] = f"The device does not report {setting.reads}."
+                erroring = True
+            elif setting.complies(expected, observed):
+                result["state"] = ComplianceState.compliant.value
+            else:
+                result["state"] = ComplianceState.noncompliant.value
+                failing = True
+            result["observed"] = catalog.observed_for_display(setting, expected, observed)
+            settings[setting.id] = result
+        failing_since = grace_end = None
+        if failing:
+            failing_since = (
+                before.failing_since if before is not None and before.failing_since else observation.now
+            )
+            grace_end = failing_since + self.grace
+            state = (
+                ComplianceState.noncompliant
+                if observation.now >= grace_end
+                else ComplianceState.in_grace_period
+            )
+        elif erroring:
+            state = ComplianceState.error
+        else:
+            state = ComplianceState.compliant
+        return {
+            "state": state,
+            "policy_version": self.version,
+            "failing_since": failing_since,
+            "grace_ends_at": grace_end if state is ComplianceState.in_grace_period else None,
+            "settings": settings,
+        }
 
 
 class ComplianceService:
@@ -371,6 +454,10 @@ class ComplianceService:
     async def delete(self, session: AsyncSession, principal: Principal, policy_id: uuid.UUID) -> None:
         policy = await self.get(session, principal, policy_id, P.compliance_write, for_update=True)
         await engine.release_objects(session, [policy.id])  # the targets listener re-evaluates its devices
+        # Its results go with it (no foreign key cascades: derived data, see DeviceCompliancePolicy).
+        await session.execute(
+            delete(DeviceCompliancePolicy).where(DeviceCompliancePolicy.policy_id == policy.id)
+        )
         await audit_service.record(
             session,
             activity="compliance_policy.delete",
@@ -441,6 +528,7 @@ class ComplianceService:
         now = now or utcnow()
         changed: list[Evaluated] = []
         ids = sorted(set(device_ids))
+        await session.flush()  # evaluation reads columns, not objects: what the caller changed (a check-in's)
         tenant = await session.get(TenantSettings, 1)
         no_policy_compliant = tenant.no_policy_compliant if tenant else True
         validity_days = tenant.compliance_validity_days if tenant else 30
@@ -459,26 +547,44 @@ class ComplianceService:
         validity_days: int,
         reason: str,
     ) -> list[Evaluated]:
-        devices = list(
-            (
-                await session.scalars(
-                    select(Device).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
-                )
-            ).all()
-        )
-        rows = (
+        # The columns evaluation reads, not whole devices (their inventories can be large). Locked in id
+        # order: an evaluation of the same device elsewhere (a check-in, another job) waits, then reads what
+        # that one wrote.
+        devices = (
             await session.execute(
-                select(device_targets.c.device_id, CompliancePolicy)
+                select(
+                    Device.id,
+                    Device.management_state,
+                    Device.inventory_updated_at,
+                    Device.compliance_state,
+                    Device.inventory["security"].label("facts"),
+                    *catalog.EVALUATED,
+                )
+                .where(Device.id.in_(ids))
+                .order_by(Device.id)
+                .with_for_update(of=Device)
+            )
+        ).all()
+        reached: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for device_id, policy_id in (
+            await session.execute(
+                select(device_targets.c.device_id, device_targets.c.assignable_id)
                 .join(CompliancePolicy, CompliancePolicy.id == device_targets.c.assignable_id)
                 .where(device_targets.c.device_id.in_(ids))
             )
-        ).all()
-        policies: dict[uuid.UUID, list[CompliancePolicy]] = {}
-        reads_apps: set[uuid.UUID] = set()
-        for device_id, policy in rows:
-            policies.setdefault(device_id, []).append(policy)
-            if catalog.READS_APPS & set(policy.settings or {}):
-                reads_apps.add(device_id)
+        ).all():
+            reached.setdefault(device_id, []).append(policy_id)
+        policies = {
+            p.id: _Compiled.of(p)
+            for p in (
+                await session.scalars(
+                    select(CompliancePolicy).where(
+                        CompliancePolicy.id.in_({p for ps in reached.values() for p in ps})
+                    )
+                )
+            ).all()
+        }
+        reads_apps = {d for d, ps in reached.items() if any(policies[p].reads_apps for p in ps)}
         apps: dict[uuid.UUID, set[str]] = {}
         if reads_apps:
             for device_id, identifier in (
@@ -492,8 +598,8 @@ class ComplianceService:
         existing = {
             (r.device_id, r.policy_id): r
             for r in (
-                await session.scalars(
-                    select(DeviceCompliancePolicy).where(DeviceCompliancePolicy.device_id.in_(ids))
+                await session.execute(
+                    select(*RESULT_COLUMNS).where(DeviceCompliancePolicy.device_id.in_(ids))
                 )
             ).all()
         }
@@ -504,106 +610,40 @@ class ComplianceService:
             ).all()
         }
 
-        await session.execute(
-            delete(DeviceComplianceSetting).where(DeviceComplianceSetting.device_id.in_(ids))
-        )
-        setting_rows: list[dict[str, Any]] = []
-        policy_rows: list[dict[str, Any]] = []
-        new_states: dict[uuid.UUID, ComplianceState] = {}
-        history: list[dict[str, Any]] = []
-        changed: list[Evaluated] = []
+        written: list[dict[str, Any]] = []  # results that changed
+        kept: set[tuple[uuid.UUID, uuid.UUID]] = set()
+        moves: dict[uuid.UUID, Evaluated] = {}
         for device in devices:
             active = device.management_state not in ENDED_STATES
             if active and device.inventory_updated_at is None:
                 # Enrolled, no inventory yet: nothing to judge (Intune's "not evaluated").
                 if device.compliance_state != ComplianceState.not_evaluated:
                     why = "the device has not reported its inventory yet"
-                    changed.append(
-                        Evaluated(device.id, device.compliance_state, ComplianceState.not_evaluated, why)
+                    moves[device.id] = Evaluated(
+                        device.id, device.compliance_state, ComplianceState.not_evaluated, why, why
                     )
-                    history.append(
-                        {
-                            "device_id": device.id,
-                            "at": now,
-                            "old_state": device.compliance_state,
-                            "new_state": ComplianceState.not_evaluated,
-                            "reason": why,
-                        }
-                    )
-                    new_states[device.id] = ComplianceState.not_evaluated
                 continue
-            states: list[tuple[CompliancePolicy, ComplianceState]] = []
-            for policy in policies.get(device.id, []) if active else []:
-                observation = catalog.Observation(device, frozenset(apps.get(device.id, ())), now)
-                failing = erroring = False
-                for setting_id, expected in (policy.settings or {}).items():
-                    setting = catalog.BY_ID.get(setting_id)
-                    if setting is None:
-                        continue
-                    observed = setting.observe(observation)
-                    if observed is None:
-                        state, message = ComplianceState.error, f"The device does not report {setting.reads}."
-                        erroring = True
-                    elif setting.complies(expected, observed):
-                        state, message = ComplianceState.compliant, ""
-                    else:
-                        state, message = ComplianceState.noncompliant, ""
-                        failing = True
-                    setting_rows.append(
-                        {
-                            "device_id": device.id,
-                            "policy_id": policy.id,
-                            "setting_id": setting_id,
-                            "state": state,
-                            "expected": expected,
-                            "observed": catalog.observed_for_display(setting, expected, observed),
-                            "message": message,
-                        }
+            states: list[tuple[str, ComplianceState]] = []
+            facts = device.facts if isinstance(device.facts, dict) else {}
+            observation = catalog.Observation(device, facts, frozenset(apps.get(device.id, ())), now)
+            for policy_id in reached.get(device.id, ()) if active else ():
+                policy = policies[policy_id]
+                before = existing.get((device.id, policy_id))
+                row = policy.evaluate(observation, before)
+                states.append((policy.name, row["state"]))
+                kept.add((device.id, policy_id))
+                if before is None or any(before._mapping[k] != row[k] for k in COMPARED):
+                    written.append(
+                        {"device_id": device.id, "policy_id": policy_id, **row, "evaluated_at": now}
                     )
-                before = existing.get((device.id, policy.id))
-                failing_since = grace_end = None
-                if failing:
-                    failing_since = before.failing_since if before and before.failing_since else now
-                    grace_end = failing_since + timedelta(hours=grace_hours(policy))
-                    policy_state = (
-                        ComplianceState.noncompliant if now >= grace_end else ComplianceState.in_grace_period
-                    )
-                elif erroring:
-                    policy_state = ComplianceState.error
-                else:
-                    policy_state = ComplianceState.compliant
-                states.append((policy, policy_state))
-                policy_rows.append(
-                    {
-                        "device_id": device.id,
-                        "policy_id": policy.id,
-                        "state": policy_state,
-                        "policy_version": policy.version,
-                        "failing_since": failing_since,
-                        "grace_ends_at": grace_end
-                        if policy_state is ComplianceState.in_grace_period
-                        else None,
-                        "evaluated_at": now,
-                    }
-                )
+            override = overrides.get(device.id)
             new_state, why = self._device_state(
-                device, states, overrides.get(device.id), now, no_policy_compliant, validity_days
+                device, states, override, now, no_policy_compliant, validity_days
             )
-            if not active:
-                new_state, why = device.compliance_state, ""
-            if new_state != device.compliance_state:
-                changed.append(Evaluated(device.id, device.compliance_state, new_state, why))
-                history.append(
-                    {
-                        "device_id": device.id,
-                        "at": now,
-                        "old_state": device.compliance_state,
-                        "new_state": new_state,
-                        "reason": (f"{reason}: {why}" if reason else why)[:2000],
-                    }
+            if active and new_state != device.compliance_state:
+                moves[device.id] = Evaluated(
+                    device.id, device.compliance_state, new_state, why, f"{reason}: {why}" if reason else why
                 )
-                new_states[device.id] = new_state
-        kept = {(r["device_id"], r["policy_id"]) for r in policy_rows}
         gone = [key for key in existing if key not in kept]
         # PostgreSQL takes at most 32,767 parameters per statement: a batch of devices each reached by many
         # policies is written in slices.
@@ -615,43 +655,52 @@ class ComplianceService:
                     )
                 )
             )
-        if policy_rows:
-            # Many rows through one cached statement (SQLAlchemy sends them in pages of multi-row VALUES).
-            stmt = pg_insert(
-                cast(Table, DeviceCompliancePolicy.__table__)
-            )  # Core: the ORM's bulk path upserts row by row
+        if written:
+            # Only the results that changed, through one cached statement (SQLAlchemy sends the rows in pages
+            # of multi-row VALUES; the ORM's bulk path would upsert row by row).
+            stmt = pg_insert(cast(Table, DeviceCompliancePolicy.__table__))
             upsert = stmt.on_conflict_do_update(
                 index_elements=["device_id", "policy_id"],
-                set_={
-                    c: stmt.excluded[c]
-                    for c in ("state", "policy_version", "failing_since", "grace_ends_at", "evaluated_at")
-                },
+                set_={c: stmt.excluded[c] for c in (*COMPARED, "evaluated_at")},
             )
-            await session.execute(upsert, policy_rows)
-        if setting_rows:
-            await session.execute(pg_insert(cast(Table, DeviceComplianceSetting.__table__)), setting_rows)
-        if history:
-            await session.execute(pg_insert(cast(Table, DeviceComplianceChange.__table__)), history)
-        if new_states:
-            # One statement for the batch's new device states (the ORM would write row by row); the loaded
-            # rows are told their new value without being marked changed.
-            table = cast(Table, Device.__table__)
-            await session.execute(
-                update(table)
-                .where(table.c.id == bindparam("device_id"))
-                .values(compliance_state=bindparam("state")),
-                [{"device_id": i, "state": state} for i, state in new_states.items()],
-            )
-            by_id = {d.id: d for d in devices}
-            for device_id, state in new_states.items():
-                set_committed_value(by_id[device_id], "compliance_state", state)
-        await session.flush()
-        return changed
+            await session.execute(upsert, written)
+        return await self._move(session, list(moves.values()), now)
+
+    async def _move(self, session: AsyncSession, moves: list[Evaluated], now: datetime) -> list[Evaluated]:
+        """The devices' new states (one statement for the batch) and their history."""
+        if not moves:
+            return []
+        table = cast(Table, Device.__table__)
+        await session.execute(
+            update(table)
+            .where(table.c.id == bindparam("device_id"))
+            .values(compliance_state=bindparam("state")),
+            [{"device_id": m.device_id, "state": m.new} for m in moves],
+        )
+        await session.execute(
+            pg_insert(cast(Table, DeviceComplianceChange.__table__)),
+            [
+                {
+                    "device_id": m.device_id,
+                    "at": now,
+                    "old_state": m.old,
+                    "new_state": m.new,
+                    "reason": m.history[:2000],
+                }
+                for m in moves
+            ],
+        )
+        # Devices this session holds (a check-in's) are told their new state without being marked changed.
+        for m in moves:
+            held = session.identity_map.get(identity_key(Device, m.device_id))
+            if held is not None:
+                set_committed_value(held, "compliance_state", m.new)
+        return moves
 
     def _device_state(
         self,
-        device: Device,
-        states: list[tuple[CompliancePolicy, ComplianceState]],
+        device: Any,
+        states: list[tuple[str, ComplianceState]],
         override: ComplianceOverride | None,
         now: datetime,
         no_policy_compliant: bool,
@@ -677,14 +726,14 @@ class ComplianceService:
             )
         worst_policy, worst = max(states, key=lambda s: RANK[s[1]])
         if worst is ComplianceState.compliant:
-            names = ", ".join(sorted(p.name for p, _ in states))
+            names = ", ".join(sorted(name for name, _ in states))
             return worst, f"meets {names}"
         label = {
             ComplianceState.noncompliant: "fails",
             ComplianceState.in_grace_period: "fails (in grace period)",
             ComplianceState.error: "cannot be evaluated against",
         }[worst]
-        return worst, f"{label} {worst_policy.name}"
+        return worst, f"{label} {worst_policy}"
 
     async def due_devices(self, session: AsyncSession, now: datetime) -> list[uuid.UUID]:
         """Devices whose state may have changed with time alone: a grace period ended, an override ran out,
@@ -701,14 +750,13 @@ class ComplianceService:
         stale = select(Device.id).where(
             active, last < now - validity, Device.compliance_state != ComplianceState.noncompliant
         )
-        expected_days = sa_cast(sa_cast(DeviceComplianceSetting.expected, Text), Integer)
+        checkin = DeviceCompliancePolicy.settings["checkin.max_days"]
         checkin_days = (
-            select(DeviceComplianceSetting.device_id)
-            .join(Device, Device.id == DeviceComplianceSetting.device_id)
+            select(DeviceCompliancePolicy.device_id)
+            .join(Device, Device.id == DeviceCompliancePolicy.device_id)
             .where(
-                DeviceComplianceSetting.setting_id == "checkin.max_days",
-                DeviceComplianceSetting.state == ComplianceState.compliant,
-                last < now - func.make_interval(0, 0, 0, expected_days),
+                checkin["state"].astext == ComplianceState.compliant.value,
+                last < now - func.make_interval(0, 0, 0, sa_cast(checkin["expected"].astext, Integer)),
             )
         )
         result = await session.scalars(grace.union(overrides, stale, checkin_days))
@@ -761,13 +809,6 @@ class ComplianceService:
                 .order_by(func.lower(CompliancePolicy.name))
             )
         ).all()
-        settings = (
-            await session.scalars(
-                select(DeviceComplianceSetting)
-                .where(DeviceComplianceSetting.device_id == device.id)
-                .order_by(DeviceComplianceSetting.setting_id)
-            )
-        ).all()
         steps = (
             await session.scalars(
                 select(ComplianceActionRun)
@@ -791,17 +832,14 @@ class ComplianceService:
                     evaluated_at=state.evaluated_at,
                     settings=[
                         SettingResult(
-                            setting_id=s.setting_id,
-                            name=catalog.BY_ID[s.setting_id].name
-                            if s.setting_id in catalog.BY_ID
-                            else s.setting_id,
-                            state=s.state,
-                            expected=s.expected,
-                            observed=s.observed,
-                            message=s.message,
+                            setting_id=sid,
+                            name=catalog.BY_ID[sid].name if sid in catalog.BY_ID else sid,
+                            state=r["state"],
+                            expected=r.get("expected"),
+                            observed=r.get("observed"),
+                            message=r.get("message", ""),
                         )
-                        for s in settings
-                        if s.policy_id == policy.id
+                        for sid, r in sorted(state.settings.items())
                     ],
                     steps_taken=[
                         StepTaken(step=r.step, action=r.action, ran_at=r.ran_at, result=r.result)
@@ -962,14 +1000,18 @@ class ComplianceService:
             ).all()
         )
         per_setting: dict[str, dict[str, int]] = {}
+        each = func.jsonb_each(DeviceCompliancePolicy.settings).table_valued("key", column("value", JSONB))
+        setting_state = each.c.value["state"].astext
         for setting_id, state, count in (
             await session.execute(
-                select(DeviceComplianceSetting.setting_id, DeviceComplianceSetting.state, func.count())
+                select(each.c.key, setting_state, func.count())
+                .select_from(DeviceCompliancePolicy)
+                .join(each, true())
                 .where(
-                    DeviceComplianceSetting.policy_id == policy.id,
-                    DeviceComplianceSetting.device_id.in_(in_scope),
+                    DeviceCompliancePolicy.policy_id == policy.id,
+                    DeviceCompliancePolicy.device_id.in_(in_scope),
                 )
-                .group_by(DeviceComplianceSetting.setting_id, DeviceComplianceSetting.state)
+                .group_by(each.c.key, setting_state)
             )
         ).all():
             per_setting.setdefault(setting_id, {})[str(state)] = count
@@ -1019,16 +1061,10 @@ class ComplianceService:
         if state is not None and setting_id is None:
             stmt = stmt.where(DeviceCompliancePolicy.state == state)
         if setting_id is not None:
-            stmt = stmt.join(
-                DeviceComplianceSetting,
-                and_(
-                    DeviceComplianceSetting.device_id == Device.id,
-                    DeviceComplianceSetting.policy_id == policy.id,
-                    DeviceComplianceSetting.setting_id == setting_id,
-                ),
-            )
+            result = DeviceCompliancePolicy.settings[setting_id]
+            stmt = stmt.where(result.is_not(None))
             if state is not None:
-                stmt = stmt.where(DeviceComplianceSetting.state == state)
+                stmt = stmt.where(result["state"].astext == ComplianceState(state).value)
         total = int(await session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
         rows = (await session.execute(stmt.order_by(func.lower(Device.name), Device.id).limit(limit))).all()
         return StatusDevicePage(

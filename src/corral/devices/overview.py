@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, column, func, select, true
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.devices.repository import scoped
@@ -16,7 +17,6 @@ from corral.models import (
     ComplianceState,
     Device,
     DeviceCompliancePolicy,
-    DeviceComplianceSetting,
     ManagementState,
     Platform,
     device_checkin_days,
@@ -70,21 +70,20 @@ async def device_overview(
     checkins = [
         (first + timedelta(days=i), int(day_counts.get(first + timedelta(days=i), 0))) for i in range(days)
     ]
+    each = func.jsonb_each(DeviceCompliancePolicy.settings).table_valued("key", column("value", JSONB))
     failing = (
         await session.execute(
             scoped(
                 cast(
                     "Select[Any]",
-                    select(
-                        DeviceComplianceSetting.setting_id,
-                        func.count(func.distinct(DeviceComplianceSetting.device_id)),
-                    )
-                    .select_from(DeviceComplianceSetting)
-                    .join(Device, Device.id == DeviceComplianceSetting.device_id)
-                    .where(active, DeviceComplianceSetting.state == ComplianceState.noncompliant),
+                    select(each.c.key, func.count(func.distinct(DeviceCompliancePolicy.device_id)))
+                    .select_from(DeviceCompliancePolicy)
+                    .join(each, true())
+                    .join(Device, Device.id == DeviceCompliancePolicy.device_id)
+                    .where(active, each.c.value["state"].astext == ComplianceState.noncompliant.value),
                 ),
                 scope,
-            ).group_by(DeviceComplianceSetting.setting_id)
+            ).group_by(each.c.key)
         )
     ).all()
     start = datetime.combine(today, time(), tzinfo=UTC)

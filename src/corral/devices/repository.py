@@ -32,7 +32,6 @@ from corral.models import (
     DeviceApp,
     DeviceCertificate,
     DeviceCompliancePolicy,
-    DeviceComplianceSetting,
     DeviceInventoryChange,
     ManagementState,
     User,
@@ -152,9 +151,9 @@ def filtered(filters: DeviceFilter, scope: Scope, stale_days: int) -> Select[Any
     if filters.failing_setting is not None:
         stmt = stmt.where(
             exists().where(
-                DeviceComplianceSetting.device_id == Device.id,
-                DeviceComplianceSetting.setting_id == filters.failing_setting,
-                DeviceComplianceSetting.state == ComplianceState.noncompliant,
+                DeviceCompliancePolicy.device_id == Device.id,
+                DeviceCompliancePolicy.settings[filters.failing_setting]["state"].astext
+                == ComplianceState.noncompliant.value,
             )
         )
     if filters.grace_ends_on is not None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.assignments import engine as assignment_engine
@@ -20,7 +20,7 @@ from corral.devices.schemas import DeviceDetail, DeviceFilter, DeviceOut, Device
 from corral.errors import Forbidden, NotFound, ValidationFailed
 from corral.kit.csvexport import to_csv
 from corral.kit.time import utcnow
-from corral.models import Device, DeviceApp, DeviceCertificate, DeviceInventoryChange
+from corral.models import Device, DeviceApp, DeviceCertificate, DeviceCompliancePolicy, DeviceInventoryChange
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
 from corral.rbac.principal import EVERYWHERE, Principal, Scope, authorize_object
@@ -247,6 +247,10 @@ class DeviceService:
             ],
         )
         await assignment_engine.forget_devices(session, [device.id])
+        # Its compliance results (derived data without a foreign key, as its targets).
+        await session.execute(
+            delete(DeviceCompliancePolicy).where(DeviceCompliancePolicy.device_id == device.id)
+        )
         await session.delete(device)
         await session.flush()
 

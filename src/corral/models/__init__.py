@@ -28,7 +28,6 @@ from corral.models.compliance import (
     ComplianceOverride,
     DeviceComplianceChange,
     DeviceCompliancePolicy,
-    DeviceComplianceSetting,
     NotificationTemplate,
 )
 from corral.models.delivery import DeviceProfileDelivery, DeviceSettingState
@@ -102,7 +101,6 @@ __all__ = [
     "DeviceCommand",
     "DeviceComplianceChange",
     "DeviceCompliancePolicy",
-    "DeviceComplianceSetting",
     "DeviceDesiredState",
     "DeviceInventoryChange",
     "DeviceNonce",

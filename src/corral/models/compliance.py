@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -17,49 +17,26 @@ from corral.models.device import ComplianceState
 
 
 class DeviceCompliancePolicy(Model):
-    """A device's state under one compliance policy. ``failing_since`` starts a noncompliance episode (the
-    first evaluation that found a setting failing); until ``grace_ends_at`` the device is in grace period."""
+    """A device's result under one compliance policy, with each setting's: ``settings`` maps a setting id
+    to ``{"state", "expected", "observed"[, "message"]}`` (state compliant, noncompliant or error — not
+    reported by the device). ``failing_since`` starts a noncompliance episode (the first evaluation that
+    found a setting failing); until ``grace_ends_at`` the device is in grace period. ``evaluated_at``: the
+    evaluation that reached this result (one that finds the same result writes nothing).
+
+    Derived data, written for a whole fleet at once: no foreign keys (their per-row checks cost more than the
+    rows), as for ``device_targets``; the rows of a deleted device or policy are deleted with it (the devices
+    and compliance services)."""
 
     __tablename__ = "device_compliance_policies"
 
-    device_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
-    )
-    policy_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("compliance_policies.id", ondelete="CASCADE"), primary_key=True, index=True
-    )
+    device_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    policy_id: Mapped[uuid.UUID] = mapped_column(primary_key=True, index=True)
     state: Mapped[ComplianceState] = mapped_column(str_enum(ComplianceState, 32))
     policy_version: Mapped[int] = mapped_column(Integer)
     failing_since: Mapped[datetime | None] = mapped_column(default=None)
     grace_ends_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
     evaluated_at: Mapped[datetime]
-
-
-class DeviceComplianceSetting(Model):
-    """One setting of one policy on one device: what the policy expects, what the device reported."""
-
-    __tablename__ = "device_compliance_settings"
-
-    device_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
-    )
-    policy_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("compliance_policies.id", ondelete="CASCADE"), primary_key=True
-    )
-    setting_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    # compliant, noncompliant or error (not reported by the device)
-    state: Mapped[ComplianceState] = mapped_column(str_enum(ComplianceState, 32))
-    expected: Mapped[Any] = mapped_column(JSONB)
-    observed: Mapped[Any] = mapped_column(JSONB, nullable=True)
-    message: Mapped[str] = mapped_column(Text, default="")
-
-
-Index(
-    "ix_device_compliance_settings_policy_setting",
-    DeviceComplianceSetting.policy_id,
-    DeviceComplianceSetting.setting_id,
-    DeviceComplianceSetting.state,
-)
 
 
 class DeviceComplianceChange(Model):
