@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.compliance.service import compliance_service
-from corral.models import CompliancePolicy, Device, DeviceComplianceChange
+from corral.models import CompliancePolicy, Device, DeviceComplianceChange, DeviceCompliancePolicy
 from tests.conftest import Admin, Factory, audit_rows
 from tests.devices.device import TestDevice, canonical_hash, inventory
 from tests.devices.test_enrollment_and_checkin import enrolled
@@ -315,3 +315,54 @@ async def test_roles_unauthenticated_and_scope(
     async with sessionmaker() as session:
         changes = await session.scalar(select(func.count()).select_from(DeviceComplianceChange))
     assert changes == 3
+
+
+async def test_results_are_written_only_when_they_change_and_go_with_their_device_or_policy(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: Sessionmaker
+) -> None:
+    """The results are derived rows without foreign keys: an evaluation that finds the stored result writes
+    nothing, and deleting a device or a policy deletes its results."""
+    admin = await factory.admin()
+    kept, deleted = await enrolled(client, admin), await enrolled(client, admin)
+    for device in (kept, deleted):
+        await report(device, disk_encrypted=False)
+    policy = await create_policy(client, admin)
+    await assign_all(client, admin, policy["id"])
+
+    async def results() -> dict[str, tuple[datetime, dict[str, Any]]]:
+        async with sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        DeviceCompliancePolicy.device_id,
+                        DeviceCompliancePolicy.evaluated_at,
+                        DeviceCompliancePolicy.settings,
+                    )
+                )
+            ).all()
+        return {str(r[0]): (r[1], r[2]) for r in rows}
+
+    first = await results()
+    assert set(first) == {kept.device_id, deleted.device_id}
+    assert first[kept.device_id][1]["disk_encryption.required"] == {
+        "state": "noncompliant",
+        "expected": True,
+        "observed": False,
+    }
+    # Evaluated again with nothing changed: the rows are left as they were.
+    async with sessionmaker() as session:
+        await compliance_service.evaluate(session, [uuid.UUID(kept.device_id)], reason="test")
+        await session.commit()
+    assert (await results())[kept.device_id] == first[kept.device_id]
+    # A change reaches the row (the episode's start is kept, the observed value follows the device).
+    await report(kept, disk_encrypted=True)
+    changed = (await results())[kept.device_id]
+    assert changed[0] > first[kept.device_id][0]
+    assert changed[1]["disk_encryption.required"]["state"] == "compliant"
+
+    response = await client.delete(f"/api/v1/devices/{deleted.device_id}", headers=admin.headers)
+    assert response.status_code == 204, response.text
+    assert set(await results()) == {kept.device_id}
+    response = await client.delete(f"/api/v1/compliance-policies/{policy['id']}", headers=admin.headers)
+    assert response.status_code == 204, response.text
+    assert await results() == {}
