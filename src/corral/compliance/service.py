@@ -18,9 +18,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Integer, Select, Table, bindparam, column, delete, func, select, true, tuple_, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    Table,
+    column,
+    delete,
+    func,
+    literal,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy import cast as sa_cast
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -56,6 +69,7 @@ from corral.compliance.schemas import (
 from corral.devices import repository as devices_repository
 from corral.devices.service import device_service
 from corral.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from corral.groups import effective
 from corral.groups.membership import ENDED_STATES
 from corral.kit.time import utcnow
 from corral.models import (
@@ -670,12 +684,18 @@ class ComplianceService:
         """The devices' new states (one statement for the batch) and their history."""
         if not moves:
             return []
+        # One statement with two arrays (unnest), not a statement per device.
+        moved = (
+            func.unnest(
+                effective.id_array([m.device_id for m in moves]),
+                literal([m.new.value for m in moves], ARRAY(String)),
+            )
+            .table_valued("id", "state")
+            .render_derived()
+        )
         table = cast(Table, Device.__table__)
         await session.execute(
-            update(table)
-            .where(table.c.id == bindparam("device_id"))
-            .values(compliance_state=bindparam("state")),
-            [{"device_id": m.device_id, "state": m.new} for m in moves],
+            update(table).where(table.c.id == moved.c.id).values(compliance_state=moved.c.state)
         )
         await session.execute(
             pg_insert(cast(Table, DeviceComplianceChange.__table__)),
