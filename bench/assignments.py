@@ -36,6 +36,7 @@ from groups_dynamic import GENERATE_DEVICES, build_tree, median_of, ms
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from corral.assignments.engine import desired_version
 from corral.assignments.schemas import AssignmentIn
 from corral.assignments.service import assignment_service
 from corral.groups.schemas import MemberRef, MemberType
@@ -48,7 +49,6 @@ from corral.models import (
     AssignmentTarget,
     CompliancePolicy,
     Device,
-    DeviceDesiredState,
     group_devices,
 )
 from corral.rbac.permissions import ALL_PERMISSIONS
@@ -61,10 +61,10 @@ async def f_bulk(maker: async_sessionmaker[AsyncSession], runs: int) -> float:
         await session.execute(
             text(
                 "CREATE TABLE targets_floor (assignable_id uuid NOT NULL, device_id uuid NOT NULL, "
-                "PRIMARY KEY (assignable_id, device_id))"
+                "added_version bigint NOT NULL DEFAULT 0, PRIMARY KEY (assignable_id, device_id))"
             )
         )
-        await session.execute(text("CREATE INDEX ON targets_floor (device_id)"))
+        await session.execute(text("CREATE INDEX ON targets_floor (device_id, added_version)"))
         await session.commit()
 
     async def setup() -> None:
@@ -75,7 +75,10 @@ async def f_bulk(maker: async_sessionmaker[AsyncSession], runs: int) -> float:
     async def run() -> None:
         async with maker() as session:
             await session.execute(
-                text("INSERT INTO targets_floor (assignable_id, device_id) SELECT :o, id FROM devices"),
+                text(
+                    "INSERT INTO targets_floor (assignable_id, device_id, added_version) "
+                    "SELECT :o, id, 1 FROM devices"
+                ),
                 {"o": uuid.uuid4()},
             )
             await session.commit()
@@ -145,16 +148,12 @@ async def moves(
         device_id = rng.choice(device_ids)
         target = rng.choice(leaves)
         async with maker() as session:
-            before = await session.scalar(
-                select(DeviceDesiredState.version).where(DeviceDesiredState.device_id == device_id)
-            )
+            before = await session.scalar(select(desired_version(device_id)))
         started = time.perf_counter()
         await move(maker, leaves, device_id, target)
         latencies.append(time.perf_counter() - started)
         async with maker() as session:
-            after = await session.scalar(
-                select(DeviceDesiredState.version).where(DeviceDesiredState.device_id == device_id)
-            )
+            after = await session.scalar(select(desired_version(device_id)))
         changed += int(after != before)
     return latencies, changed
 

@@ -1,6 +1,6 @@
 """S1 (steady check-in) and S6 (enrollment storm) against their floors, measured in the same run.
 
-    .venv/bin/python bench/checkin_enroll.py [--seconds 8] [--concurrency 32] [--devices 200]
+    .venv/bin/python bench/checkin_enroll.py [--seconds 8] [--concurrency 32] [--devices 200] [--policies 0]
 
 S1 is measured three ways: as many signed check-ins as 32 connections get through (throughput), at an offered
 rate of 0.5 x F_rt (the target: its p99 must stay under 100 ms), and with RFC 9440 Client-Cert headers instead
@@ -190,6 +190,25 @@ async def run(args: argparse.Namespace) -> None:
                 )
             )
 
+            # Policies assigned to every device: a steady check-in reads its desired-state version, which
+            # its targets take part in.
+            for index in range(args.policies):
+                created = await client.post(
+                    f"{corral.url}/api/v1/compliance-policies",
+                    headers=headers,
+                    json={
+                        "name": f"bench policy {index}",
+                        "platform": "linux",
+                        "settings": {"firewall.required": True},
+                    },
+                )
+                assigned = await client.put(
+                    f"{corral.url}/api/v1/compliance-policies/{created.json()['id']}/assignments",
+                    headers=headers,
+                    json={"assignments": [{"target": "all_devices"}]},
+                )
+                assert assigned.status_code == 200, assigned.text
+
             # S1: steady check-in of enrolled devices, nothing changed, no pending command.
             fleet = [RequestSigner(key, fingerprint) for key, fingerprint, _pem in enrolled[: args.devices]]
             client_certs = [
@@ -300,6 +319,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--max-enrollments", type=int, default=3000)
+    parser.add_argument(
+        "--policies", type=int, default=0, help="compliance policies assigned to every device before S1"
+    )
     parser.add_argument(
         "--last-seen-flush-seconds", type=float, default=5, help="the server's CORRAL_LAST_SEEN_FLUSH_SECONDS"
     )

@@ -9,7 +9,8 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from corral.models import CompliancePolicy, ConfigurationProfile, DeviceDesiredState, device_targets
+from corral.assignments.engine import desired_version
+from corral.models import CompliancePolicy, ConfigurationProfile, device_targets
 from tests.conftest import Admin
 
 
@@ -58,9 +59,5 @@ async def targets(sessionmaker: async_sessionmaker[AsyncSession], object_id: uui
 
 async def version(sessionmaker: async_sessionmaker[AsyncSession], device_id: uuid.UUID | str) -> int:
     async with sessionmaker() as session:
-        value = await session.scalar(
-            select(DeviceDesiredState.version).where(
-                DeviceDesiredState.device_id == uuid.UUID(str(device_id))
-            )
-        )
+        value = await session.scalar(select(desired_version(uuid.UUID(str(device_id)))))
         return int(value or 0)

@@ -10,6 +10,7 @@ from sqlalchemy import Select, delete, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from corral.assignments import engine
 from corral.devices import repository as devices_repository
 from corral.groups import effective
 from corral.groups.membership import active_device
@@ -18,7 +19,6 @@ from corral.models import (
     Assignment,
     AssignmentFilter,
     Device,
-    DeviceDesiredState,
     Group,
     device_targets,
     group_devices,
@@ -78,13 +78,13 @@ async def is_target(session: AsyncSession, object_id: uuid.UUID, device_id: uuid
 
 
 async def desired_state_version(session: AsyncSession, device_id: uuid.UUID) -> int:
-    version = await session.scalar(
-        select(DeviceDesiredState.version).where(DeviceDesiredState.device_id == device_id)
-    )
+    version = await session.scalar(select(engine.desired_version(device_id)))
     return int(version or 0)
 
 
 async def count_targets(session: AsyncSession, object_id: uuid.UUID, device_scope: Scope) -> int:
+    if device_scope.all:  # targets are rows of existing devices: counted by the index alone
+        return await count_target_rows(session, [object_id])
     stmt = (
         select(func.count())
         .select_from(Device)

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from corral.assignments.engine import desired_version
 from corral.audit.refusals import Refusal, get_refusals
 from corral.checkin.throttle import UNKNOWN_DEVICE, DeviceLimits, endpoint_of
 from corral.commands.repository import PENDING_FOR_DEVICE
@@ -37,7 +38,6 @@ from corral.models import (
     CertificateAuthority,
     Device,
     DeviceCertificate,
-    DeviceDesiredState,
     DeviceNonce,
     ManagementState,
 )
@@ -56,11 +56,9 @@ VERIFIED_CLIENT_CERTS = 16_384
 
 # The certificate, its device (without the inventory document: only an inventory upload needs it) and whether
 # commands are pending: one indexed lookup per request. Built once; SQLAlchemy caches its compiled form.
-# The device's desired-state version rides along (a primary-key lookup in the same statement): the check-in
-# answer carries it without a query of its own.
-_DESIRED = (
-    select(DeviceDesiredState.version).where(DeviceDesiredState.device_id == Device.id).scalar_subquery()
-)
+# The device's desired-state version rides along (its version row and its targets, by index, in the same
+# statement): the check-in answer carries it without a query of its own.
+_DESIRED = desired_version(Device.id)
 _LOOKUP = (
     select(DeviceCertificate, Device, PENDING_FOR_DEVICE.label("pending"), _DESIRED.label("desired"))
     .join(Device, Device.id == DeviceCertificate.device_id)

@@ -32,7 +32,6 @@ from corral.kit.time import utcnow
 from corral.models import (
     CompliancePolicy,
     ConfigurationProfile,
-    DeviceDesiredState,
     device_targets,
 )
 from corral.models.delivery import DeviceProfileDelivery, DeviceSettingState
@@ -68,12 +67,7 @@ class NotDelivered(ValidationFailed):
 
 
 async def desired_version(session: AsyncSession, device_id: uuid.UUID) -> int:
-    return int(
-        await session.scalar(
-            select(DeviceDesiredState.version).where(DeviceDesiredState.device_id == device_id)
-        )
-        or 0
-    )
+    return int(await session.scalar(select(engine.desired_version(device_id))) or 0)
 
 
 async def build_document(session: AsyncSession, settings: Settings, device_id: uuid.UUID) -> dict[str, Any]:

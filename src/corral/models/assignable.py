@@ -85,16 +85,29 @@ device_targets = Table(
     "device_targets",
     Model.metadata,
     Column("assignable_id", Uuid(), primary_key=True),
-    Column("device_id", Uuid(), primary_key=True, index=True),
+    Column("device_id", Uuid(), primary_key=True),
+    # The desired-state version at which an object-wide recompute added the target (0: added for this device
+    # alone, which wrote the device's own version instead).
+    Column("added_version", BigInteger, nullable=False, server_default="0"),
 )
+# A device's targets, and the greatest of their added_version in one index probe (the check-in reads it).
+Index("ix_device_targets_device_id_added_version", device_targets.c.device_id, device_targets.c.added_version)
 
 DESIRED_STATE_VERSIONS = Sequence("desired_state_versions", metadata=Model.metadata)
 
 
 class DeviceDesiredState(Model):
-    """The version of a device's desired state (its targets and what they ask): a new value from the
-    ``desired_state_versions`` sequence whenever it may have changed. No row: version 0 (nothing assigned
-    yet)."""
+    """The version of a device's desired state (its targets and what they ask) is the greater of two values
+    of the ``desired_state_versions`` sequence: this row's ``version`` (written when the device lost a
+    target, when its targets changed through a change of the device itself, when what an object it gets asks
+    changed) and the greatest ``added_version`` of its targets (written with the targets when an object
+    reaches many devices at once: assigning an object to 100,000 devices writes no per-device version).
+    ``corral.assignments.engine.desired_version`` is the one expression that reads it; no row and no target:
+    version 0 (nothing assigned yet).
+
+    Every value is taken under the assignments lock, ``added_version`` only under the exclusive one: such a
+    value is greater than every value committed before it and none is taken meanwhile, so the greater of the
+    two can only move forward."""
 
     __tablename__ = "device_desired_states"
 
