@@ -78,6 +78,7 @@ async def is_target(session: AsyncSession, object_id: uuid.UUID, device_id: uuid
 
 
 async def desired_state_version(session: AsyncSession, device_id: uuid.UUID) -> int:
+    """The device's desired-state version (engine.desired_version), 0 while nothing was assigned."""
     version = await session.scalar(select(engine.desired_version(device_id)))
     return int(version or 0)
 

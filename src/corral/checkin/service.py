@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.assignments import hooks as assignment_hooks
+from corral.assignments.repository import desired_state_version
 from corral.audit.service import audit_service
 from corral.checkin.auth import AuthenticatedDevice
 from corral.checkin.last_seen import LastSeenBuffer
@@ -22,7 +23,6 @@ from corral.checkin.schemas import CheckinRequest, CheckinResponse, PendingComma
 from corral.commands.service import command_service
 from corral.compliance.service import compliance_service
 from corral.config import Settings
-from corral.delivery.service import desired_version
 from corral.devices import repository as devices_repository
 from corral.devices.schemas import Inventory
 from corral.errors import ValidationFailed
@@ -221,7 +221,7 @@ class CheckinService:
             # inventory through a filter or a dynamic group).
             desired_state_version=auth.desired_state_version
             if steady
-            else await desired_version(session, device.id),
+            else await desired_state_version(session, device.id),
         )
 
     def is_steady(self, device: Device, auth: AuthenticatedDevice, request: CheckinRequest) -> bool:

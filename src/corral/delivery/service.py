@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from corral.assignments import engine
+from corral.assignments import repository as assignments_repository
 from corral.compliance import catalog as compliance_catalog
 from corral.config import Settings
 from corral.devices.service import device_service
@@ -66,13 +67,9 @@ class NotDelivered(ValidationFailed):
     """A report for a profile (or version) the device was never sent."""
 
 
-async def desired_version(session: AsyncSession, device_id: uuid.UUID) -> int:
-    return int(await session.scalar(select(engine.desired_version(device_id))) or 0)
-
-
 async def build_document(session: AsyncSession, settings: Settings, device_id: uuid.UUID) -> dict[str, Any]:
     """The device's desired-state document (secrets revealed: for the device only)."""
-    version = await desired_version(session, device_id)
+    version = await assignments_repository.desired_state_version(session, device_id)
     targets = select(device_targets.c.assignable_id).where(device_targets.c.device_id == device_id)
     profiles = (
         await session.scalars(
