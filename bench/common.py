@@ -233,7 +233,7 @@ class CpuMeter:
         self.server_pid, self.admin_url = server_pid, admin_url
         self.postmaster = -1
 
-    async def _database_cpu(self) -> float:
+    async def database_cpu(self) -> float:
         if self.postmaster < 0:
             conn = await asyncpg.connect(self.admin_url)
             try:
@@ -249,10 +249,10 @@ class CpuMeter:
         return cpu_seconds(self.postmaster, reaped_children=True) + sum(cpu_seconds(pid) for pid in children)
 
     async def measure(self, run: Awaitable[LoadResult]) -> LoadResult:
-        server, database = cpu_seconds(self.server_pid), await self._database_cpu()
+        server, database = cpu_seconds(self.server_pid), await self.database_cpu()
         result = await run
         result.server_cpu = cpu_seconds(self.server_pid) - server
-        result.database_cpu = await self._database_cpu() - database
+        result.database_cpu = await self.database_cpu() - database
         return result
 
 

@@ -165,8 +165,9 @@ class Settings(BaseSettings):
     device_admission_wait_seconds: float = Field(default=2.0, ge=0, le=60)
     device_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
 
-    # Desired-state documents one process builds at the same time; beyond, devices get 429 with Retry-After
-    # (seconds) and come back later (the agent adds jitter).
+    # Desired-state documents one process builds at the same time; beyond, a fetch waits for a place up to
+    # device_admission_wait_seconds, then gets 429 with Retry-After (seconds) and comes back later (the agent
+    # adds jitter).
     desired_state_concurrency: int = Field(default=16, ge=1, le=1024)
     desired_state_retry_after_seconds: int = Field(default=30, ge=1, le=3600)
 

@@ -98,9 +98,11 @@ def create_app(
     app.state.settings = settings
     error_handlers.install(app)
     app.include_router(health_router)
-    app.include_router(api_router)
+    # The device routes first: every device request is matched against them before anything else (the
+    # admin API's hundreds of routes would be tried first otherwise); nothing else lives under /device/.
     app.include_router(device_router)
     app.include_router(push_router)
+    app.include_router(api_router)
     app.include_router(scim_router)
     app.include_router(portal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -5,16 +5,20 @@ delivered from neither, reports are stored and refused for what was never delive
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from corral import delivery
 from corral.delivery.service import delivery_service
+from tests.assignments.helpers import group_target, put_assignments
 from tests.conftest import Admin, Factory, sign_in
 from tests.devices.device import TestDevice
 from tests.devices.test_enrollment_and_checkin import enrolled
+from tests.groups.helpers import add, create_group
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
@@ -191,11 +195,22 @@ async def test_secrets_reach_the_device_only_and_a_busy_server_says_when_to_come
     assert (await device.request("GET", "/device/v1/desired-state")).json()["profiles"] == []
 
     semaphore = delivery_service._semaphore(app.state.settings)
-    async with semaphore:
-        for _ in range(app.state.settings.desired_state_concurrency - 1):
-            await semaphore.acquire()
+    places = app.state.settings.desired_state_concurrency
+    for _ in range(places):
+        await semaphore.acquire()
+    # Every place taken: a fetch waits for one (here one frees after 0.2 s) instead of being refused...
+    asyncio.get_running_loop().call_later(0.2, semaphore.release)
+    waited = await windows.request("GET", "/device/v1/desired-state")
+    assert waited.status_code == 200, waited.text
+    # ... and is refused when none frees within the admission wait.
+    await semaphore.acquire()
+    settings = app.state.settings
+    wait, settings.device_admission_wait_seconds = settings.device_admission_wait_seconds, 0.3
+    try:
         busy = await windows.request("GET", "/device/v1/desired-state")
-        for _ in range(app.state.settings.desired_state_concurrency - 1):
+    finally:
+        settings.device_admission_wait_seconds = wait
+        for _ in range(places):
             semaphore.release()
     assert busy.status_code == 429
     assert busy.headers["retry-after"] == str(app.state.settings.desired_state_retry_after_seconds)
@@ -277,3 +292,62 @@ async def test_a_profiles_status_report_counts_devices_by_what_they_reported(
     assert (await client.get(f"{base}/status", headers=helpdesk.headers)).status_code == 200
     assert (await client.get(f"{base}/status")).status_code == 401
     assert (await client.get(f"{base}/devices?state=broken", headers=admin.headers)).status_code == 422
+
+
+async def test_devices_reached_by_the_same_objects_share_one_built_content_and_every_change_shows(
+    client: httpx.AsyncClient, factory: Factory, monkeypatch: Any
+) -> None:
+    """A fleet woken by one change asks for the same content many times: it is built once per process, and
+    a change of what reaches the devices (a new version, a rename, another object) is never served stale."""
+    built: list[int] = []
+    real = delivery.service._content
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(delivery.service, "_content", counting)
+    admin = await factory.admin()
+    first, second = await enrolled(client, admin), await enrolled(client, admin)
+    made = await profile(client, admin, "Shared banner", {"login_banner.text": "Hello"})
+
+    async def fetch(device: TestDevice) -> dict[str, Any]:
+        response = await device.request("GET", "/device/v1/desired-state")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        document: dict[str, Any] = response.json()
+        assert document["version"] == await version_at_checkin(device)
+        return document
+
+    one, two = await fetch(first), await fetch(second)
+    assert len(built) == 1  # the second device's document came from the first one's content
+    assert one == two and [p["name"] for p in one["profiles"] if p["id"] == made["id"]] == ["Shared banner"]
+
+    url = f"/api/v1/configuration-profiles/{made['id']}"
+    renamed = await client.patch(url, json={"name": "Greeting"}, headers=admin.headers)
+    assert renamed.status_code == 200 and renamed.json()["version"] == 1  # same version, new name
+    document = await fetch(first)
+    assert [p["name"] for p in document["profiles"] if p["id"] == made["id"]] == ["Greeting"]
+    assert document["hash"] != one["hash"] and len(built) == 2
+
+    changed = await client.patch(url, json={"settings": {"login_banner.text": "Bye"}}, headers=admin.headers)
+    assert changed.json()["version"] == 2
+    document = await fetch(second)
+    (entry,) = [p for p in document["profiles"] if p["id"] == made["id"]]
+    assert entry["version"] == 2 and entry["settings"] == [{"id": "login_banner.text", "value": "Bye"}]
+    assert document["version"] > two["version"] and len(built) == 3
+
+    # Only the first device leaves the profile's reach: its content is another one.
+    excluded = await create_group(client, admin, "Banner-free")
+    joined = await add(client, admin, excluded["id"], "device", str(first.device_id))
+    assert joined.status_code in (200, 201, 204), joined.text
+    excluding = await put_assignments(
+        client,
+        admin,
+        made["id"],
+        [{"target": "all_devices"}, group_target(excluded["id"], "exclude")],
+        kind="configuration-profiles",
+    )
+    assert excluding.status_code == 200, excluding.text
+    assert made["id"] not in [p["id"] for p in (await fetch(first))["profiles"]]
+    assert made["id"] in [p["id"] for p in (await fetch(second))["profiles"]]

@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from corral.audit.refusals import Refusal, RefusalsDep, get_refusals
@@ -138,13 +138,14 @@ async def checkin(
     return await checkin_service.checkin(session, settings, device, data, raw, last_seen)
 
 
-@router.get("/desired-state")
+@router.get("/desired-state", response_model=dict[str, Any])
 async def desired_state(
     session: SessionDep, settings: Annotated[Settings, Depends(get_settings)], device: CurrentDevice
-) -> dict[str, Any]:
+) -> Response:
     """The device's desired-state document (device-protocol.md §10): fetch it when the check-in's
     ``desired_state_version`` differs from the one applied. 429 with Retry-After when the server is busy."""
-    return await delivery_service.fetch(session, settings, device.device.id)
+    document = await delivery_service.fetch(session, settings, device.device.id, device.desired_state_version)
+    return Response(document, media_type="application/json")
 
 
 @router.post("/desired-state/report")

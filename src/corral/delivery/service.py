@@ -15,10 +15,14 @@ import asyncio
 import hashlib
 import json
 import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -31,6 +35,7 @@ from corral.devices.service import device_service
 from corral.errors import TooManyRequests, ValidationFailed
 from corral.kit.time import utcnow
 from corral.models import (
+    Assignable,
     CompliancePolicy,
     ConfigurationProfile,
     device_targets,
@@ -38,6 +43,8 @@ from corral.models import (
 from corral.models.delivery import DeviceProfileDelivery, DeviceSettingState
 from corral.profiles.service import redact, reveal
 from corral.rbac.principal import Principal
+
+_DELIVERIES: Any = DeviceProfileDelivery.__table__
 
 SettingState = Literal["succeeded", "error", "not_applicable", "conflict"]
 
@@ -67,24 +74,56 @@ class NotDelivered(ValidationFailed):
     """A report for a profile (or version) the device was never sent."""
 
 
-async def build_document(session: AsyncSession, settings: Settings, device_id: uuid.UUID) -> dict[str, Any]:
-    """The device's desired-state document (secrets revealed: for the device only)."""
-    version = await assignments_repository.desired_state_version(session, device_id)
-    targets = select(device_targets.c.assignable_id).where(device_targets.c.device_id == device_id)
-    profiles = (
-        await session.scalars(
-            select(ConfigurationProfile)
-            .where(ConfigurationProfile.id.in_(targets))
-            .order_by(ConfigurationProfile.name, ConfigurationProfile.id)
-        )
-    ).all()
-    policies = (
-        await session.scalars(
-            select(CompliancePolicy)
-            .where(CompliancePolicy.id.in_(targets))
-            .order_by(CompliancePolicy.name, CompliancePolicy.id)
-        )
-    ).all()
+_ASSIGNABLES: Any = Assignable.__table__
+#: What reaches the device: each object's id and what its content depends on (its version moves with what it
+#: asks, ``updated_at`` with its name). One index scan of the device's targets and one primary-key probe each.
+_REACHING = (
+    select(_ASSIGNABLES.c.id, _ASSIGNABLES.c.version, _ASSIGNABLES.c.updated_at)
+    .join(device_targets, device_targets.c.assignable_id == _ASSIGNABLES.c.id)
+    .where(device_targets.c.device_id == bindparam("device_id"))
+    .order_by(_ASSIGNABLES.c.id)
+)
+
+ContentKey = tuple[tuple[uuid.UUID, int, datetime], ...]
+
+
+@dataclass(frozen=True)
+class Content:
+    """Everything in a desired-state document but its version: the same for every device the same objects
+    (at the same versions) reach. Holds revealed secrets: never logged, never shown to an admin."""
+
+    body: dict[str, Any]  # profiles, conflicts, compliance
+    hash: str
+    #: The body serialised (``"profiles": …, …, "hash": …``), to follow the document's version.
+    tail: bytes
+    #: (profile id, version) of each profile delivered.
+    delivered: tuple[tuple[uuid.UUID, int], ...]
+
+
+class ContentCache:
+    """The documents' content per set of objects, most recently used first, bounded (per process). A fleet
+    woken by one change asks for the same content 100,000 times: built once, not 100,000 times."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._entries: OrderedDict[ContentKey, Content] = OrderedDict()
+
+    def get(self, key: ContentKey) -> Content | None:
+        content = self._entries.get(key)
+        if content is not None:
+            self._entries.move_to_end(key)
+        return content
+
+    def put(self, key: ContentKey, content: Content) -> None:
+        self._entries[key] = content
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+def _content(
+    profiles: Sequence[ConfigurationProfile], policies: Sequence[CompliancePolicy], settings: Settings
+) -> Content:
     # Compared as the device would apply them: two equal secrets are stored as different ciphertexts.
     revealed_by_id = {profile.id: reveal(profile.settings or {}, settings) for profile in profiles}
     values: dict[str, dict[uuid.UUID, Any]] = {}
@@ -121,8 +160,7 @@ async def build_document(session: AsyncSession, settings: Settings, device_id: u
             if sid in compliance_catalog.BY_ID
         }
     )
-    document: dict[str, Any] = {
-        "version": version,
+    body: dict[str, Any] = {
         "profiles": document_profiles,
         "conflicts": [{"setting_id": sid, "profiles": ids} for sid, ids in sorted(conflicting.items())],
         "compliance": {
@@ -130,15 +168,58 @@ async def build_document(session: AsyncSession, settings: Settings, device_id: u
             "report": facts,
         },
     }
-    body = json.dumps({k: v for k, v in document.items() if k != "version"}, sort_keys=True)
-    document["hash"] = hashlib.sha256(body.encode()).hexdigest()
-    return document
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    tail = json.dumps({**body, "hash": digest}, separators=(",", ":")).encode()
+    return Content(body, digest, tail[1:], tuple((p.id, p.version) for p in profiles))
+
+
+async def document_content(
+    session: AsyncSession, settings: Settings, device_id: uuid.UUID, cache: ContentCache | None = None
+) -> Content:
+    """The content of the device's document: from ``cache`` when the same objects at the same versions were
+    built before, else built from the objects (and kept when they were read as the key says)."""
+    key: ContentKey = tuple(
+        (row.id, row.version, row.updated_at)
+        for row in await session.execute(_REACHING, {"device_id": device_id})
+    )
+    content = cache.get(key) if cache is not None else None
+    if content is not None:
+        return content
+    ids = [object_id for object_id, _version, _updated in key]
+    profiles = (
+        await session.scalars(
+            select(ConfigurationProfile)
+            .where(ConfigurationProfile.id.in_(ids))
+            .order_by(ConfigurationProfile.name, ConfigurationProfile.id)
+        )
+    ).all()
+    policies = (
+        await session.scalars(
+            select(CompliancePolicy)
+            .where(CompliancePolicy.id.in_(ids))
+            .order_by(CompliancePolicy.name, CompliancePolicy.id)
+        )
+    ).all()
+    content = _content(profiles, policies, settings)
+    read: ContentKey = tuple(sorted((o.id, o.version, o.updated_at) for o in (*profiles, *policies)))
+    if cache is not None and read == key:  # an object changed in between: built, not kept
+        cache.put(key, content)
+    return content
+
+
+async def build_document(session: AsyncSession, settings: Settings, device_id: uuid.UUID) -> dict[str, Any]:
+    """The device's desired-state document (secrets revealed: for the device only)."""
+    # The version is read before what it covers: a change landing in between moves it again.
+    version = await assignments_repository.desired_state_version(session, device_id)
+    content = await document_content(session, settings, device_id)
+    return {"version": version, **content.body, "hash": content.hash}
 
 
 class DeliveryService:
     def __init__(self) -> None:
         self._builds: asyncio.Semaphore | None = None
         self._limit = 0
+        self.contents = ContentCache()
 
     def _semaphore(self, settings: Settings) -> asyncio.Semaphore:
         if self._builds is None or self._limit != settings.desired_state_concurrency:
@@ -148,36 +229,43 @@ class DeliveryService:
             )
         return self._builds
 
-    async def fetch(self, session: AsyncSession, settings: Settings, device_id: uuid.UUID) -> dict[str, Any]:
-        """The document for the device, recording what it delivered. Busy (429) when this process already
-        builds as many documents as it may: the device comes back after Retry-After."""
+    async def fetch(
+        self, session: AsyncSession, settings: Settings, device_id: uuid.UUID, version: int
+    ) -> bytes:
+        """The document for the device (serialised JSON), recording what it delivered. ``version`` is the
+        device's desired-state version, read before the document's content (the authentication read it).
+        Busy (429) when this process already builds as many documents as it may and none finishes within
+        the admission wait: the device comes back after Retry-After."""
         semaphore = self._semaphore(settings)
-        if semaphore.locked():
+        try:
+            if semaphore.locked():  # else a place is free now: taken without suspending
+                await asyncio.wait_for(semaphore.acquire(), timeout=settings.device_admission_wait_seconds)
+            else:
+                await semaphore.acquire()
+        except TimeoutError:
             raise TooManyRequests(
                 "The server is busy building desired states: retry later.",
                 headers={"Retry-After": str(settings.desired_state_retry_after_seconds)},
-            )
-        async with semaphore:
-            document = await build_document(session, settings, device_id)
-            now = utcnow()
-            rows = [
-                {
-                    "device_id": device_id,
-                    "profile_id": uuid.UUID(p["id"]),
-                    "version": p["version"],
-                    "delivered_at": now,
-                }
-                for p in document["profiles"]
-            ]
-            if rows:
-                stmt = pg_insert(DeviceProfileDelivery).values(rows)
+            ) from None
+        try:
+            content = await document_content(session, settings, device_id, self.contents)
+            if content.delivered:
+                now = utcnow()
+                stmt = pg_insert(_DELIVERIES).values(
+                    [
+                        {"device_id": device_id, "profile_id": profile_id, "version": v, "delivered_at": now}
+                        for profile_id, v in content.delivered
+                    ]
+                )
                 await session.execute(
                     stmt.on_conflict_do_update(
-                        index_elements=[DeviceProfileDelivery.device_id, DeviceProfileDelivery.profile_id],
+                        index_elements=[_DELIVERIES.c.device_id, _DELIVERIES.c.profile_id],
                         set_={"version": stmt.excluded.version, "delivered_at": stmt.excluded.delivered_at},
                     )
                 )
-            return document
+            return b'{"version":%d,' % version + content.tail
+        finally:
+            semaphore.release()
 
     async def report(self, session: AsyncSession, device_id: uuid.UUID, data: DesiredStateReport) -> int:
         """Store what the device says applying did. A profile (or version) never delivered to it is refused
