@@ -35,7 +35,7 @@ import asyncpg
 import httpx
 from common import (
     CpuMeter,
-    corral_cli,
+    admin_token,
     cpu_seconds,
     database,
     load,
@@ -147,13 +147,7 @@ def peak_rss_mib(pid: int) -> float:
 async def run(args: argparse.Namespace) -> None:
     db = await database("corral_bench_burst")
     data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-data-"))
-    corral_cli(
-        ["admin", "create", "--email", "bench@example.com", "--password-stdin"],
-        db.url,
-        data_dir,
-        "bench password 123\n",
-    )
-    admin_token = corral_cli(["token", "create", "--email", "bench@example.com"], db.url, data_dir)
+    api_token = admin_token(db.url, data_dir)
     started = time.perf_counter()
     fleet = await generate_fleet(db.url, args.devices)
     print(
@@ -166,7 +160,7 @@ async def run(args: argparse.Namespace) -> None:
     floor = start_floor(db.url)
     with servers(*corrals, floor):
         async with httpx.AsyncClient(timeout=600) as client:
-            headers = {"Authorization": f"Bearer {admin_token}"}
+            headers = {"Authorization": f"Bearer {api_token}"}
             api = corrals[0].url + "/api/v1"
 
             # F_rt as bench/checkin_enroll.py measures it: 32 connections of one pool.

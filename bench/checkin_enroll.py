@@ -26,7 +26,7 @@ import httpx
 from common import (
     CpuMeter,
     LoadResult,
-    corral_cli,
+    admin_token,
     database,
     load,
     load_at_rate,
@@ -98,13 +98,7 @@ async def db_writes(url: str) -> tuple[int, int]:
 async def run(args: argparse.Namespace) -> None:
     db = await database("corral_bench")
     data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-data-"))
-    corral_cli(
-        ["admin", "create", "--email", "bench@example.com", "--password-stdin"],
-        db.url,
-        data_dir,
-        "bench password 123\n",
-    )
-    admin_token = corral_cli(["token", "create", "--email", "bench@example.com"], db.url, data_dir)
+    api_token = admin_token(db.url, data_dir)
     corral_env = {
         # The load generator stands for the TLS proxy of the Client-Cert phase.
         "CORRAL_CLIENT_CERT_HEADER": "true",
@@ -118,7 +112,7 @@ async def run(args: argparse.Namespace) -> None:
     with servers(corral, floor):
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-            headers = {"Authorization": f"Bearer {admin_token}"}
+            headers = {"Authorization": f"Bearer {api_token}"}
             token = (
                 await client.post(
                     f"{corral.url}/api/v1/enrollment-tokens",

@@ -171,6 +171,17 @@ def corral_cli(args: list[str], db_url: str, data_dir: Path, stdin: str | None =
     return result.stdout.strip()
 
 
+def admin_token(db_url: str, data_dir: Path) -> str:
+    """A global administrator (bench@example.com) made with the CLI, and an API token of theirs."""
+    corral_cli(
+        ["admin", "create", "--email", "bench@example.com", "--password-stdin"],
+        db_url,
+        data_dir,
+        "bench password 123\n",
+    )
+    return corral_cli(["token", "create", "--email", "bench@example.com"], db_url, data_dir)
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import bindparam, delete, select
@@ -33,6 +33,7 @@ from corral.compliance import catalog as compliance_catalog
 from corral.config import Settings
 from corral.devices.service import device_service
 from corral.errors import TooManyRequests, ValidationFailed
+from corral.kit.admission import take_place
 from corral.kit.time import utcnow
 from corral.models import (
     Assignable,
@@ -173,6 +174,15 @@ def _content(
     return Content(body, digest, tail[1:], tuple((p.id, p.version) for p in profiles))
 
 
+_Object = TypeVar("_Object", ConfigurationProfile, CompliancePolicy)
+
+
+async def _objects(session: AsyncSession, model: type[_Object], ids: list[uuid.UUID]) -> Sequence[_Object]:
+    """The objects of one kind among ``ids``, by name (the document's order)."""
+    stmt = select(model).where(model.id.in_(ids)).order_by(model.name, model.id)
+    return (await session.scalars(stmt)).all()
+
+
 async def document_content(
     session: AsyncSession, settings: Settings, device_id: uuid.UUID, cache: ContentCache | None = None
 ) -> Content:
@@ -186,20 +196,8 @@ async def document_content(
     if content is not None:
         return content
     ids = [object_id for object_id, _version, _updated in key]
-    profiles = (
-        await session.scalars(
-            select(ConfigurationProfile)
-            .where(ConfigurationProfile.id.in_(ids))
-            .order_by(ConfigurationProfile.name, ConfigurationProfile.id)
-        )
-    ).all()
-    policies = (
-        await session.scalars(
-            select(CompliancePolicy)
-            .where(CompliancePolicy.id.in_(ids))
-            .order_by(CompliancePolicy.name, CompliancePolicy.id)
-        )
-    ).all()
+    profiles = await _objects(session, ConfigurationProfile, ids)
+    policies = await _objects(session, CompliancePolicy, ids)
     content = _content(profiles, policies, settings)
     read: ContentKey = tuple(sorted((o.id, o.version, o.updated_at) for o in (*profiles, *policies)))
     if cache is not None and read == key:  # an object changed in between: built, not kept
@@ -237,16 +235,11 @@ class DeliveryService:
         Busy (429) when this process already builds as many documents as it may and none finishes within
         the admission wait: the device comes back after Retry-After."""
         semaphore = self._semaphore(settings)
-        try:
-            if semaphore.locked():  # else a place is free now: taken without suspending
-                await asyncio.wait_for(semaphore.acquire(), timeout=settings.device_admission_wait_seconds)
-            else:
-                await semaphore.acquire()
-        except TimeoutError:
+        if not await take_place(semaphore, settings.device_admission_wait_seconds):
             raise TooManyRequests(
                 "The server is busy building desired states: retry later.",
                 headers={"Retry-After": str(settings.desired_state_retry_after_seconds)},
-            ) from None
+            )
         try:
             content = await document_content(session, settings, device_id, self.contents)
             if content.delivered:

@@ -26,6 +26,19 @@ REFUSED = Counter(
 Render = Callable[[Request, int, str, dict[str, str]], Response]
 
 
+async def take_place(places: asyncio.Semaphore, wait: float) -> bool:
+    """Take a place of ``places``: at once (without suspending) when one is free, else the first that frees
+    within ``wait`` seconds. False when none did (nothing taken)."""
+    if not places.locked():
+        await places.acquire()
+        return True
+    try:
+        await asyncio.wait_for(places.acquire(), timeout=wait)
+    except TimeoutError:
+        return False
+    return True
+
+
 class Admission:
     """The places of one process (its own event loop's semaphore, made on first use)."""
 
@@ -70,12 +83,7 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         places = self.admission.places
-        try:
-            if places.locked():  # else a place is free now: taken without suspending
-                await asyncio.wait_for(places.acquire(), timeout=self.wait_seconds)
-            else:
-                await places.acquire()
-        except TimeoutError:
+        if not await take_place(places, self.wait_seconds):
             REFUSED.inc()
             response = self.render(
                 Request(scope, receive),
