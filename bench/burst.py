@@ -1,6 +1,7 @@
 """S2: a profile change reaching 100k devices, each woken within 60 s and fetching its desired state.
 
     .venv/bin/python bench/burst.py [--devices 100000] [--wake-seconds 60] [--connections 256] [--servers 1]
+                                    [--kill-after SECONDS]
 
 Target (../shared/reference/benchmarks.md): every fetch answered within 1.25 x devices / (0.5 x F_rt), with
 no 5xx (429 with Retry-After is fine: the simulated devices come back after it with the agent's own jitter,
@@ -15,6 +16,10 @@ as the agent signs it (RFC 9421), over a pool of ``--connections`` keep-alive co
 server's admission places: overload reaches the server). F_rt is measured in the same run with the same
 client. Reported: the drain time and its ratio to the target, the answers by status, the server's and
 PostgreSQL's CPU per delivered document and the server's peak memory.
+
+With ``--servers 2 --kill-after 30``, the last server process is killed (SIGKILL) 30 s into the burst; its
+devices, on a connection error, go to a live one as they would behind a load balancer: every device must
+still get the changed document, and no 5xx.
 
 Uses CORRAL_DATABASE_URL's server or a throwaway embedded PostgreSQL; everything on loopback; bounded.
 """
@@ -138,7 +143,12 @@ async def generate_fleet(url: str, count: int) -> list[RequestSigner]:
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """The process's peak resident memory (NaN once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -240,17 +250,19 @@ async def run(args: argparse.Namespace) -> None:
                 nonlocal transport_errors
                 await asyncio.sleep(max(0.0, origin + wake - time.perf_counter()))
                 woke = time.perf_counter()
-                base = corrals[index % len(corrals)].url
+                server = corrals[index % len(corrals)]
                 pool, in_flight = pools[index % len(pools)]
                 for attempt in range(1000):
                     try:
                         async with in_flight:
-                            request = pool.build_request("GET", f"{base}/device/v1/desired-state")
+                            request = pool.build_request("GET", f"{server.url}/device/v1/desired-state")
                             fleet[index].sign(request)
                             response = await pool.send(request)
                     except httpx.TransportError as exc:
                         transport_errors += 1
                         errors_seen[type(exc).__name__] += 1
+                        if server.process.poll() is not None:  # as a load balancer would: another one
+                            server = next(s for s in corrals if s.process.poll() is None)
                         await asyncio.sleep(retry.delay(attempt))
                         continue
                     statuses[response.status_code] += 1
@@ -269,16 +281,30 @@ async def run(args: argparse.Namespace) -> None:
             before_server = [cpu_seconds(server.process.pid) for server in corrals]
             before_db = await meter.database_cpu()
             client_before = time.process_time()
+            killed_cpu = 0.0
+
+            async def kill_one() -> None:
+                """kill -9 of the last server mid-burst (its CPU so far is counted)."""
+                nonlocal killed_cpu
+                await asyncio.sleep(args.kill_after)
+                victim = corrals[-1]
+                killed_cpu = cpu_seconds(victim.process.pid) - before_server[-1]
+                victim.process.kill()
+                print(f"killed server {len(corrals)} (pid {victim.process.pid}) at {args.kill_after:.0f} s")
+
             origin = time.perf_counter()
             await asyncio.gather(
-                *(device(i, rng.uniform(0, wake_seconds), origin) for i in range(args.devices))
+                *(device(i, rng.uniform(0, wake_seconds), origin) for i in range(args.devices)),
+                *([kill_one()] if args.kill_after is not None else []),
             )
             drained = time.perf_counter() - origin
             for pool, _ in pools:
                 await pool.aclose()
             client_cpu = time.process_time() - client_before
-            server_cpu = sum(
-                cpu_seconds(s.process.pid) - b for s, b in zip(corrals, before_server, strict=True)
+            server_cpu = killed_cpu + sum(
+                cpu_seconds(s.process.pid) - b
+                for s, b in zip(corrals, before_server, strict=True)
+                if s.process.poll() is None
             )
             database_cpu = await meter.database_cpu() - before_db
             rss = [peak_rss_mib(server.process.pid) for server in corrals]
@@ -327,8 +353,18 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=256)
     parser.add_argument("--servers", type=int, default=1, help="corral serve processes (one database)")
+    parser.add_argument(
+        "--kill-after",
+        type=float,
+        default=None,
+        help="kill -9 the last server this many seconds into the burst (needs --servers 2 or more); its "
+        "devices then go to the others, as behind a load balancer",
+    )
     parser.add_argument("--floor-seconds", type=float, default=8)
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    if args.kill_after is not None and args.servers < 2:
+        parser.error("--kill-after needs --servers 2 or more")
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
