@@ -23,7 +23,6 @@ from sqlalchemy import (
     Select,
     String,
     Table,
-    column,
     delete,
     func,
     literal,
@@ -33,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sa_cast
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -86,6 +85,7 @@ from corral.models import (
     TenantSettings,
     device_targets,
 )
+from corral.models.compliance import setting_results
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
 from corral.rbac.principal import EVERYWHERE, Principal, Scope
@@ -628,8 +628,9 @@ class ComplianceService:
         kept: set[tuple[uuid.UUID, uuid.UUID]] = set()
         moves: dict[uuid.UUID, Evaluated] = {}
         for device in devices:
-            active = device.management_state not in ENDED_STATES
-            if active and device.inventory_updated_at is None:
+            if device.management_state in ENDED_STATES:
+                continue  # retired or wiped: its results go (below), its state stays as it ended
+            if device.inventory_updated_at is None:
                 # Enrolled, no inventory yet: nothing to judge (Intune's "not evaluated").
                 if device.compliance_state != ComplianceState.not_evaluated:
                     why = "the device has not reported its inventory yet"
@@ -640,7 +641,7 @@ class ComplianceService:
             states: list[tuple[str, ComplianceState]] = []
             facts = device.facts if isinstance(device.facts, dict) else {}
             observation = catalog.Observation(device, facts, frozenset(apps.get(device.id, ())), now)
-            for policy_id in reached.get(device.id, ()) if active else ():
+            for policy_id in reached.get(device.id, ()):
                 policy = policies[policy_id]
                 before = existing.get((device.id, policy_id))
                 row = policy.evaluate(observation, before)
@@ -654,7 +655,7 @@ class ComplianceService:
             new_state, why = self._device_state(
                 device, states, override, now, no_policy_compliant, validity_days
             )
-            if active and new_state != device.compliance_state:
+            if new_state != device.compliance_state:
                 moves[device.id] = Evaluated(
                     device.id, device.compliance_state, new_state, why, f"{reason}: {why}" if reason else why
                 )
@@ -1020,7 +1021,7 @@ class ComplianceService:
             ).all()
         )
         per_setting: dict[str, dict[str, int]] = {}
-        each = func.jsonb_each(DeviceCompliancePolicy.settings).table_valued("key", column("value", JSONB))
+        each = setting_results()
         setting_state = each.c.value["state"].astext
         for setting_id, state, count in (
             await session.execute(

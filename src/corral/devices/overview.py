@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, column, func, select, true
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Select, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.devices.repository import scoped
@@ -21,6 +20,7 @@ from corral.models import (
     Platform,
     device_checkin_days,
 )
+from corral.models.compliance import setting_results
 from corral.rbac.principal import Scope
 
 #: Retired and wiped devices are history, not the fleet.
@@ -70,7 +70,7 @@ async def device_overview(
     checkins = [
         (first + timedelta(days=i), int(day_counts.get(first + timedelta(days=i), 0))) for i in range(days)
     ]
-    each = func.jsonb_each(DeviceCompliancePolicy.settings).table_valued("key", column("value", JSONB))
+    each = setting_results()
     failing = (
         await session.execute(
             scoped(

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, column, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -37,6 +37,12 @@ class DeviceCompliancePolicy(Model):
     grace_ends_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
     settings: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
     evaluated_at: Mapped[datetime]
+
+
+def setting_results() -> Any:
+    """The settings' results of ``DeviceCompliancePolicy`` rows as rows of their own (``key``: the setting id,
+    ``value``: its result): join it with ``true()``."""
+    return func.jsonb_each(DeviceCompliancePolicy.settings).table_valued("key", column("value", JSONB))
 
 
 class DeviceComplianceChange(Model):
