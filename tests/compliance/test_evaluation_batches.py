@@ -1,5 +1,5 @@
-"""Evaluation at the size of a worker job: a batch of devices each reached by many policies writes more rows
-than one statement may carry parameters (PostgreSQL: 32,767), so it is written in slices."""
+"""Evaluation at the size of a worker job: a full batch of devices each reached by many policies (once more
+rows than one statement could carry as parameters; evaluation now sends the devices as one array)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ async def test_a_full_batch_of_devices_under_many_policies_is_evaluated(
     async with sessionmaker() as session:
         await session.execute(text(DEVICES), {"n": BATCH})
         await session.commit()
-    policies = 5  # 5 policies x 1,000 devices x 7 columns: beyond one statement's parameters
+    policies = 5
     made = [
         await create_policy(
             client,

@@ -30,7 +30,7 @@ MAX_IDENTIFIERS = 200
 def version_key(text: str) -> tuple[int, ...]:
     """ "10.0.22631" → (10, 0, 22631); trailing zeros dropped so 14 == 14.0; what is not a number is ignored
     ("12.7.1 (21G83)" → (12, 7, 1, 21, 83) would be wrong: only the leading dotted numbers count)."""
-    match = re.match(r"\s*([0-9]+(?:\.[0-9]+)*)", text or "")
+    match = re.match(r"\s*([0-9]+(?:\.[0-9]+)*)", text or "", re.ASCII)
     if match is None:
         return ()
     parts = [int(p) for p in match.group(1).split(".")]
@@ -54,6 +54,64 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class Sql:
+    """A setting's check as SQL, as evaluation runs it for a batch of devices at once
+    (``corral.compliance.evaluation``): ``value`` reads the device's value from the row ``d`` (the columns
+    of ``EVALUATED``; ``d.facts``: the security facts of its inventory; ``:now``), NULL when not reported
+    (the setting is then in error); ``complies`` compares it (``$v``) with the policy's value (``$e``,
+    jsonb) or with ``$k``, the policy's value turned by ``key`` (computed once per policy, not per device);
+    ``shown`` is what is stored as observed. The Python ``observe`` and ``complies`` of the setting
+    are the reference: a differential test holds the SQL to the same results
+    (tests/compliance/test_evaluation_sql.py)."""
+
+    value: str
+    complies: str
+    shown: str = "to_jsonb($v)"
+    key: str | None = None
+
+    def state(self, expected: str, key: str) -> str:
+        """The setting's state on a device: 'error' (not reported), 'compliant' or 'noncompliant'."""
+        value = f"({self.value.replace('$e', expected)})"
+        complies = self.complies.replace("$v", value).replace("$e", expected).replace("$k", key)
+        return (
+            f"CASE WHEN {value} IS NULL THEN 'error' WHEN {complies} THEN 'compliant' ELSE 'noncompliant' END"
+        )
+
+    def observed(self, expected: str) -> str:
+        """What is stored as observed (jsonb), for a setting not in error."""
+        return self.shown.replace("$v", f"({self.value.replace('$e', expected)})")
+
+
+def _version_sql(text: str) -> str:
+    """``version_key`` in SQL: the leading dotted numbers as numeric[] (no overflow), trailing zeros dropped;
+    '{}' when there are none (arrays compare like Python's tuples)."""
+    leading = rf"substring({text} FROM '^\s*([0-9]+(?:\.[0-9]+)*)')"
+    return rf"coalesce(string_to_array(regexp_replace({leading}, '(\.0+)+$', ''), '.')::numeric[], '{{}}')"
+
+
+VERSION_KEY = _version_sql("($e #>> '{}')")
+VERSION_AT_LEAST = f"{_version_sql('$v')} >= $k"
+VERSION_AT_MOST = f"{_version_sql('$v')} <= $k"
+IS_TRUE = "$v IS TRUE"
+AT_MOST = "$v <= ($e)::numeric"
+#: A fact counts as a number only when it is a whole JSON number (as ``_at_least`` reads it).
+_WHOLE = "jsonb_typeof($v) = 'number' AND ($v)::text ~ '^-?[0-9]+$'"
+FACT_AT_LEAST = f"CASE WHEN {_WHOLE} THEN ($v)::numeric >= ($e)::numeric ELSE false END"
+FACT_AT_MOST = f"CASE WHEN {_WHOLE} THEN ($v)::numeric <= ($e)::numeric ELSE false END"
+DAYS_SINCE_CHECKIN = (
+    "CASE WHEN coalesce(d.last_checkin_at, d.enrolled_at) IS NOT NULL THEN "
+    "greatest(0, floor(extract(epoch FROM (:now - coalesce(d.last_checkin_at, d.enrolled_at))) / 86400)) END"
+)
+_APPS = (
+    "ARRAY(SELECT x FROM jsonb_array_elements_text($e) AS x WHERE {} (SELECT FROM device_apps a "
+    'WHERE a.device_id = d.id AND a.identifier = x) ORDER BY x COLLATE "C")'
+)
+MISSING_APPS = _APPS.format("NOT EXISTS")
+INSTALLED_APPS = _APPS.format("EXISTS")
+NONE_LISTED = "cardinality($v) = 0"
+
+
+@dataclass(frozen=True)
 class Setting:
     id: str
     name: str
@@ -62,6 +120,7 @@ class Setting:
     platforms: frozenset[Platform]
     observe: Callable[[Observation], Any]
     complies: Callable[[Any, Any], bool]
+    sql: Sql
     minimum: int | None = None
     maximum: int | None = None
     #: What the device reports that this setting reads (documentation).
@@ -112,12 +171,16 @@ def _is_true(expected: Any, observed: Any) -> bool:
     return observed is True
 
 
+def _whole(observed: Any) -> bool:
+    return isinstance(observed, int) and not isinstance(observed, bool)
+
+
 def _at_least(expected: Any, observed: Any) -> bool:
-    return isinstance(observed, int) and observed >= expected
+    return _whole(observed) and observed >= expected
 
 
 def _at_most(expected: Any, observed: Any) -> bool:
-    return isinstance(observed, int) and observed <= expected
+    return _whole(observed) and observed <= expected
 
 
 def _version_at_least(expected: Any, observed: Any) -> bool:
@@ -152,6 +215,7 @@ SETTINGS: tuple[Setting, ...] = (
         _version_at_least,
         reads="os.version",
         examples=("14.0",),
+        sql=Sql("d.os_version", VERSION_AT_LEAST, key=VERSION_KEY),
     ),
     Setting(
         "os.max_version",
@@ -162,6 +226,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: o.device.os_version,
         _version_at_most,
         reads="os.version",
+        sql=Sql("d.os_version", VERSION_AT_MOST, key=VERSION_KEY),
     ),
     Setting(
         "os.min_build",
@@ -172,6 +237,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: o.device.os_build,
         _version_at_least,
         reads="os.build",
+        sql=Sql("d.os_build", VERSION_AT_LEAST, key=VERSION_KEY),
     ),
     Setting(
         "disk_encryption.required",
@@ -182,6 +248,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: o.device.disk_encrypted,
         _is_true,
         reads="security.disk_encrypted",
+        sql=Sql("d.disk_encrypted", IS_TRUE),
     ),
     Setting(
         "firewall.required",
@@ -192,6 +259,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: o.device.firewall_enabled,
         _is_true,
         reads="security.firewall_enabled",
+        sql=Sql("d.firewall_enabled", IS_TRUE),
     ),
     Setting(
         "screen_lock.required",
@@ -202,6 +270,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: o.device.screen_lock_enabled,
         _is_true,
         reads="security.screen_lock_enabled",
+        sql=Sql("d.screen_lock_enabled", IS_TRUE),
     ),
     Setting(
         "passcode.min_length",
@@ -214,6 +283,7 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=4,
         maximum=64,
         reads="security.passcode_min_length",
+        sql=Sql("NULLIF(d.facts -> 'passcode_min_length', 'null'::jsonb)", FACT_AT_LEAST),
     ),
     Setting(
         "screen_lock.max_inactivity_minutes",
@@ -226,6 +296,7 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
         maximum=1440,
         reads="security.screen_lock_timeout_minutes",
+        sql=Sql("NULLIF(d.facts -> 'screen_lock_timeout_minutes', 'null'::jsonb)", FACT_AT_MOST),
     ),
     Setting(
         "jailbreak.blocked",
@@ -236,6 +307,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: None if o.device.jailbroken is None else not o.device.jailbroken,
         _is_true,
         reads="security.jailbroken",
+        sql=Sql("NOT d.jailbroken", IS_TRUE),
     ),
     Setting(
         "secure_boot.required",
@@ -246,6 +318,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: o.device.secure_boot,
         _is_true,
         reads="security.secure_boot",
+        sql=Sql("d.secure_boot", IS_TRUE),
     ),
     Setting(
         "checkin.max_days",
@@ -258,6 +331,7 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
         maximum=365,
         reads="the time of the last check-in",
+        sql=Sql(DAYS_SINCE_CHECKIN, AT_MOST),
     ),
     Setting(
         "apps.required",
@@ -268,6 +342,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: sorted(o.apps),
         _has_all,
         reads="apps[].identifier",
+        sql=Sql(MISSING_APPS, NONE_LISTED),
     ),
     Setting(
         "apps.forbidden",
@@ -278,6 +353,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: sorted(o.apps),
         _has_none,
         reads="apps[].identifier",
+        sql=Sql(INSTALLED_APPS, NONE_LISTED),
     ),
     Setting(
         "agent.min_version",
@@ -288,6 +364,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda o: o.device.agent_version,
         _version_at_least,
         reads="the agent_version of its check-ins",
+        sql=Sql("d.agent_version", VERSION_AT_LEAST, key=VERSION_KEY),
     ),
 )
 

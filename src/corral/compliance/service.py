@@ -21,19 +21,13 @@ from typing import Any, cast
 from sqlalchemy import (
     Integer,
     Select,
-    String,
-    Table,
     delete,
     func,
-    literal,
     select,
+    text,
     true,
-    tuple_,
-    update,
 )
 from sqlalchemy import cast as sa_cast
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import set_committed_value
@@ -41,7 +35,7 @@ from sqlalchemy.orm.util import identity_key
 
 from corral.assignments import engine
 from corral.audit.service import audit_service
-from corral.compliance import catalog
+from corral.compliance import catalog, evaluation
 from corral.compliance.schemas import (
     ActionIn,
     ActionKind,
@@ -78,7 +72,6 @@ from corral.models import (
     CompliancePolicy,
     ComplianceState,
     Device,
-    DeviceApp,
     DeviceComplianceChange,
     DeviceCompliancePolicy,
     Platform,
@@ -97,10 +90,10 @@ RANK = {
     ComplianceState.error: 2,
     ComplianceState.noncompliant: 3,
 }
-#: Devices evaluated per batch (one set of queries each).
-BATCH = 1000
-#: Rows per statement where rows are spelt out as parameters (under PostgreSQL's 32,767 per statement).
-ROWS_PER_STATEMENT = 4000
+#: Devices evaluated per batch (three statements each, whatever the number of policies and settings).
+BATCH = 5000
+#: Evaluations of more devices than this are planned for their parameters (see ``evaluate``).
+CUSTOM_PLANS_ABOVE = 100
 #: More devices than this after a change are evaluated by the worker, not in the request.
 INLINE_DEVICES = 2000
 MAX_OVERRIDE = timedelta(days=90)
@@ -217,86 +210,6 @@ class Evaluated:
     reason: str
     #: As the device's history records it (with what caused the evaluation).
     history: str = ""
-
-
-#: A device's result under one policy as evaluation reads it back; ``COMPARED`` decides whether a new result
-#: is written (an evaluation that finds what is stored writes nothing).
-COMPARED = ("state", "policy_version", "failing_since", "grace_ends_at", "settings")
-RESULT_COLUMNS = (
-    DeviceCompliancePolicy.device_id,
-    DeviceCompliancePolicy.policy_id,
-    *(getattr(DeviceCompliancePolicy, c) for c in COMPARED),
-)
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    """A policy as one evaluation batch uses it: its settings looked up in the catalog once."""
-
-    id: uuid.UUID
-    name: str
-    version: int
-    grace: timedelta
-    checks: tuple[tuple[catalog.Setting, Any], ...]
-    reads_apps: bool
-
-    @classmethod
-    def of(cls, policy: CompliancePolicy) -> _Compiled:
-        checks = tuple(
-            (catalog.BY_ID[sid], expected)
-            for sid, expected in sorted((policy.settings or {}).items())
-            if sid in catalog.BY_ID
-        )
-        return cls(
-            policy.id,
-            policy.name,
-            policy.version,
-            timedelta(hours=grace_hours(policy)),
-            checks,
-            bool(catalog.READS_APPS & set(policy.settings or {})),
-        )
-
-    def evaluate(self, observation: catalog.Observation, before: Any) -> dict[str, Any]:
-        """The device's result under this policy: each setting's state, expected and observed values; the
-        policy's state (a failing setting starts a noncompliance episode, in grace period until it ends)."""
-        settings: dict[str, dict[str, Any]] = {}
-        failing = erroring = False
-        for setting, expected in self.checks:
-            observed = setting.observe(observation)
-            result: dict[str, Any] = {"expected": expected}
-            if observed is None:
-                result["state"] = ComplianceState.error.value
-                result["message"] = f"The device does not report {setting.reads}."
-                erroring = True
-            elif setting.complies(expected, observed):
-                result["state"] = ComplianceState.compliant.value
-            else:
-                result["state"] = ComplianceState.noncompliant.value
-                failing = True
-            result["observed"] = catalog.observed_for_display(setting, expected, observed)
-            settings[setting.id] = result
-        failing_since = grace_end = None
-        if failing:
-            failing_since = (
-                before.failing_since if before is not None and before.failing_since else observation.now
-            )
-            grace_end = failing_since + self.grace
-            state = (
-                ComplianceState.noncompliant
-                if observation.now >= grace_end
-                else ComplianceState.in_grace_period
-            )
-        elif erroring:
-            state = ComplianceState.error
-        else:
-            state = ComplianceState.compliant
-        return {
-            "state": state,
-            "policy_version": self.version,
-            "failing_since": failing_since,
-            "grace_ends_at": grace_end if state is ComplianceState.in_grace_period else None,
-            "settings": settings,
-        }
 
 
 class ComplianceService:
@@ -546,10 +459,19 @@ class ComplianceService:
         tenant = await session.get(TenantSettings, 1)
         no_policy_compliant = tenant.no_policy_compliant if tenant else True
         validity_days = tenant.compliance_validity_days if tenant else 30
+        # A prepared statement turns to a generic plan after five runs; planned for an array of unknown
+        # length, evaluation of thousands of devices then loops over whole tables (8 x slower, measured).
+        # Batches of many devices are planned for their own parameters; a device's own evaluation keeps the
+        # cached plan.
+        custom = len(ids) > CUSTOM_PLANS_ABOVE
+        if custom:
+            await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
         for start in range(0, len(ids), BATCH):
             changed += await self._evaluate_batch(
                 session, ids[start : start + BATCH], now, no_policy_compliant, validity_days, reason
             )
+        if custom:
+            await session.execute(text("SET LOCAL plan_cache_mode = DEFAULT"))
         return changed
 
     async def _evaluate_batch(
@@ -561,200 +483,39 @@ class ComplianceService:
         validity_days: int,
         reason: str,
     ) -> list[Evaluated]:
-        # The columns evaluation reads, not whole devices (their inventories can be large). Locked in id
-        # order: an evaluation of the same device elsewhere (a check-in, another job) waits, then reads what
-        # that one wrote.
-        devices = (
-            await session.execute(
-                select(
-                    Device.id,
-                    Device.management_state,
-                    Device.inventory_updated_at,
-                    Device.compliance_state,
-                    Device.inventory["security"].label("facts"),
-                    *catalog.EVALUATED,
-                )
-                .where(Device.id.in_(ids))
+        # Locked in id order: an evaluation of the same devices elsewhere (a check-in, another job) waits,
+        # then reads what that one wrote.
+        await session.execute(
+            select(func.count()).select_from(
+                select(Device.id)
+                .where(effective.in_ids(Device.id, ids))
                 .order_by(Device.id)
-                .with_for_update(of=Device)
+                .with_for_update(key_share=True)
+                .subquery()
+            )
+        )
+        moved = (
+            await session.execute(
+                evaluation.EVALUATE,
+                {
+                    "ids": ids,
+                    "now": now,
+                    "validity_days": validity_days,
+                    "no_policy_compliant": no_policy_compliant,
+                    "reason": reason,
+                },
             )
         ).all()
-        reached: dict[uuid.UUID, list[uuid.UUID]] = {}
-        for device_id, policy_id in (
-            await session.execute(
-                select(device_targets.c.device_id, device_targets.c.assignable_id)
-                .join(CompliancePolicy, CompliancePolicy.id == device_targets.c.assignable_id)
-                .where(device_targets.c.device_id.in_(ids))
-            )
-        ).all():
-            reached.setdefault(device_id, []).append(policy_id)
-        policies = {
-            p.id: _Compiled.of(p)
-            for p in (
-                await session.scalars(
-                    select(CompliancePolicy).where(
-                        CompliancePolicy.id.in_({p for ps in reached.values() for p in ps})
-                    )
-                )
-            ).all()
-        }
-        reads_apps = {d for d, ps in reached.items() if any(policies[p].reads_apps for p in ps)}
-        apps: dict[uuid.UUID, set[str]] = {}
-        if reads_apps:
-            for device_id, identifier in (
-                await session.execute(
-                    select(DeviceApp.device_id, DeviceApp.identifier).where(
-                        DeviceApp.device_id.in_(reads_apps), DeviceApp.identifier.is_not(None)
-                    )
-                )
-            ).all():
-                apps.setdefault(device_id, set()).add(identifier)
-        existing = {
-            (r.device_id, r.policy_id): r
-            for r in (
-                await session.execute(
-                    select(*RESULT_COLUMNS).where(DeviceCompliancePolicy.device_id.in_(ids))
-                )
-            ).all()
-        }
-        overrides = {
-            o.device_id: o
-            for o in (
-                await session.scalars(select(ComplianceOverride).where(ComplianceOverride.device_id.in_(ids)))
-            ).all()
-        }
-
-        written: list[dict[str, Any]] = []  # results that changed
-        kept: set[tuple[uuid.UUID, uuid.UUID]] = set()
-        moves: dict[uuid.UUID, Evaluated] = {}
-        for device in devices:
-            if device.management_state in ENDED_STATES:
-                continue  # retired or wiped: its results go (below), its state stays as it ended
-            if device.inventory_updated_at is None:
-                # Enrolled, no inventory yet: nothing to judge (Intune's "not evaluated").
-                if device.compliance_state != ComplianceState.not_evaluated:
-                    why = "the device has not reported its inventory yet"
-                    moves[device.id] = Evaluated(
-                        device.id, device.compliance_state, ComplianceState.not_evaluated, why, why
-                    )
-                continue
-            states: list[tuple[str, ComplianceState]] = []
-            facts = device.facts if isinstance(device.facts, dict) else {}
-            observation = catalog.Observation(device, facts, frozenset(apps.get(device.id, ())), now)
-            for policy_id in reached.get(device.id, ()):
-                policy = policies[policy_id]
-                before = existing.get((device.id, policy_id))
-                row = policy.evaluate(observation, before)
-                states.append((policy.name, row["state"]))
-                kept.add((device.id, policy_id))
-                if before is None or any(before._mapping[k] != row[k] for k in COMPARED):
-                    written.append(
-                        {"device_id": device.id, "policy_id": policy_id, **row, "evaluated_at": now}
-                    )
-            override = overrides.get(device.id)
-            new_state, why = self._device_state(
-                device, states, override, now, no_policy_compliant, validity_days
-            )
-            if new_state != device.compliance_state:
-                moves[device.id] = Evaluated(
-                    device.id, device.compliance_state, new_state, why, f"{reason}: {why}" if reason else why
-                )
-        gone = [key for key in existing if key not in kept]
-        # PostgreSQL takes at most 32,767 parameters per statement: a batch of devices each reached by many
-        # policies is written in slices.
-        for start in range(0, len(gone), ROWS_PER_STATEMENT):
-            await session.execute(
-                delete(DeviceCompliancePolicy).where(
-                    tuple_(DeviceCompliancePolicy.device_id, DeviceCompliancePolicy.policy_id).in_(
-                        gone[start : start + ROWS_PER_STATEMENT]
-                    )
-                )
-            )
-        if written:
-            # Only the results that changed, through one cached statement (SQLAlchemy sends the rows in pages
-            # of multi-row VALUES; the ORM's bulk path would upsert row by row).
-            stmt = pg_insert(cast(Table, DeviceCompliancePolicy.__table__))
-            upsert = stmt.on_conflict_do_update(
-                index_elements=["device_id", "policy_id"],
-                set_={c: stmt.excluded[c] for c in (*COMPARED, "evaluated_at")},
-            )
-            await session.execute(upsert, written)
-        return await self._move(session, list(moves.values()), now)
-
-    async def _move(self, session: AsyncSession, moves: list[Evaluated], now: datetime) -> list[Evaluated]:
-        """The devices' new states (one statement for the batch) and their history."""
-        if not moves:
-            return []
-        # One statement with two arrays (unnest), not a statement per device.
-        moved = (
-            func.unnest(
-                effective.id_array([m.device_id for m in moves]),
-                literal([m.new.value for m in moves], ARRAY(String)),
-            )
-            .table_valued("id", "state")
-            .render_derived()
-        )
-        table = cast(Table, Device.__table__)
-        await session.execute(
-            update(table).where(table.c.id == moved.c.id).values(compliance_state=moved.c.state)
-        )
-        await session.execute(
-            pg_insert(cast(Table, DeviceComplianceChange.__table__)),
-            [
-                {
-                    "device_id": m.device_id,
-                    "at": now,
-                    "old_state": m.old,
-                    "new_state": m.new,
-                    "reason": m.history[:2000],
-                }
-                for m in moves
-            ],
-        )
+        moves = [
+            Evaluated(row.id, ComplianceState(row.old), ComplianceState(row.state), row.why, row.history)
+            for row in moved
+        ]
         # Devices this session holds (a check-in's) are told their new state without being marked changed.
         for m in moves:
             held = session.identity_map.get(identity_key(Device, m.device_id))
             if held is not None:
                 set_committed_value(held, "compliance_state", m.new)
         return moves
-
-    def _device_state(
-        self,
-        device: Any,
-        states: list[tuple[str, ComplianceState]],
-        override: ComplianceOverride | None,
-        now: datetime,
-        no_policy_compliant: bool,
-        validity_days: int,
-    ) -> tuple[ComplianceState, str]:
-        if override is not None and override.until > now:
-            return ComplianceState.compliant, (
-                f"marked compliant by {override.created_by_name or 'an administrator'} until "
-                f"{override.until:%Y-%m-%d %H:%M} UTC: {override.reason}"
-            )
-        last = device.last_checkin_at or device.enrolled_at
-        if last is not None and now - last > timedelta(days=validity_days):
-            return ComplianceState.noncompliant, f"no check-in for more than {validity_days} days"
-        if not states:
-            if no_policy_compliant:
-                return (
-                    ComplianceState.compliant,
-                    "no compliance policy is assigned (the tenant counts it compliant)",
-                )
-            return (
-                ComplianceState.noncompliant,
-                "no compliance policy is assigned (the tenant counts it noncompliant)",
-            )
-        worst_policy, worst = max(states, key=lambda s: RANK[s[1]])
-        if worst is ComplianceState.compliant:
-            names = ", ".join(sorted(name for name, _ in states))
-            return worst, f"meets {names}"
-        label = {
-            ComplianceState.noncompliant: "fails",
-            ComplianceState.in_grace_period: "fails (in grace period)",
-            ComplianceState.error: "cannot be evaluated against",
-        }[worst]
-        return worst, f"{label} {worst_policy}"
 
     async def due_devices(self, session: AsyncSession, now: datetime) -> list[uuid.UUID]:
         """Devices whose state may have changed with time alone: a grace period ended, an override ran out,
