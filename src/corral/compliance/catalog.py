@@ -60,13 +60,13 @@ class Sql:
     of ``EVALUATED``; ``d.facts``: the security facts of its inventory; ``:now``), NULL when not reported
     (the setting is then in error); ``complies`` compares it (``$v``) with the policy's value (``$e``,
     jsonb) or with ``$k``, the policy's value turned by ``key`` (computed once per policy, not per device);
-    ``shown`` is what is stored as observed. The Python ``observe`` and ``complies`` of the setting
+    ``shown`` is what is stored as observed (json). The Python ``observe`` and ``complies`` of the setting
     are the reference: a differential test holds the SQL to the same results
     (tests/compliance/test_evaluation_sql.py)."""
 
     value: str
     complies: str
-    shown: str = "to_jsonb($v)"
+    shown: str = "to_json($v)"
     key: str | None = None
 
     def state(self, expected: str, key: str) -> str:
@@ -78,7 +78,7 @@ class Sql:
         )
 
     def observed(self, expected: str) -> str:
-        """What is stored as observed (jsonb), for a setting not in error."""
+        """What is stored as observed (json), for a setting not in error."""
         return self.shown.replace("$v", f"({self.value.replace('$e', expected)})")
 
 

@@ -34,26 +34,34 @@ def _fragment(index: int, setting: catalog.Setting) -> str:
     """The setting's result as JSON text (``,"id":{...}``), NULL when the policy does not ask for it."""
     state = f"x.s{index}"
     message = json.dumps(f"The device does not report {setting.reads}.").replace("'", "''")
-    expected = _expected(setting)
     return (
-        f'CASE WHEN {state} IS NOT NULL THEN \',"{setting.id}":{{"expected":\' || {expected}::text '
-        f"|| ',\"state\":\"' || {state} || '\",\"observed\":' || CASE WHEN {state} = 'error' "
-        f"THEN 'null,\"message\":{message}' ELSE ({setting.sql.observed(expected)})::text END "
-        "|| '}' END"
+        f'CASE WHEN {state} IS NOT NULL THEN policy.pre{index} || {state} || \'","observed":\' '
+        f"|| CASE WHEN {state} = 'error' THEN 'null,\"message\":{message}' "
+        f"ELSE ({setting.sql.observed(_expected(setting))})::text END || '}}' END"
+    )
+
+
+def _prefix(index: int, setting: catalog.Setting) -> str:
+    """Once per policy: the start of the setting's result as JSON text, up to its state (NULL when the policy
+    does not ask for the setting)."""
+    return (
+        f", CASE WHEN p.settings ? '{setting.id}' THEN ',\"{setting.id}\":{{\"expected\":' "
+        f'|| {_expected(setting, "p")}::text || \',"state":"\' END AS pre{index}'
     )
 
 
 #: Each setting's state (``x.s0`` …), NULL when the policy does not ask for it.
 _STATES = ",\n".join(
-    f"CASE WHEN policy.settings ? '{s.id}' THEN {s.sql.state(_expected(s), f'policy.k{i}')} END AS s{i}"
+    f"CASE WHEN policy.pre{i} IS NOT NULL THEN {s.sql.state(_expected(s), f'policy.k{i}')} END AS s{i}"
     for i, s in enumerate(catalog.SETTINGS)
 )
-#: The policy's values turned once per policy (versions as arrays of numbers), ``policy.k0`` ….
+#: Computed once per policy: its values turned (versions as arrays of numbers, ``policy.k0`` …) and the
+#: start of each setting's result (``policy.pre0`` …).
 _KEYS = "".join(
     f", {s.sql.key.replace('$e', _expected(s, 'p'))} AS k{i}"
     for i, s in enumerate(catalog.SETTINGS)
     if s.sql.key
-)
+) + "".join(_prefix(i, s) for i, s in enumerate(catalog.SETTINGS))
 _ALL_STATES = ", ".join(f"x.s{i}" for i in range(len(catalog.SETTINGS)))
 #: The policy's settings' results as one jsonb object (built as text, parsed once: cheaper than building it).
 _SETTINGS = (
