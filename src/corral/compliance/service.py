@@ -90,7 +90,7 @@ RANK = {
     ComplianceState.error: 2,
     ComplianceState.noncompliant: 3,
 }
-#: Devices evaluated per batch (three statements each, whatever the number of policies and settings).
+#: Devices evaluated per batch (two statements each, whatever the number of policies and settings).
 BATCH = 5000
 #: Evaluations of more devices than this are planned for their parameters (see ``evaluate``).
 CUSTOM_PLANS_ABOVE = 100
