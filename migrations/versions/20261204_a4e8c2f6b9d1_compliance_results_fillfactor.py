@@ -1,6 +1,6 @@
 """Compliance results leave half of each page free: evaluation rewrites every result of a policy when the
 policy changes, and with room on the page PostgreSQL updates a row in place (a HOT update: no new index
-entries), measured 2.4–3.0 s → 2.0 s for 98,000 results.
+entries), measured 2.4-3.0 s → 2.0 s for 98,000 results.
 
 Revision ID: a4e8c2f6b9d1
 Revises: f7c3a9e2d1b4
