@@ -168,6 +168,8 @@ class FakeCorral:
         self.requests: list[httpx.Request] = []
         self.signatures: list[dict[str, Any]] = []
         self.inject: list[httpx.Response] = []
+        #: The next this many requests are handled, then their connection breaks before the answer.
+        self.break_after_handling = 0
         self.clock_offset = 0.0
         self.interval = 180
         self.renew = False
@@ -196,6 +198,10 @@ class FakeCorral:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         response = self.inject.pop(0) if self.inject else self._route(request)
+        if self.break_after_handling:
+            self.break_after_handling -= 1
+            broke = "Server disconnected without sending a response."
+            raise httpx.RemoteProtocolError(broke, request=request)
         response.headers["Date"] = formatdate(self.now(), usegmt=True)
         return response
 

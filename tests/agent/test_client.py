@@ -288,6 +288,26 @@ async def test_overload_is_retried_honouring_retry_after(
     assert len(set(signatures)) == 3  # every attempt signed afresh (new nonce)
 
 
+async def test_a_check_in_whose_connection_broke_before_the_answer_is_sent_again(
+    enrolled: Agent, fake: FakeCorral, sleeps: Sleeps
+) -> None:
+    # One of several servers died after handling it (or a keep-alive connection was closed under it).
+    fake.break_after_handling = 2
+    summary = await enrolled.checkin()
+    assert summary.inventory in ("accepted", "unchanged")
+    checkins = [r for r in fake.requests if r.url.path == "/device/v1/checkin"]
+    assert len(checkins) == 3 and len(sleeps.delays) == 2
+    assert len({r.headers["Signature-Input"] for r in checkins}) == 3  # each signed afresh
+
+
+async def test_a_renewal_whose_connection_broke_is_not_sent_again(enrolled: Agent, fake: FakeCorral) -> None:
+    # The server may have issued the new certificate: the agent does not ask twice on its own.
+    fake.break_after_handling = 1
+    with pytest.raises(AgentError, match="failed"):
+        await enrolled.renew()
+    assert [r.url.path for r in fake.requests].count("/device/v1/renew") == 1
+
+
 async def test_overload_gives_up_after_a_bounded_number_of_attempts(
     enrolled: Agent, fake: FakeCorral, sleeps: Sleeps
 ) -> None:

@@ -21,12 +21,15 @@ from tests.test_cli import CORRAL, env_for
 
 
 class Replica:
-    def __init__(self, db_url: str, directory: Path) -> None:
+    def __init__(self, db_url: str, directory: Path, public_url: str | None = None) -> None:
         directory.mkdir()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # Each replica's public URL is its own: the device signs @target-uri for the replica it talks to.
-        env = env_for(db_url, directory, CORRAL_BASE_URL=self.url, CORRAL_PUSH_HEARTBEAT_SECONDS="2")
+        # Each replica's public URL is its own (the device signs @target-uri for the replica it talks to),
+        # unless they stand behind one address.
+        env = env_for(
+            db_url, directory, CORRAL_BASE_URL=public_url or self.url, CORRAL_PUSH_HEARTBEAT_SECONDS="2"
+        )
         self.log_path = directory / "serve.log"
         self._log: IO[str] = self.log_path.open("w")
         self.process = subprocess.Popen(

@@ -388,7 +388,9 @@ class Agent:
                     if send_inventory:
                         body["inventory"] = inventory
                     try:
-                        response = await http.request("POST", state.checkin_url, json_body=body)
+                        response = await http.request(
+                            "POST", state.checkin_url, json_body=body, repeatable=True
+                        )
                     except ProtocolError as exc:
                         if exc.status in (413, 422) and send_inventory and not inventory_refused:
                             # An inventory the server cannot take must not stop check-ins (commands, results).
@@ -459,7 +461,7 @@ class Agent:
         Retry-After and jitter) or a failure leaves the version as it was: the next check-in tries again."""
         base = state.checkin_url.rsplit("/", 1)[0]
         try:
-            response = await http.request("GET", f"{base}/desired-state")
+            response = await http.request("GET", f"{base}/desired-state", repeatable=True)
             document = _json_object(response)
         except AgentError as exc:
             log.warning("could not fetch the desired state (%s); trying again at the next check-in", exc)
@@ -521,7 +523,7 @@ class Agent:
             ],
         }
         try:
-            await http.request("POST", f"{base}/desired-state/report", json_body=report)
+            await http.request("POST", f"{base}/desired-state/report", json_body=report, repeatable=True)
         except AgentError as exc:
             log.warning(
                 "could not report the desired state (%s); it is applied again at the next check-in", exc
@@ -586,7 +588,7 @@ class Agent:
                 "command_results": sending,
             }
             try:
-                await http.request("POST", state.checkin_url, json_body=body)
+                await http.request("POST", state.checkin_url, json_body=body, repeatable=True)
                 summary.requests += 1
                 summary.results_sent.extend(sending)
             except AgentError as exc:

@@ -371,9 +371,14 @@ class DeviceHttp:
         return request
 
     async def request(
-        self, method: str, url: str, *, json_body: Any = None, signed: bool = True
+        self, method: str, url: str, *, json_body: Any = None, signed: bool = True, repeatable: bool = False
     ) -> httpx.Response:
-        """Send, retrying overload and refused connections; raise :class:`ProtocolError` on errors."""
+        """Send, retrying overload and refused connections; raise :class:`ProtocolError` on errors.
+
+        ``repeatable``: the request may be sent again when its connection broke before an answer came (the
+        server may have handled it, e.g. one of several servers behind a load balancer died): a check-in
+        (command results and inventory are idempotent), a desired-state fetch or report. Not an enrollment
+        or a certificate renewal."""
         content = None if json_body is None else json.dumps(json_body, separators=(",", ":")).encode("utf-8")
         retried_after_skew = False
         attempt = 0
@@ -394,6 +399,14 @@ class DeviceHttp:
                 continue
             except httpx.TimeoutException as exc:
                 raise AgentError(f"{method} {url} timed out") from exc
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if not repeatable or attempt + 1 >= self.retry.attempts:
+                    raise AgentError(f"{method} {url} failed: {exc}") from exc
+                delay = self.retry.delay(attempt)
+                log.info("%s %s broke off unanswered (%s); retrying in %.1f s", method, url, exc, delay)
+                await self.sleep(delay)
+                attempt += 1
+                continue
             except httpx.HTTPError as exc:
                 raise AgentError(f"{method} {url} failed: {exc}") from exc
             skew_changed = self.clock.observe(response.headers.get("date"))
