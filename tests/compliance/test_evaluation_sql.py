@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.compliance import catalog
@@ -26,6 +26,7 @@ from corral.models import (
     ComplianceState,
     Device,
     DeviceApp,
+    DeviceComplianceChange,
     DeviceCompliancePolicy,
     TenantSettings,
     device_targets,
@@ -34,9 +35,10 @@ from corral.models import (
 VERSIONS = [
     "10.0.22631", "10.0.19045", "10.0.22631.3007", "14", "14.0", "14.0.0", "13.9.9", " 14.1",
     "14.1 (23B74)", "14.00", "10.0.0.00", "", "abc", "0", "0.0", "10.01", "99999999999999999999999.1",
-    "7.", None,
+    "7.", "\t14.1", "\u3000 15", "\u2003" + "10.0.19045", None,
 ]  # fmt: skip
-FACTS = [None, 4, 6, 8, 12, 15, 600, True, "8", 8.5, -3, {"x": 1}]
+#: Facts of every JSON type, and the catalog's bounds (equal to the policy's value: at least / at most).
+FACTS = [None, 1, 4, 6, 8, 12, 15, 64, 600, 1440, True, "8", 8.5, -3, {"x": 1}]
 APPS = ["com.a", "com.b", "Com.c", "z.app", "é.app"]
 NAMES = ["Alpha", "beta", "Émile", "zeta", "Zulu", "alpha 2"]
 
@@ -322,7 +324,11 @@ async def test_sql_evaluation_agrees_with_the_python_reference(
                     )
             await session.execute(text("UPDATE devices SET compliance_state = 'unknown'"))
             expected_rows, expected_states = await reference(session, policies, at, tenant)
+            # The caller's own planner setting survives the evaluation's (planned per batch).
+            await session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
             moved = await compliance_service.evaluate(session, ids, at, reason="test")
+            planner = await session.scalar(text("SELECT current_setting('plan_cache_mode')"))
+            assert planner == "force_generic_plan"
             await session.commit()
         async with sessionmaker() as session:
             assert await stored(session) == expected_rows
@@ -336,6 +342,18 @@ async def test_sql_evaluation_agrees_with_the_python_reference(
         seen = {row["state"] for row in expected_rows.values()}
         assert {ComplianceState.compliant, ComplianceState.noncompliant, ComplianceState.error} <= seen
 
+    # Evaluated again with nothing changed: nothing is written, no device moves.
+    async with sessionmaker() as session:
+        before = (await session.execute(select(DeviceCompliancePolicy.__table__))).all()
+        history = await session.scalar(select(func.count()).select_from(DeviceComplianceChange))
+        moved = await compliance_service.evaluate(session, ids, at, reason="test")
+        await session.commit()
+    async with sessionmaker() as session:
+        assert moved == []
+        after = (await session.execute(select(DeviceCompliancePolicy.__table__))).all()
+        assert sorted(after) == sorted(before)  # evaluated_at included: no row rewritten
+        assert await session.scalar(select(func.count()).select_from(DeviceComplianceChange)) == history
+
 
 async def test_versions_compare_in_sql_as_version_key_compares_them(
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -347,6 +365,9 @@ async def test_versions_compare_in_sql_as_version_key_compares_them(
         "3.10",
         "3.9",
         "1.2.3abc",
+        "\u00a014",  # only ASCII blanks may lead a version
+        "\u2028 3",
+        " \f\v\r\n2.1",
     ]
     key = catalog._version_sql("v")
     async with sessionmaker() as session:

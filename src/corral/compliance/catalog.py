@@ -30,7 +30,7 @@ MAX_IDENTIFIERS = 200
 def version_key(text: str) -> tuple[int, ...]:
     """ "10.0.22631" → (10, 0, 22631); trailing zeros dropped so 14 == 14.0; what is not a number is ignored
     ("12.7.1 (21G83)" → (12, 7, 1, 21, 83) would be wrong: only the leading dotted numbers count)."""
-    match = re.match(r"\s*([0-9]+(?:\.[0-9]+)*)", text or "", re.ASCII)
+    match = re.match(r"[ \t\n\r\f\v]*([0-9]+(?:\.[0-9]+)*)", text or "")
     if match is None:
         return ()
     parts = [int(p) for p in match.group(1).split(".")]
@@ -85,7 +85,7 @@ class Sql:
 def _version_sql(text: str) -> str:
     """``version_key`` in SQL: the leading dotted numbers as numeric[] (no overflow), trailing zeros dropped;
     '{}' when there are none (arrays compare like Python's tuples)."""
-    leading = rf"substring({text} FROM '^\s*([0-9]+(?:\.[0-9]+)*)')"
+    leading = rf"substring({text} FROM '^[ \t\n\r\f\v]*([0-9]+(?:\.[0-9]+)*)')"  # ASCII blanks only
     return rf"coalesce(string_to_array(regexp_replace({leading}, '(\.0+)+$', ''), '.')::numeric[], '{{}}')"
 
 

@@ -461,17 +461,20 @@ class ComplianceService:
         validity_days = tenant.compliance_validity_days if tenant else 30
         # A prepared statement turns to a generic plan after five runs; planned for an array of unknown
         # length, evaluation of thousands of devices then loops over whole tables (8 x slower, measured).
-        # Batches of many devices are planned for their own parameters; a device's own evaluation keeps the
-        # cached plan.
-        custom = len(ids) > CUSTOM_PLANS_ABOVE
-        if custom:
-            await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        # Batches of many devices are planned for their own parameters (for this transaction, then set back:
+        # the caller may have its own setting); a device's own evaluation keeps the cached plan. On an error
+        # the transaction's rollback undoes the setting.
+        previous = None
+        if len(ids) > CUSTOM_PLANS_ABOVE:
+            previous = await session.scalar(text("SELECT current_setting('plan_cache_mode')"))
+            await session.execute(text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)"))
         for start in range(0, len(ids), BATCH):
             changed += await self._evaluate_batch(
                 session, ids[start : start + BATCH], now, no_policy_compliant, validity_days, reason
             )
-        if custom:
-            await session.execute(text("SET LOCAL plan_cache_mode = DEFAULT"))
+        if previous is not None:
+            restore = text("SELECT set_config('plan_cache_mode', :mode, true)")
+            await session.execute(restore, {"mode": previous})
         return changed
 
     async def _evaluate_batch(
