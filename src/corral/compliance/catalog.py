@@ -69,9 +69,12 @@ class Sql:
     shown: str = "to_json($v)"
     key: str | None = None
 
+    def _value(self, expected: str) -> str:
+        return f"({self.value.replace('$e', expected)})"
+
     def state(self, expected: str, key: str) -> str:
         """The setting's state on a device: 'error' (not reported), 'compliant' or 'noncompliant'."""
-        value = f"({self.value.replace('$e', expected)})"
+        value = self._value(expected)
         complies = self.complies.replace("$v", value).replace("$e", expected).replace("$k", key)
         return (
             f"CASE WHEN {value} IS NULL THEN 'error' WHEN {complies} THEN 'compliant' ELSE 'noncompliant' END"
@@ -79,7 +82,7 @@ class Sql:
 
     def observed(self, expected: str) -> str:
         """What is stored as observed (json), for a setting not in error."""
-        return self.shown.replace("$v", f"({self.value.replace('$e', expected)})")
+        return self.shown.replace("$v", self._value(expected))
 
 
 def _version_sql(text: str) -> str:
@@ -383,8 +386,6 @@ EVALUATED = (
     Device.enrolled_at,
     Device.agent_version,
 )
-#: Settings that read the device's apps (their evaluation loads them).
-READS_APPS = frozenset({"apps.required", "apps.forbidden"})
 
 
 def settings_for(platform: Platform) -> list[Setting]:

@@ -127,13 +127,6 @@ def _action_defaults(action: dict[str, Any]) -> dict[str, Any]:
     return {"recipients": [], "template_id": None, "message": "", "delay_hours": 0, **action}
 
 
-def grace_hours(policy: CompliancePolicy) -> int:
-    for action in policy.actions or DEFAULT_ACTIONS:
-        if action.get("action") == ActionKind.mark_noncompliant:
-            return int(action.get("delay_hours") or 0)
-    return 0
-
-
 def validate_settings(platform: Platform, settings: dict[str, Any]) -> dict[str, Any]:
     """The settings, checked against the catalog: a 422 naming the first bad one."""
     if not settings:
