@@ -75,9 +75,8 @@ def _filtered(filters: AuditFilter, reader: Reader) -> Select[AuditEvent]:
     return stmt.order_by(AuditEvent.seq.desc())
 
 
-async def list_events(
-    session: AsyncSession, filters: AuditFilter, reader: Reader = EVERYTHING
-) -> Page[AuditEvent]:
+def page_statement(filters: AuditFilter, reader: Reader = EVERYTHING) -> Select[AuditEvent]:
+    """A page's statement: the events after the cursor, newest first, one more than the limit."""
     stmt = _filtered(filters, reader)
     cursor = decode_cursor(filters.cursor)
     if cursor is not None:
@@ -87,7 +86,13 @@ async def list_events(
         if not isinstance(last_seq, int) or isinstance(last_seq, bool) or not 0 < last_seq < 2**63:
             raise BadRequest("The pagination cursor is malformed; start again from the first page.")
         stmt = stmt.where(AuditEvent.seq < last_seq)
-    rows = list((await session.scalars(stmt.limit(filters.limit + 1))).all())
+    return stmt.limit(filters.limit + 1)
+
+
+async def list_events(
+    session: AsyncSession, filters: AuditFilter, reader: Reader = EVERYTHING
+) -> Page[AuditEvent]:
+    rows = list((await session.scalars(page_statement(filters, reader))).all())
     more = len(rows) > filters.limit
     items = rows[: filters.limit]
     return Page(items=items, next_cursor=encode_cursor([items[-1].seq]) if more and items else None)

@@ -58,7 +58,10 @@ async def list_devices(
     """Devices in your scope: search, filter, sort, keyset pagination."""
     items, next_cursor, total = await device_service.page(session, settings, principal, filters)
     return DevicePage(
-        items=[device_out(d, settings.stale_device_days) for d in items], next_cursor=next_cursor, total=total
+        items=[device_out(d, settings.stale_device_days) for d in items],
+        next_cursor=next_cursor,
+        total=total.value,
+        total_exact=total.exact,
     )
 
 

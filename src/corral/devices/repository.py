@@ -25,7 +25,7 @@ from sqlalchemy.orm import joinedload, selectinload, with_expression
 
 from corral.devices.schemas import MAX_BULK_DEVICES, DeviceFilter
 from corral.errors import BadRequest
-from corral.kit.pagination import decode_cursor, encode_cursor
+from corral.kit.pagination import Total, count_total, decode_cursor, keyset_page
 from corral.models import (
     ComplianceState,
     Device,
@@ -174,13 +174,12 @@ def filtered(filters: DeviceFilter, scope: Scope, stale_days: int) -> Select[Any
     return stmt
 
 
-async def page(
-    session: AsyncSession, filters: DeviceFilter, scope: Scope, stale_days: int
-) -> tuple[list[Device], str | None, int]:
+def page_statements(filters: DeviceFilter, scope: Scope, stale_days: int) -> tuple[Select[Any], Select[Any]]:
+    """A page's two statements: the filtered devices (what its total counts) and its rows, the devices after
+    the cursor in sort order with their sort key last, one more than the limit (is there a next page?)."""
     base = filtered(filters, scope, stale_days)
-    total = int(await session.scalar(select(func.count()).select_from(base.subquery())) or 0)
     expr, descending = _sort_expr(filters.sort)
-    stmt = base.options(selectinload(Device.scope_tags))
+    stmt = base
     cursor = decode_cursor(filters.cursor)
     if cursor is not None:
         try:
@@ -195,15 +194,16 @@ async def page(
     order = (expr.desc(), Device.id.desc()) if descending else (expr.asc(), Device.id.asc())
     # The sort key comes back from the database, so the cursor holds exactly what PostgreSQL compares
     # (its lower() and Python's differ for some non-ASCII names).
-    rows = (await session.execute(stmt.add_columns(expr).order_by(*order).limit(filters.limit + 1))).all()
-    more = len(rows) > filters.limit
-    items = [row[0] for row in rows[: filters.limit]]
-    next_cursor = None
-    if more and items:
-        last_key: Any = rows[filters.limit - 1][1]
-        if isinstance(last_key, datetime):
-            last_key = last_key.isoformat()
-        next_cursor = encode_cursor([last_key, str(items[-1].id)])
+    return base, stmt.add_columns(expr).order_by(*order).limit(filters.limit + 1)
+
+
+async def page(
+    session: AsyncSession, filters: DeviceFilter, scope: Scope, stale_days: int
+) -> tuple[list[Device], str | None, Total]:
+    base, rows_stmt = page_statements(filters, scope, stale_days)
+    total = await count_total(session, base)
+    rows = (await session.execute(rows_stmt.options(selectinload(Device.scope_tags)))).all()
+    items, next_cursor = keyset_page(rows, filters.limit)
     return items, next_cursor, total
 
 

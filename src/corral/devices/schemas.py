@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from corral.kit.pagination import COUNT_EXACTLY_UP_TO
 from corral.models import ComplianceState, ManagementState, Ownership, Platform
 
 Text = Annotated[str, Field(max_length=512)]
@@ -159,7 +160,11 @@ class DeviceFilter(BaseModel):
 class DevicePage(BaseModel):
     items: list[DeviceOut]
     next_cursor: str | None
-    total: int
+    total: int = Field(description="How many match the filters (an estimate when total_exact is false)")
+    total_exact: bool = Field(
+        description=f"False when more than {COUNT_EXACTLY_UP_TO:,} matched: the total is then the database "
+        "planner's estimate, shown as such; narrow the filters for an exact count"
+    )
 
 
 class DeviceUpdate(BaseModel):

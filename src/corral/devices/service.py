@@ -19,6 +19,7 @@ from corral.devices import repository
 from corral.devices.schemas import DeviceDetail, DeviceFilter, DeviceOut, DeviceUpdate
 from corral.errors import Forbidden, NotFound, ValidationFailed
 from corral.kit.csvexport import to_csv
+from corral.kit.pagination import Total
 from corral.kit.time import utcnow
 from corral.models import Device, DeviceApp, DeviceCertificate, DeviceCompliancePolicy, DeviceInventoryChange
 from corral.rbac import repository as rbac_repository
@@ -103,7 +104,7 @@ class DeviceService:
     # ---------------------------------------------------------------- reads
     async def page(
         self, session: AsyncSession, settings: Settings, principal: Principal, filters: DeviceFilter
-    ) -> tuple[list[Device], str | None, int]:
+    ) -> tuple[list[Device], str | None, Total]:
         return await repository.page(
             session, filters, principal.scope_for(P.devices_read), settings.stale_device_days
         )

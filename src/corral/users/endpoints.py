@@ -45,7 +45,12 @@ async def list_users(
 
     Pass ``next_cursor`` back as ``cursor`` for the next page."""
     items, next_cursor, total = await user_service.page(session, principal, filters)
-    return UserPage(items=[user_out(u) for u in items], next_cursor=next_cursor, total=total)
+    return UserPage(
+        items=[user_out(u) for u in items],
+        next_cursor=next_cursor,
+        total=total.value,
+        total_exact=total.exact,
+    )
 
 
 @router.get(

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import with_expression
 
 from corral.errors import BadRequest
-from corral.kit.pagination import decode_cursor, encode_cursor
+from corral.kit.pagination import Total, count_total, decode_cursor, keyset_page
 from corral.models import (
     RoleAssignment,
     RoleDefinition,
@@ -213,11 +213,10 @@ def filtered(filters: UserFilter, scope: Scope) -> Select[Any]:
     return stmt
 
 
-async def page(
-    session: AsyncSession, filters: UserFilter, scope: Scope
-) -> tuple[list[User], str | None, int]:
+def page_statements(filters: UserFilter, scope: Scope) -> tuple[Select[Any], Select[Any]]:
+    """A page's two statements: the filtered users (what its total counts) and its rows, the users after the
+    cursor in sort order with their sort key last, one more than the limit (is there a next page?)."""
     base = filtered(filters, scope)
-    total = int(await session.scalar(select(func.count()).select_from(base.subquery())) or 0)
     expr, descending = _sort_expr(filters.sort)
     stmt = base
     cursor = decode_cursor(filters.cursor)
@@ -235,15 +234,16 @@ async def page(
         stmt = stmt.where(key < tuple_(value, last_uuid) if descending else key > tuple_(value, last_uuid))
     order = (expr.desc(), User.id.desc()) if descending else (expr.asc(), User.id.asc())
     # The cursor holds the sort key as the database computed it (its lower() is what it compares).
-    rows = (await session.execute(stmt.add_columns(expr).order_by(*order).limit(filters.limit + 1))).all()
-    more = len(rows) > filters.limit
-    items = [row[0] for row in rows[: filters.limit]]
-    next_cursor = None
-    if more and items:
-        last_key: Any = rows[filters.limit - 1][1]
-        if isinstance(last_key, datetime):
-            last_key = last_key.isoformat()
-        next_cursor = encode_cursor([last_key, str(items[-1].id)])
+    return base, stmt.add_columns(expr).order_by(*order).limit(filters.limit + 1)
+
+
+async def page(
+    session: AsyncSession, filters: UserFilter, scope: Scope
+) -> tuple[list[User], str | None, Total]:
+    base, rows_stmt = page_statements(filters, scope)
+    total = await count_total(session, base)
+    rows = (await session.execute(rows_stmt)).all()
+    items, next_cursor = keyset_page(rows, filters.limit)
     return items, next_cursor, total
 
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from corral.devices.schemas import DeviceOut
 from corral.groups.schemas import GroupMembership
+from corral.kit.pagination import COUNT_EXACTLY_UP_TO
 from corral.kit.text import CLEAN_NAME, IDENTIFIER, clean_name
 from corral.kit.types import Boolean
 from corral.licensing.schemas import UserLicenceOut
@@ -201,7 +202,11 @@ class UserFilter(BaseModel):
 class UserPage(BaseModel):
     items: list[UserOut]
     next_cursor: str | None
-    total: int
+    total: int = Field(description="How many match the filters (an estimate when total_exact is false)")
+    total_exact: bool = Field(
+        description=f"False when more than {COUNT_EXACTLY_UP_TO:,} matched: the total is then the database "
+        "planner's estimate, shown as such; narrow the filters for an exact count"
+    )
 
 
 class PasswordReset(BaseModel):

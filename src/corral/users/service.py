@@ -27,6 +27,7 @@ from corral.groups import membership as group_membership
 from corral.groups.schemas import MemberType
 from corral.groups.service import group_service
 from corral.kit.csvexport import to_csv
+from corral.kit.pagination import Total
 from corral.kit.security import SecretBox, generate_password, hash_password, password_problem, verify_password
 from corral.kit.time import utcnow
 from corral.licensing.service import licence_service
@@ -201,7 +202,7 @@ class UserService:
 
     async def page(
         self, session: AsyncSession, principal: Principal, filters: UserFilter
-    ) -> tuple[list[User], str | None, int]:
+    ) -> tuple[list[User], str | None, Total]:
         return await repository.page(session, filters, principal.scope_for(P.users_read))
 
     async def export_csv(self, session: AsyncSession, principal: Principal, filters: UserFilter) -> str:
@@ -238,7 +239,7 @@ class UserService:
             **user_out(user).model_dump(),
             "is_admin": await repository.is_admin(session, user.id),
             "devices": [device_out(d, settings.stale_device_days) for d in devices],
-            "devices_total": total,
+            "devices_total": total.value,
             "groups": groups,
         }
         if principal.has(P.licences_read):
