@@ -176,12 +176,14 @@ async def generate_devices(conn: asyncpg.Connection, count: int) -> None:
                CASE WHEN g % 20 <> 0 THEN greatest(e.enrolled, now() - random() ^ 4 * interval '60 days') END,
                '{}'::jsonb, e.enrolled, e.enrolled
         FROM generate_series(1, $1) AS g
-        CROSS JOIN LATERAL (SELECT random() AS r, now() - random() * interval '1000 days' AS enrolled) AS e
+        -- (g in it: a lateral subquery that does not refer to the row is evaluated once for all rows)
+        CROSS JOIN LATERAL (SELECT random() + 0 * g AS r,
+                                   now() - (random() + 0 * g) * interval '1000 days' AS enrolled) AS e
         CROSS JOIN LATERAL (
             SELECT CASE WHEN g % 100 < 45 THEN 'windows' WHEN g % 100 < 57 THEN 'macos'
                         WHEN g % 100 < 77 THEN 'ios' WHEN g % 100 < 82 THEN 'ipados'
                         WHEN g % 100 < 97 THEN 'android' ELSE 'linux' END AS platform) AS p
-        JOIN numbered_users AS u ON u.n = 1 + (g * 7919) % $2
+        JOIN numbered_users AS u ON u.n = 1 + (g::bigint * 7919) % $2
         """,
         count,
         users,

@@ -33,8 +33,9 @@ from corral.devices.schemas import (
     WhoCanOut,
 )
 from corral.devices.service import device_out, device_service
+from corral.kit.csvexport import csv_response
 from corral.kit.db import SessionDep
-from corral.kit.deps import SettingsDep
+from corral.kit.deps import SessionMakerDep, SettingsDep
 from corral.kit.routing import APIRouter
 from corral.models import DeviceCommand
 from corral.rbac.permissions import P
@@ -71,16 +72,13 @@ async def list_devices(
     responses={200: {"content": {"text/csv": {}}, "description": "CSV of the filtered devices"}},
 )
 async def export_devices(
-    session: SessionDep,
+    maker: SessionMakerDep,
     settings: SettingsDep,
     principal: DevicesRead,
     filters: Annotated[DeviceFilter, Query()],
 ) -> Response:
-    return Response(
-        await device_service.export_csv(session, settings, principal, filters),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="corral-devices.csv"'},
-    )
+    """Every filtered device in your scope as CSV, streamed (paging parameters are ignored)."""
+    return csv_response(device_service.export_csv(maker, settings, principal, filters), "corral-devices.csv")
 
 
 @router.get("/remote-actions", response_model=list[ActionOut])

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.assignments import engine as assignment_engine
 from corral.assignments import hooks as assignment_hooks
@@ -18,7 +18,7 @@ from corral.config import Settings
 from corral.devices import repository
 from corral.devices.schemas import DeviceDetail, DeviceFilter, DeviceOut, DeviceUpdate
 from corral.errors import Forbidden, NotFound, ValidationFailed
-from corral.kit.csvexport import to_csv
+from corral.kit.csvexport import csv_lines
 from corral.kit.pagination import Total
 from corral.kit.time import utcnow
 from corral.models import Device, DeviceApp, DeviceCertificate, DeviceCompliancePolicy, DeviceInventoryChange
@@ -109,21 +109,21 @@ class DeviceService:
             session, filters, principal.scope_for(P.devices_read), settings.stale_device_days
         )
 
-    async def export(
-        self, session: AsyncSession, settings: Settings, principal: Principal, filters: DeviceFilter
-    ) -> list[Device]:
-        return await repository.export(
-            session, filters, principal.scope_for(P.devices_read), settings.stale_device_days
-        )
-
     async def export_csv(
-        self, session: AsyncSession, settings: Settings, principal: Principal, filters: DeviceFilter
-    ) -> str:
+        self,
+        maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        principal: Principal,
+        filters: DeviceFilter,
+    ) -> AsyncIterator[str]:
         """The filtered devices in the caller's scope as CSV (cells that could run as formulas neutralised),
-        for the API and the admin center alike."""
-        devices = await self.export(session, settings, principal, filters)
-        rows = (csv_row(device_out(d, settings.stale_device_days)) for d in devices)
-        return to_csv(CSV_HEADER, rows)
+        for the API and the admin center alike, batch by batch, read in a session of its own (the request's
+        has ended by the time the body is sent)."""
+        scope, stale_days = principal.scope_for(P.devices_read), settings.stale_device_days
+        yield csv_lines([CSV_HEADER])
+        async with maker() as session:
+            async for devices in repository.export(session, filters, scope, stale_days):
+                yield csv_lines(csv_row(device_out(d, stale_days)) for d in devices)
 
     async def get(
         self,

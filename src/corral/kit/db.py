@@ -6,10 +6,10 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, Enum, MetaData, func
+from sqlalchemy import DateTime, Enum, Index, MetaData, func, literal_column
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -21,6 +21,16 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# 1970-01-01 as SQL text, not a bound value: a sort key written coalesce(column, EPOCH_SQL) is then the same
+# expression as its index's, which PostgreSQL can only match against constants.
+EPOCH_SQL = literal_column("'1970-01-01 00:00:00+00'::timestamptz", DateTime(timezone=True))
+
+
+def trigram_index(name: str, column: Any) -> Index:
+    """A GIN trigram index: ``column ILIKE '%needle%'`` (a list's search) reads it instead of every row."""
+    return Index(name, column, postgresql_using="gin", postgresql_ops={column.key: "gin_trgm_ops"})
 
 
 class Model(DeclarativeBase):

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Row, Select, func, select
+from sqlalchemy import ClauseElement, Executable, Row, Select, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from corral.errors import BadRequest
 
@@ -74,15 +76,41 @@ class Total:
     threshold: int = COUNT_EXACTLY_UP_TO
 
 
-def count_statement(base: Select[Any]) -> Select[Any]:
-    """How many rows ``base`` (a list's filtered query, unsorted and unpaged) matches."""
-    return select(func.count()).select_from(base.order_by(None).subquery())
+class _Estimate(Executable, ClauseElement):
+    """How many rows the planner expects a query to return: ``EXPLAIN (FORMAT JSON)`` of it, not run."""
+
+    inherit_cache = False
+
+    def __init__(self, stmt: Select[Any]) -> None:
+        self.stmt = stmt
 
 
-def total_statements(base: Select[Any]) -> list[Select[Any]]:
-    """The statements ``count_total`` runs (the benchmark runs them raw)."""
-    return [count_statement(base)]
+@compiles(_Estimate, "postgresql")
+def _compile_estimate(element: _Estimate, compiler: SQLCompiler, **kw: Any) -> str:
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.stmt, **kw)
+
+
+def total_statements(base: Select[Any]) -> tuple[Select[Any], Executable]:
+    """The statements ``count_total`` runs for ``base`` (a list's filtered query, unsorted and unpaged): a
+    count that stops after ``COUNT_EXACTLY_UP_TO + 1`` rows, and the planner's estimate (run only when the
+    count got there)."""
+    rows: Select[Any] = base.with_only_columns(literal_column("1"), maintain_column_froms=True).order_by(None)
+    return select(func.count()).select_from(rows.limit(COUNT_EXACTLY_UP_TO + 1).subquery()), _Estimate(rows)
+
+
+def planned_rows(plan: Any) -> int:
+    """The row estimate of an ``EXPLAIN (FORMAT JSON)`` answer (text or already parsed)."""
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 async def count_total(session: AsyncSession, base: Select[Any]) -> Total:
-    return Total(int(await session.scalar(count_statement(base)) or 0))
+    """How many rows ``base`` matches: counted up to ``COUNT_EXACTLY_UP_TO``; beyond, the planner's estimate
+    (at least the threshold), as counting a million rows for a list's header would cost more than its page."""
+    count, estimate = total_statements(base)
+    counted = int(await session.scalar(count) or 0)
+    if counted <= COUNT_EXACTLY_UP_TO:
+        return Total(counted, threshold=COUNT_EXACTLY_UP_TO)
+    planned = planned_rows(await session.scalar(estimate))
+    return Total(max(planned, COUNT_EXACTLY_UP_TO + 1), exact=False, threshold=COUNT_EXACTLY_UP_TO)

@@ -8,7 +8,7 @@ from sqlalchemy import BigInteger, Identity, Index, String, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.kit.db import Model
+from corral.kit.db import Model, trigram_index
 
 
 class AuditEvent(Model):
@@ -41,3 +41,7 @@ class AuditEvent(Model):
     correlation_id: Mapped[str | None] = mapped_column(String(64), default=None)
     ip_address: Mapped[str | None] = mapped_column(String(64), default=None)
     user_agent: Mapped[str | None] = mapped_column(String(512), default=None)
+
+
+# The audit log's "actor contains" filter.
+trigram_index("ix_audit_events_actor_name_trgm", AuditEvent.actor_name)

@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, Column, Date, ForeignKey, Index, String, Tabl
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, query_expression, relationship
 
-from corral.kit.db import IdMixin, Model, TimestampMixin, str_enum
+from corral.kit.db import EPOCH_SQL, IdMixin, Model, TimestampMixin, str_enum, trigram_index
 from corral.models.scope_tag import ScopeTag
 
 
@@ -129,4 +129,10 @@ class Device(IdMixin, TimestampMixin, Model):
     member_of: Mapped[list[uuid.UUID] | None] = query_expression(expire_on_flush=False)
 
 
-Index("ix_devices_name_lower", func.lower(Device.name))
+# The device list: each sort key with the id after it (keyset order), and its search.
+Index("ix_devices_name_lower_id", func.lower(Device.name), Device.id)
+Index("ix_devices_last_checkin_sort", func.coalesce(Device.last_checkin_at, EPOCH_SQL), Device.id)
+Index("ix_devices_enrolled_at_id", Device.enrolled_at, Device.id)
+trigram_index("ix_devices_name_trgm", Device.name)
+trigram_index("ix_devices_serial_number_trgm", Device.serial_number)
+trigram_index("ix_devices_primary_user_trgm", Device.primary_user)

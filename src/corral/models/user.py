@@ -7,7 +7,7 @@ from enum import StrEnum
 from sqlalchemy import ForeignKey, Index, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column, query_expression
 
-from corral.kit.db import IdMixin, Model, TimestampMixin, str_enum
+from corral.kit.db import EPOCH_SQL, IdMixin, Model, TimestampMixin, str_enum, trigram_index
 
 
 class UserSource(StrEnum):
@@ -57,8 +57,13 @@ class User(IdMixin, TimestampMixin, Model):
 # Sign-in names are unique regardless of case; email addresses are looked up the same way.
 Index("uq_users_upn_lower", func.lower(User.user_principal_name), unique=True)
 Index("ix_users_email_lower", func.lower(User.email))
-# The user list sorts by display name by default (keyset pagination on lower(display_name), id).
-Index("ix_users_display_name_lower", func.lower(User.display_name))
+# The user list: each sort key with the id after it (keyset order; sign-in names are unique), and its search.
+Index("ix_users_display_name_lower_id", func.lower(User.display_name), User.id)
+Index("ix_users_last_sign_in_sort", func.coalesce(User.last_sign_in_at, EPOCH_SQL), User.id)
+Index("ix_users_created_at_id", User.created_at, User.id)
+trigram_index("ix_users_user_principal_name_trgm", User.user_principal_name)
+trigram_index("ix_users_display_name_trgm", User.display_name)
+trigram_index("ix_users_email_trgm", User.email)
 Index(
     "uq_users_connection_external_id",
     User.connection_id,

@@ -29,8 +29,9 @@ from corral.enrollment.service import enrollment_service, qr_svg, token_status
 from corral.errors import CorralError, NotFound, ValidationFailed
 from corral.groups.schemas import MemberType
 from corral.groups.service import group_service
+from corral.kit.csvexport import csv_response
 from corral.kit.db import SessionDep
-from corral.kit.deps import SettingsDep
+from corral.kit.deps import SessionMakerDep, SettingsDep
 from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
 from corral.models import CommandStatus, ComplianceState, Device, ManagementState, Ownership, Platform
@@ -143,7 +144,7 @@ async def devices(
 
 @router.get("/devices/export.csv")
 async def devices_csv(
-    request: Request, session: SessionDep, settings: SettingsDep, principal: DevicesRead
+    request: Request, maker: SessionMakerDep, settings: SettingsDep, principal: DevicesRead
 ) -> Response:
     try:
         filters = _device_filter(
@@ -151,11 +152,7 @@ async def devices_csv(
         )
     except ValidationError as exc:
         return render_error(request, 400, "Invalid filter", _first_error(exc))
-    return Response(
-        await device_service.export_csv(session, settings, principal, filters),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="corral-devices.csv"'},
-    )
+    return csv_response(device_service.export_csv(maker, settings, principal, filters), "corral-devices.csv")
 
 
 # ------------------------------------------------------------------------------------------- device detail

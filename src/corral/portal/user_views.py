@@ -12,8 +12,9 @@ from starlette.datastructures import FormData
 
 from corral.auth.dependencies import Require
 from corral.errors import CorralError
+from corral.kit.csvexport import csv_response
 from corral.kit.db import SessionDep
-from corral.kit.deps import SettingsDep
+from corral.kit.deps import SessionMakerDep, SettingsDep
 from corral.kit.routing import APIRouter
 from corral.licensing.schemas import LicenceCreate, LicenceUpdate
 from corral.licensing.service import licence_service
@@ -90,18 +91,14 @@ async def users(request: Request, session: SessionDep, principal: UsersRead) -> 
 
 
 @router.get("/users/export.csv")
-async def users_csv(request: Request, session: SessionDep, principal: UsersRead) -> Response:
+async def users_csv(request: Request, maker: SessionMakerDep, principal: UsersRead) -> Response:
     try:
         filters = _user_filter(
             {k: v for k, v in request.query_params.items() if k not in {"cursor", "limit"}}
         )
     except ValidationError as exc:
         return render_error(request, 400, "Invalid filter", _first_error(exc))
-    return Response(
-        await user_service.export_csv(session, principal, filters),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="corral-users.csv"'},
-    )
+    return csv_response(user_service.export_csv(maker, principal, filters), "corral-users.csv")
 
 
 # ------------------------------------------------------------------------------------------- create, edit

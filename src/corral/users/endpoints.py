@@ -7,8 +7,9 @@ from fastapi import Depends, Query, Response, status
 
 from corral.auth.dependencies import Require
 from corral.errors import Forbidden
+from corral.kit.csvexport import csv_response
 from corral.kit.db import SessionDep
-from corral.kit.deps import SettingsDep
+from corral.kit.deps import SessionMakerDep, SettingsDep
 from corral.kit.routing import APIRouter
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
@@ -59,16 +60,12 @@ async def list_users(
     responses={200: {"content": {"text/csv": {}}, "description": "The filtered users as CSV"}},
 )
 async def export_users(
-    session: SessionDep, principal: UsersRead, filters: Annotated[UserFilter, Query()]
+    maker: SessionMakerDep, principal: UsersRead, filters: Annotated[UserFilter, Query()]
 ) -> Response:
     """Export the filtered users as CSV (a licences column only with licences:read).
 
     Paging parameters are ignored: every match is exported."""
-    return Response(
-        await user_service.export_csv(session, principal, filters),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="corral-users.csv"'},
-    )
+    return csv_response(user_service.export_csv(maker, principal, filters), "corral-users.csv")
 
 
 @router.post(

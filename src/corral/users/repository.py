@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import with_expression
 
 from corral.errors import BadRequest
+from corral.kit.csvexport import EXPORT_BATCH
+from corral.kit.db import EPOCH_SQL
 from corral.kit.pagination import Total, count_total, decode_cursor, keyset_page
 from corral.models import (
     RoleAssignment,
@@ -37,7 +39,6 @@ from corral.models import (
 from corral.rbac.principal import Scope
 from corral.users.schemas import UserFilter
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TEXT_SORTS = {"display_name", "user_principal_name"}
 
 
@@ -161,11 +162,11 @@ async def list_admins(session: AsyncSession, scope: Scope) -> list[User]:
     return list((await session.scalars(stmt)).all())
 
 
-async def list_all(session: AsyncSession, search: str | None = None, limit: int = 200) -> list[User]:
+async def list_all(session: AsyncSession, needle: str | None = None, limit: int = 200) -> list[User]:
     """A short list for pickers (role assignment members): administrators first, then by name."""
     stmt = select(User).order_by(_is_admin().desc(), func.lower(User.user_principal_name)).limit(limit)
-    if search:
-        stmt = stmt.where(_search(search))
+    if needle:
+        stmt = stmt.where(search(needle))
     return list((await session.scalars(stmt)).all())
 
 
@@ -176,7 +177,7 @@ async def count(session: AsyncSession, scope: Scope) -> int:
 
 
 # ------------------------------------------------------------------------------------------- the user list
-def _search(needle: str) -> ColumnElement[bool]:
+def search(needle: str) -> ColumnElement[bool]:
     needle = needle.strip()
     return or_(
         User.user_principal_name.icontains(needle, autoescape=True),
@@ -194,7 +195,7 @@ def _sort_expr(sort: str) -> tuple[ColumnElement[Any], bool]:
     elif key == "user_principal_name":
         expr = func.lower(User.user_principal_name)
     elif key == "last_sign_in_at":
-        expr = func.coalesce(User.last_sign_in_at, EPOCH)
+        expr = func.coalesce(User.last_sign_in_at, EPOCH_SQL)
     else:
         expr = User.created_at.expression
     return expr, descending
@@ -203,7 +204,7 @@ def _sort_expr(sort: str) -> tuple[ColumnElement[Any], bool]:
 def filtered(filters: UserFilter, scope: Scope) -> Select[Any]:
     stmt = scoped(select(User), scope)
     if filters.search and filters.search.strip():
-        stmt = stmt.where(_search(filters.search))
+        stmt = stmt.where(search(filters.search))
     if filters.source is not None:
         stmt = stmt.where(User.source == filters.source)
     if filters.enabled is not None:
@@ -247,12 +248,13 @@ async def page(
     return items, next_cursor, total
 
 
-async def export(
-    session: AsyncSession, filters: UserFilter, scope: Scope, limit: int = 100_000
-) -> list[User]:
+async def export(session: AsyncSession, filters: UserFilter, scope: Scope) -> AsyncIterator[Sequence[User]]:
+    """Every filtered user in sort order, in batches of ``EXPORT_BATCH`` read from one server-side cursor."""
     expr, descending = _sort_expr(filters.sort)
-    stmt = filtered(filters, scope).order_by(expr.desc() if descending else expr.asc(), User.id).limit(limit)
-    return list((await session.scalars(stmt)).all())
+    stmt = filtered(filters, scope).order_by(expr.desc() if descending else expr.asc(), User.id)
+    result = await session.stream_scalars(stmt.execution_options(yield_per=EXPORT_BATCH))
+    async for batch in result.partitions():
+        yield batch
 
 
 async def departments(session: AsyncSession, scope: Scope, limit: int = 500) -> list[str]:

@@ -6,11 +6,11 @@ administrator."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.assignments import engine as assignment_engine
 from corral.assignments import hooks as assignment_hooks
@@ -26,7 +26,7 @@ from corral.errors import Conflict, CorralError, NotFound, ValidationFailed
 from corral.groups import membership as group_membership
 from corral.groups.schemas import MemberType
 from corral.groups.service import group_service
-from corral.kit.csvexport import to_csv
+from corral.kit.csvexport import csv_lines
 from corral.kit.pagination import Total
 from corral.kit.security import SecretBox, generate_password, hash_password, password_problem, verify_password
 from corral.kit.time import utcnow
@@ -205,15 +205,21 @@ class UserService:
     ) -> tuple[list[User], str | None, Total]:
         return await repository.page(session, filters, principal.scope_for(P.users_read))
 
-    async def export_csv(self, session: AsyncSession, principal: Principal, filters: UserFilter) -> str:
-        """The filtered users as CSV, for the API and the admin center; the licences column only for
-        holders of licences:read."""
-        users = await repository.export(session, filters, principal.scope_for(P.users_read))
-        if not principal.has(P.licences_read):
-            return to_csv(CSV_HEADER, (csv_row(u) for u in users))
-        held = await licence_service.skus_by_user(session, [u.id for u in users])
-        rows = ([*csv_row(u), " ".join(held.get(u.id, []))] for u in users)
-        return to_csv([*CSV_HEADER, CSV_LICENCES], rows)
+    async def export_csv(
+        self, maker: async_sessionmaker[AsyncSession], principal: Principal, filters: UserFilter
+    ) -> AsyncIterator[str]:
+        """The filtered users as CSV, for the API and the admin center, batch by batch, read in a session of
+        its own (the request's has ended by the time the body is sent); the licences column only for holders
+        of licences:read."""
+        scope, licences = principal.scope_for(P.users_read), principal.has(P.licences_read)
+        yield csv_lines([[*CSV_HEADER, CSV_LICENCES] if licences else CSV_HEADER])
+        async with maker() as session:
+            async for users in repository.export(session, filters, scope):
+                if not licences:
+                    yield csv_lines(csv_row(u) for u in users)
+                    continue
+                held = await licence_service.skus_by_user(session, [u.id for u in users])
+                yield csv_lines([*csv_row(u), " ".join(held.get(u.id, []))] for u in users)
 
     async def count(self, session: AsyncSession, principal: Principal) -> int:
         """How many users the caller may see (scope groups limit it)."""
