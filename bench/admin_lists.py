@@ -290,6 +290,7 @@ async def device_scenarios(conn: asyncpg.Connection, stale_days: int) -> list[Sc
         ("search serial number", {"search": sample["serial_number"][2:8]}),
         ("search user's surname", {"search": surname}),
         ("search user's sign-in name", {"search": sample["primary_user"].split("@")[0]}),
+        ("search two letters (no trigram)", {"search": "ma"}),
     ]
     out: list[Scenario] = []
     for label, params in cases:
