@@ -243,7 +243,7 @@ class Scenario:
     label: str
     path: str
     params: dict[str, str]
-    total: list[Statement]  # the count, then (if it reached COUNT_EXACTLY_UP_TO) the planner's estimate
+    total: list[Statement]  # devices, users: the planner's estimate, the bounded count; members: the counts
     rows: list[Statement]
     # Run after the rows: the page's scope tags (the devices list loads them with the page).
     follow: Callable[[list[asyncpg.Record]], tuple[str, list[Any]] | None] | None = None
@@ -425,14 +425,22 @@ async def member_scenarios(conn: asyncpg.Connection, group_id: uuid.UUID) -> lis
 
 # ------------------------------------------------------------------------------------------------ timing
 async def time_sql(conn: asyncpg.Connection, scenario: Scenario) -> float:
+    """The scenario's statements in the server's order. A group's members: the counts, then each kind's rows.
+    Devices and users (kit.pagination.page_total): the rows; then, unless the first page was the whole list,
+    the planner's estimate and, only when that is within the threshold, the bounded count; then, for devices,
+    the page's scope tags."""
     start = time.perf_counter()
-    for index, statement in enumerate(scenario.total):
-        value = await conn.fetchval(*statement)
-        if index == 0 and isinstance(value, int) and value <= COUNT_EXACTLY_UP_TO:
-            break  # counted: the server asks the planner for no estimate either
     rows: list[asyncpg.Record] = []
+    if scenario.kind == "members":
+        for statement in scenario.total:
+            await conn.fetchval(*statement)
     for statement in scenario.rows:
         rows = await conn.fetch(*statement)
+    whole = "cursor" not in scenario.params and len(rows) <= PAGE
+    if scenario.kind != "members" and scenario.total and not whole:
+        estimate, count = scenario.total
+        if pagination.planned_rows(await conn.fetchval(*estimate)) <= COUNT_EXACTLY_UP_TO:
+            await conn.fetchval(*count)
     if scenario.follow is not None and rows:
         follow = scenario.follow(rows[:PAGE])
         if follow is not None:

@@ -28,7 +28,7 @@ from corral.devices.schemas import MAX_BULK_DEVICES, DeviceFilter
 from corral.errors import BadRequest
 from corral.kit.csvexport import EXPORT_BATCH
 from corral.kit.db import EPOCH_SQL
-from corral.kit.pagination import Total, count_total, decode_cursor, keyset_page
+from corral.kit.pagination import Total, decode_cursor, keyset_page, page_total
 from corral.models import (
     ComplianceState,
     Device,
@@ -45,6 +45,10 @@ from corral.models import (
 )
 from corral.rbac.principal import Scope
 from corral.users import repository as users_repository
+
+
+# pg_trgm indexes the three-character runs of a text: a shorter needle cannot use them.
+TRIGRAM = 3
 
 
 def _tagged(tag_ids: frozenset[uuid.UUID]) -> ColumnElement[bool]:
@@ -119,15 +123,22 @@ def filtered(filters: DeviceFilter, scope: Scope, stale_days: int) -> Select[Any
     stmt = scoped(select(Device), scope)
     if filters.search:
         needle = filters.search.strip()
-        # Every arm reads its own index (trigrams; the users' ids are read once, as an array), so PostgreSQL
-        # ORs the matches as bitmaps instead of reading every device.
-        users = select(User.id).where(users_repository.search(needle)).scalar_subquery()
+        by_user: ColumnElement[bool]
+        if len(needle) >= TRIGRAM:
+            # Every arm reads its own trigram index (the matching users' ids read once, as an array), so
+            # PostgreSQL ORs the matches as bitmaps instead of reading every device.
+            users = select(User.id).where(users_repository.search(needle)).scalar_subquery()
+            by_user = Device.user_id == any_(func.array(users, type_=ARRAY(PG_UUID(as_uuid=True))))
+        else:
+            # Too short for trigrams, and likely to match many: the page walks its sort index and looks up
+            # each device's user by key (an array of every matching user would be checked row by row).
+            by_user = exists().where(User.id == Device.user_id, users_repository.search(needle))
         stmt = stmt.where(
             or_(
                 Device.name.icontains(needle, autoescape=True),
                 Device.serial_number.icontains(needle, autoescape=True),
                 Device.primary_user.icontains(needle, autoescape=True),
-                Device.user_id == any_(func.array(users, type_=ARRAY(PG_UUID(as_uuid=True)))),
+                by_user,
             )
         )
     for column, value in (
@@ -199,10 +210,9 @@ async def page(
     session: AsyncSession, filters: DeviceFilter, scope: Scope, stale_days: int
 ) -> tuple[list[Device], str | None, Total]:
     base, rows_stmt = page_statements(filters, scope, stale_days)
-    total = await count_total(session, base)
     rows = (await session.execute(rows_stmt.options(selectinload(Device.scope_tags)))).all()
     items, next_cursor = keyset_page(rows, filters.limit)
-    return items, next_cursor, total
+    return items, next_cursor, await page_total(session, base, filters.cursor, items, next_cursor)
 
 
 async def export(

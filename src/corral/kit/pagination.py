@@ -90,12 +90,12 @@ def _compile_estimate(element: _Estimate, compiler: SQLCompiler, **kw: Any) -> s
     return "EXPLAIN (FORMAT JSON) " + compiler.process(element.stmt, **kw)
 
 
-def total_statements(base: Select[Any]) -> tuple[Select[Any], Executable]:
-    """The statements ``count_total`` runs for ``base`` (a list's filtered query, unsorted and unpaged): a
-    count that stops after ``COUNT_EXACTLY_UP_TO + 1`` rows, and the planner's estimate (run only when the
-    count got there)."""
+def total_statements(base: Select[Any]) -> tuple[Executable, Select[Any]]:
+    """The statements ``count_total`` runs for ``base`` (a list's filtered query, unsorted and unpaged): the
+    planner's estimate, then (only when that is within ``COUNT_EXACTLY_UP_TO``) a count that stops after
+    ``COUNT_EXACTLY_UP_TO + 1`` rows."""
     rows: Select[Any] = base.with_only_columns(literal_column("1"), maintain_column_froms=True).order_by(None)
-    return select(func.count()).select_from(rows.limit(COUNT_EXACTLY_UP_TO + 1).subquery()), _Estimate(rows)
+    return _Estimate(rows), select(func.count()).select_from(rows.limit(COUNT_EXACTLY_UP_TO + 1).subquery())
 
 
 def planned_rows(plan: Any) -> int:
@@ -106,11 +106,28 @@ def planned_rows(plan: Any) -> int:
 
 
 async def count_total(session: AsyncSession, base: Select[Any]) -> Total:
-    """How many rows ``base`` matches: counted up to ``COUNT_EXACTLY_UP_TO``; beyond, the planner's estimate
-    (at least the threshold), as counting a million rows for a list's header would cost more than its page."""
-    count, estimate = total_statements(base)
-    counted = int(await session.scalar(count) or 0)
-    if counted <= COUNT_EXACTLY_UP_TO:
-        return Total(counted, threshold=COUNT_EXACTLY_UP_TO)
+    """How many rows ``base`` matches, never counting more than ``COUNT_EXACTLY_UP_TO`` of them: when the
+    planner expects more, its estimate (one planning, nothing read: counting a million rows, or even ten
+    thousand scattered ones, for a list's header costs more than the page); else counted, exactly unless the
+    estimate was short and the count reached the threshold."""
+    threshold = COUNT_EXACTLY_UP_TO
+    estimate, count = total_statements(base)
     planned = planned_rows(await session.scalar(estimate))
-    return Total(max(planned, COUNT_EXACTLY_UP_TO + 1), exact=False, threshold=COUNT_EXACTLY_UP_TO)
+    if planned > threshold:
+        return Total(planned, exact=False, threshold=threshold)
+    counted = int(await session.scalar(count) or 0)
+    return Total(counted, exact=counted <= threshold, threshold=threshold)
+
+
+async def page_total(
+    session: AsyncSession,
+    base: Select[Any],
+    cursor: str | None,
+    items: Sequence[Any],
+    next_cursor: str | None,
+) -> Total:
+    """A page's total: the page itself when it is the first and the last (nothing to count), else
+    ``count_total``."""
+    if cursor is None and next_cursor is None:
+        return Total(len(items), threshold=COUNT_EXACTLY_UP_TO)
+    return await count_total(session, base)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import with_expression
 from corral.errors import BadRequest
 from corral.kit.csvexport import EXPORT_BATCH
 from corral.kit.db import EPOCH_SQL
-from corral.kit.pagination import Total, count_total, decode_cursor, keyset_page
+from corral.kit.pagination import Total, decode_cursor, keyset_page, page_total
 from corral.models import (
     RoleAssignment,
     RoleDefinition,
@@ -242,10 +242,9 @@ async def page(
     session: AsyncSession, filters: UserFilter, scope: Scope
 ) -> tuple[list[User], str | None, Total]:
     base, rows_stmt = page_statements(filters, scope)
-    total = await count_total(session, base)
     rows = (await session.execute(rows_stmt)).all()
     items, next_cursor = keyset_page(rows, filters.limit)
-    return items, next_cursor, total
+    return items, next_cursor, await page_total(session, base, filters.cursor, items, next_cursor)
 
 
 async def export(session: AsyncSession, filters: UserFilter, scope: Scope) -> AsyncIterator[Sequence[User]]:
