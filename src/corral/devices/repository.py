@@ -46,7 +46,6 @@ from corral.models import (
 from corral.rbac.principal import Scope
 from corral.users import repository as users_repository
 
-
 # pg_trgm indexes the three-character runs of a text: a shorter needle cannot use them.
 TRIGRAM = 3
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import delete, update
@@ -35,8 +36,14 @@ def is_stale(device: Device, stale_days: int) -> bool:
     return last < utcnow() - timedelta(days=stale_days)
 
 
+@cache
+def _columns(schema: type[DeviceOut]) -> tuple[str, ...]:
+    """The schema's fields that the device model has (the rest are computed)."""
+    return tuple(name for name in schema.model_fields if hasattr(Device, name))
+
+
 def _fields(schema: type[DeviceOut], device: Device, stale_days: int) -> dict[str, Any]:
-    values = {name: getattr(device, name) for name in schema.model_fields if hasattr(Device, name)}
+    values = {name: getattr(device, name) for name in _columns(schema)}
     values["stale"] = is_stale(device, stale_days)
     values["scope_tags"] = sorted(t.name for t in device.scope_tags)
     return values

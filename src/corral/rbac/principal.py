@@ -198,7 +198,9 @@ class Principal:
             for permission in grant.permissions:
                 if self.narrowed_to is not None and permission not in self.narrowed_to:
                     continue
-                scopes[permission] = scopes.get(permission, NOWHERE).union(grant.scope)
+                # A Scope is kept normalised: the first grant's is used as it is (built on every request).
+                held = scopes.get(permission)
+                scopes[permission] = grant.scope if held is None else held.union(grant.scope)
         self._scopes.update(scopes)
 
     @property
