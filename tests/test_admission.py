@@ -81,4 +81,4 @@ async def test_the_application_admits_device_requests_within_its_places(
             admission.places.release()
         assert (await device.checkin()).status_code == 200
     default = create_app(make_settings(tmp_path, db_url), database_url=db_url)
-    assert default.state.admission.limit == settings.db_pool_size + settings.db_max_overflow
+    assert default.state.admission.limit == settings.db_pool_size

@@ -159,8 +159,9 @@ class Settings(BaseSettings):
     # How often the worker evaluates compliance that changes with time and takes the actions that fall due.
     compliance_cron: str = "*/5 * * * *"
 
-    # Device requests one process serves at the same time (0: its database connections, db_pool_size +
-    # db_max_overflow); one finding no place within device_admission_wait_seconds gets 429 + Retry-After.
+    # Device requests one process serves at the same time (0: the connections its pool keeps open,
+    # db_pool_size; the overflow is left to the rest); one finding no place within
+    # device_admission_wait_seconds gets 429 + Retry-After.
     device_concurrency: int = Field(default=0, ge=0, le=10_000)
     device_admission_wait_seconds: float = Field(default=2.0, ge=0, le=60)
     device_retry_after_seconds: int = Field(default=5, ge=1, le=3600)

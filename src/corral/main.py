@@ -110,9 +110,8 @@ def create_app(
     # Innermost: its 413s carry the request context's headers and are logged with their status.
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings), render=error_handlers.http_error)
     # Device requests beyond the process's capacity wait briefly, then get 429 + Retry-After (kit/admission).
-    app.state.admission = Admission(
-        settings.device_concurrency or settings.db_pool_size + settings.db_max_overflow
-    )
+    # By default as many as the pool keeps open: no overflow connection opened and closed per burst.
+    app.state.admission = Admission(settings.device_concurrency or settings.db_pool_size)
     app.add_middleware(
         AdmissionMiddleware,
         admission=app.state.admission,
