@@ -7,6 +7,7 @@ import ipaddress
 import uuid
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -280,3 +281,31 @@ async def test_user_creation_records_the_client_address(
     assert response.status_code == 201, response.text
     (event,) = await audit_rows(sessionmaker, activity="user.create", target_name="forwarded@example.com")
     assert event.ip_address == expected
+
+
+async def test_requests_after_the_database_closed_every_connection_succeed(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A restart or failover closes the pool's connections: the next requests take new ones (no pre-ping
+    round trip, no 500)."""
+    settings = make_settings(tmp_path, db_url, db_pool_size=3, db_max_overflow=0)
+    async with running_app(settings, db_url) as app, new_client(app) as client:
+        pool = app.state.engine.sync_engine.pool
+        # Fill the pool: three connections checked out at once, then back in it.
+        held = [await app.state.engine.connect() for _ in range(3)]
+        for connection in held:
+            await connection.close()
+        assert pool.checkedin() == 3
+        admin = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            terminated = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'corral'"
+            )
+        finally:
+            await admin.close()
+        assert terminated >= 3
+        await asyncio.sleep(0.2)  # the closes reach the event loop
+        for _ in range(4):
+            response = await client.get("/readyz")
+            assert response.status_code == 200, response.text
