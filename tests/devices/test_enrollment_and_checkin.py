@@ -19,6 +19,7 @@ from corral.models import (
     Device,
     DeviceCertificate,
     DeviceInventoryChange,
+    DeviceNonce,
     EnrollmentToken,
     EnrollmentTokenUse,
 )
@@ -303,6 +304,25 @@ async def test_replayed_and_stale_requests_are_refused(client: httpx.AsyncClient
     future = await device.checkin({}, created=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10))
     assert future.status_code == 401
     assert (await device.checkin({}, nonce="short")).status_code == 401
+
+
+async def test_a_refused_request_does_not_use_up_its_nonce(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """The nonce is stored by the certificate lookup, before the signature is checked: a refusal rolls it
+    back, so someone who saw a nonce cannot spend it with a forged request before the device does."""
+    admin = await factory.admin("Global administrator")
+    device = await enrolled(client, admin)
+    nonce = "n" * 22
+    forged = await device.checkin({}, key=ec.generate_private_key(ec.SECP256R1()), nonce=nonce)
+    assert forged.status_code == 401 and "bad signature" in forged.json()["detail"]
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(DeviceNonce)) == 0
+    assert (await device.checkin({}, nonce=nonce)).status_code == 200
+    replayed = await device.checkin({}, nonce=nonce)
+    assert replayed.status_code == 401 and "replayed" in replayed.json()["detail"]
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(DeviceNonce)) == 1
 
 
 async def test_malformed_and_oversized_check_ins_change_nothing(

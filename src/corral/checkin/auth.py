@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, Request
 from http_message_signatures import HTTPMessageVerifier, HTTPSignatureKeyResolver, algorithms
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import DateTime, String, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
@@ -65,12 +65,28 @@ _LOOKUP = (
     .where(DeviceCertificate.fingerprint_sha256 == bindparam("fingerprint"))
     .options(defer(Device.inventory, raiseload=True))
 )
+# A signed request's nonce is stored by the same statement (a data-modifying CTE: one round trip), for the
+# device of the certificate named, before the signature is checked: a request refused for any reason (bad
+# signature, revoked certificate, replay...) rolls its transaction back, nonce included, so only a request
+# that passes every check uses its nonce up. "fresh" is 0 when the nonce was already used (a replay).
 _NONCES: Any = DeviceNonce.__table__
+_CERTIFICATES: Any = DeviceCertificate.__table__
 _USE_NONCE = (
     insert(_NONCES)
-    .values(device_id=bindparam("device_id"), nonce=bindparam("nonce"), expires_at=bindparam("expires_at"))
+    .from_select(
+        ["device_id", "nonce", "expires_at"],
+        select(
+            _CERTIFICATES.c.device_id,
+            bindparam("nonce", type_=String(128)),
+            bindparam("expires_at", type_=DateTime(timezone=True)),
+        ).where(_CERTIFICATES.c.fingerprint_sha256 == bindparam("fingerprint")),
+    )
     .on_conflict_do_nothing()
     .returning(_NONCES.c.nonce)
+    .cte("used_nonce")
+)
+_LOOKUP_USING_NONCE = _LOOKUP.add_columns(
+    select(func.count()).select_from(_USE_NONCE).scalar_subquery().label("fresh")
 )
 
 
@@ -131,7 +147,9 @@ class _Refused(Exception):
         self.message = REASONS[code] + (f" ({explanation})" if explanation else "")
 
 
-def _key_id(signature_input: str) -> str:
+def _key_id_and_nonce(signature_input: str) -> tuple[str, str | None]:
+    """The keyid of the signature labelled "corral", and its nonce when it has a usable one (16 to 128
+    characters; the verifier's own parse of the same header is compared with it after verification)."""
     parsed: Any = http_sf.parse(signature_input.encode(), tltype="dictionary")
     member = parsed.get(SIGNATURE_LABEL) if isinstance(parsed, dict) else None
     if member is None:
@@ -140,7 +158,8 @@ def _key_id(signature_input: str) -> str:
     key_id = params.get("keyid")
     if not isinstance(key_id, str) or not key_id:
         raise ValueError("the signature has no keyid")
-    return key_id
+    nonce = params.get("nonce")
+    return key_id, nonce if isinstance(nonce, str) and 16 <= len(nonce) <= 128 else None
 
 
 @lru_cache(maxsize=16_384)
@@ -195,12 +214,22 @@ async def _issued_by_device_ca(request: Request, session: AsyncSession, cert: x5
     return False
 
 
-async def _lookup(session: AsyncSession, fingerprint: str) -> tuple[DeviceCertificate, Device, bool, int]:
-    """The certificate and its device, refused when either may not be used now."""
-    row = (await session.execute(_LOOKUP, {"fingerprint": fingerprint})).first()
+async def _lookup(
+    session: AsyncSession, fingerprint: str, nonce: str | None = None
+) -> tuple[DeviceCertificate, Device, bool, int, bool]:
+    """The certificate and its device, refused when either may not be used now; with a nonce, also whether
+    it was fresh (stored now; the caller's transaction must roll back unless the request passes)."""
+    row: Any
+    if nonce is None:
+        row = (await session.execute(_LOOKUP, {"fingerprint": fingerprint})).first()
+    else:
+        expires_at = utcnow() + MAX_AGE + CLOCK_SKEW
+        parameters = {"fingerprint": fingerprint, "nonce": nonce, "expires_at": expires_at}
+        row = (await session.execute(_LOOKUP_USING_NONCE, parameters)).first()
     if row is None:
         raise _Refused("unknown_certificate")
     certificate, device, pending, desired = row[0], row[1], bool(row[2]), int(row[3] or 0)
+    fresh = nonce is not None and bool(row[4])
     now = utcnow()
     if certificate.revoked_at is not None:
         raise _Refused("certificate_revoked", device)
@@ -208,17 +237,17 @@ async def _lookup(session: AsyncSession, fingerprint: str) -> tuple[DeviceCertif
         raise _Refused("certificate_not_valid_now", device)
     if device.management_state in ENDED_STATES:
         raise _Refused(f"device_{device.management_state}", device)
-    return certificate, device, pending, desired
+    return certificate, device, pending, desired, fresh
 
 
 async def _by_signature(
     request: Request, session: AsyncSession, settings: Settings, signature_input: str
 ) -> AuthenticatedDevice:
     try:
-        key_id = _key_id(signature_input)
+        key_id, nonce = _key_id_and_nonce(signature_input)
     except (ValueError, TypeError) as exc:
         raise _Refused("malformed_signature_input", explanation=str(exc)) from exc
-    certificate, device, pending, desired = await _lookup(session, key_id.lower())
+    certificate, device, pending, desired, fresh = await _lookup(session, key_id.lower(), nonce)
     body = await request.body()  # only now, and at most CORRAL_MAX_BODY_DEVICE_BYTES (corral/body_limits.py)
     try:
         public_key = _public_key(certificate.certificate_pem)
@@ -239,13 +268,9 @@ async def _by_signature(
         )
     except HTTPMessageSignaturesException as exc:
         raise _Refused("bad_signature", device, str(exc)) from exc
-    nonce = results[0].nonce
-    if not nonce or not 16 <= len(nonce) <= 128:
+    if nonce is None or results[0].nonce != nonce:
         raise _Refused("bad_nonce", device)
-    inserted = await session.execute(
-        _USE_NONCE, {"device_id": device.id, "nonce": nonce, "expires_at": utcnow() + MAX_AGE + CLOCK_SKEW}
-    )
-    if inserted.first() is None:
+    if not fresh:
         raise _Refused("replayed", device)
     return AuthenticatedDevice(device, certificate, body, pending, desired_state_version=desired)
 
@@ -270,7 +295,7 @@ async def _by_client_certificate(request: Request, session: AsyncSession, value:
         if len(verified) >= VERIFIED_CLIENT_CERTS:
             verified.clear()
         verified[value] = fingerprint
-    certificate, device, pending, desired = await _lookup(session, fingerprint)
+    certificate, device, pending, desired, _ = await _lookup(session, fingerprint)
     body = await request.body()
     return AuthenticatedDevice(
         device, certificate, body, pending, method="client-cert", desired_state_version=desired
