@@ -17,8 +17,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, Request
-from http_message_signatures import HTTPMessageVerifier, HTTPSignatureKeyResolver, algorithms
-from http_message_signatures.exceptions import HTTPMessageSignaturesException
 from sqlalchemy import DateTime, String, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +24,7 @@ from sqlalchemy.orm import defer
 
 from corral.assignments.engine import desired_version
 from corral.audit.refusals import Refusal, get_refusals
+from corral.checkin import signature
 from corral.checkin.throttle import UNKNOWN_DEVICE, DeviceLimits, endpoint_of
 from corral.commands.repository import PENDING_FOR_DEVICE
 from corral.config import Settings
@@ -44,8 +43,6 @@ from corral.models import (
 from corral.pki import certs
 from corral.pki.service import DEVICE as DEVICE_CA
 
-SIGNATURE_LABEL = "corral"
-SIGNATURE_TAG = "corral-device"
 MAX_AGE = dt.timedelta(seconds=300)
 CLOCK_SKEW = dt.timedelta(seconds=60)
 ENDED_STATES = frozenset({ManagementState.retired, ManagementState.wiped})
@@ -90,25 +87,6 @@ _LOOKUP_USING_NONCE = _LOOKUP.add_columns(
 )
 
 
-class _Verifier(HTTPMessageVerifier):
-    max_clock_skew = CLOCK_SKEW
-
-
-class _OneKey(HTTPSignatureKeyResolver):
-    def __init__(self, key_id: str, key: ec.EllipticCurvePublicKey) -> None:
-        self.key_id, self.key = key_id, key
-
-    def resolve_public_key(self, key_id: str) -> Any:
-        return self.key if key_id == self.key_id else None
-
-
-@dataclass
-class _Message:
-    method: str
-    url: str
-    headers: Any
-
-
 @dataclass
 class AuthenticatedDevice:
     device: Device
@@ -145,21 +123,6 @@ class _Refused(Exception):
         super().__init__(code)
         self.code, self.device = code, device
         self.message = REASONS[code] + (f" ({explanation})" if explanation else "")
-
-
-def _key_id_and_nonce(signature_input: str) -> tuple[str, str | None]:
-    """The keyid of the signature labelled "corral", and its nonce when it has a usable one (16 to 128
-    characters; the verifier's own parse of the same header is compared with it after verification)."""
-    parsed: Any = http_sf.parse(signature_input.encode(), tltype="dictionary")
-    member = parsed.get(SIGNATURE_LABEL) if isinstance(parsed, dict) else None
-    if member is None:
-        raise ValueError(f'no signature labelled "{SIGNATURE_LABEL}"')
-    params = member[1]
-    key_id = params.get("keyid")
-    if not isinstance(key_id, str) or not key_id:
-        raise ValueError("the signature has no keyid")
-    nonce = params.get("nonce")
-    return key_id, nonce if isinstance(nonce, str) and 16 <= len(nonce) <= 128 else None
 
 
 @lru_cache(maxsize=16_384)
@@ -240,35 +203,43 @@ async def _lookup(
     return certificate, device, pending, desired, fresh
 
 
+def _field(request: Request, name: str) -> str | None:
+    """A header field's value: its lines joined by ", " (RFC 9110 §5.3), each without surrounding blanks."""
+    lines = request.headers.getlist(name)
+    return ", ".join(line.strip(" \t") for line in lines) if lines else None
+
+
 async def _by_signature(
     request: Request, session: AsyncSession, settings: Settings, signature_input: str
 ) -> AuthenticatedDevice:
     try:
-        key_id, nonce = _key_id_and_nonce(signature_input)
+        parsed = signature.parse_signature_input(signature_input)
     except (ValueError, TypeError) as exc:
         raise _Refused("malformed_signature_input", explanation=str(exc)) from exc
-    certificate, device, pending, desired, fresh = await _lookup(session, key_id.lower(), nonce)
+    nonce = parsed.nonce
+    certificate, device, pending, desired, fresh = await _lookup(session, parsed.key_id.lower(), nonce)
     body = await request.body()  # only now, and at most CORRAL_MAX_BODY_DEVICE_BYTES (corral/body_limits.py)
     try:
         public_key = _public_key(certificate.certificate_pem)
     except ValueError as exc:
         raise _Refused("unusable_certificate", device) from exc
     target = settings.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    required = ("@method", "@target-uri", "content-digest") if body else ("@method", "@target-uri")
     try:
-        results = _Verifier(
-            signature_algorithm=algorithms.ECDSA_P256_SHA256, key_resolver=_OneKey(key_id, public_key)
-        ).verify(
-            _Message(request.method, target, request.headers),
-            max_age=MAX_AGE,
-            expect_tag=SIGNATURE_TAG,
-            expect_label=SIGNATURE_LABEL,
-            require_components=required,
+        signature.verify(
+            parsed,
+            _field(request, "signature") or "",
+            key=public_key,
+            method=request.method,
+            target_uri=target,
+            content_digest=_field(request, "content-digest"),
             body=body,
+            now=utcnow(),
+            max_age=MAX_AGE,
+            clock_skew=CLOCK_SKEW,
         )
-    except HTTPMessageSignaturesException as exc:
+    except signature.SignatureError as exc:
         raise _Refused("bad_signature", device, str(exc)) from exc
-    if nonce is None or results[0].nonce != nonce:
+    if nonce is None:
         raise _Refused("bad_nonce", device)
     if not fresh:
         raise _Refused("replayed", device)
@@ -343,11 +314,10 @@ def _client_cert_allowed(request: Request, settings: Settings) -> bool:
 async def authenticate_device(request: Request, session: SessionDep) -> AuthenticatedDevice:
     # Application state read directly: plain-function dependencies would each cost a thread-pool hop.
     settings: Settings = request.app.state.settings
-    signature_input = request.headers.get("signature-input")
-    signature = request.headers.get("signature")
+    signature_input = _field(request, "signature-input")
     client_cert = request.headers.get(CLIENT_CERT)
     try:
-        if signature_input and signature:
+        if signature_input and request.headers.get("signature"):
             authenticated = await _by_signature(request, session, settings, signature_input)
         elif client_cert is not None and not signature_input and _client_cert_allowed(request, settings):
             authenticated = await _by_client_certificate(request, session, client_cert)
