@@ -383,21 +383,13 @@ def member_statements(
     """The statements ``groups.repository.member_page`` runs for a direct member page (its private branches,
     read here so that the raw figure is the same SQL): one for the counts, then each branch's rows until the
     page is full (the generated group has devices only, so every branch is read)."""
-    from sqlalchemy import select, tuple_
+    from sqlalchemy import select
 
     from corral.groups import repository as groups_repository
 
     branches = groups_repository._branches(group_id, [group_id], None, EVERYWHERE, EVERYWHERE)
     counts = select(*{id(e): e for b in branches for e in (b.count_all, b.count_visible)}.values())
-    rows = []
-    for branch in branches:
-        if branch.rows is None or (after is not None and branch.rank < after[0]):
-            continue
-        members = branch.rows.subquery("members")
-        stmt = select(members)
-        if after is not None and branch.rank == after[0]:
-            stmt = stmt.where(tuple_(members.c.sort, members.c.id) > tuple_(after[1], after[2]))
-        rows.append(stmt.order_by(members.c.sort, members.c.id))
+    rows = [s for s in (groups_repository._after(b, after) for b in branches) if s is not None]
     return [counts], rows
 
 

@@ -331,6 +331,18 @@ def _count_members(member_ids: Select[Any], *, transitive: bool) -> Any:
     return select(func.count()).select_from(rows.subquery()).scalar_subquery()
 
 
+def _after(branch: _Branch, after: tuple[int, str, uuid.UUID] | None) -> Select[Any] | None:
+    """A kind's members after the cursor in (name, id) order; None when the cursor is past that kind or the
+    caller sees none of it."""
+    if branch.rows is None or (after is not None and branch.rank < after[0]):
+        return None
+    members = branch.rows.subquery("members")
+    stmt = select(members)
+    if after is not None and branch.rank == after[0]:
+        stmt = stmt.where(tuple_(members.c.sort, members.c.id) > tuple_(after[1], after[2]))
+    return stmt.order_by(members.c.sort, members.c.id)
+
+
 async def member_page(
     session: AsyncSession, group_id: uuid.UUID, filters: MemberFilter, device_scope: Scope, user_scope: Scope
 ) -> tuple[list[dict[str, Any]], str | None, int, int]:
@@ -363,14 +375,11 @@ async def member_page(
             raise BadRequest(BAD_CURSOR) from exc
     rows: list[dict[str, Any]] = []
     for branch in branches:
-        if branch.rows is None or (after is not None and branch.rank < after[0]):
+        stmt = _after(branch, after)
+        if stmt is None:
             continue
-        members = branch.rows.subquery("members")
-        stmt = select(members)
-        if after is not None and branch.rank == after[0]:
-            stmt = stmt.where(tuple_(members.c.sort, members.c.id) > tuple_(after[1], after[2]))
         wanted = filters.limit + 1 - len(rows)
-        found = await session.execute(stmt.order_by(members.c.sort, members.c.id).limit(wanted))
+        found = await session.execute(stmt.limit(wanted))
         rows.extend(dict(row._mapping) for row in found.all())
         if len(rows) > filters.limit:
             break
