@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 
 from starlette.responses import StreamingResponse
 
-# A spreadsheet reads a cell as a formula when it starts with one of these; it skips leading blanks and line
-# breaks first (" =1+1", "\n=1+1"). A leading tab or carriage return is neutralised whatever follows.
 # Rows read and written at a time by a streamed export.
 EXPORT_BATCH = 1000
 
+# A spreadsheet reads a cell as a formula when it starts with one of these; it skips leading blanks and line
+# breaks first (" =1+1", "\n=1+1"). A leading tab or carriage return is neutralised whatever follows.
 _FORMULA_START = ("=", "+", "-", "@")
 _CONTROL_START = ("\t", "\r")
 
