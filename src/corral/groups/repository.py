@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral.devices import repository as devices_repository
 from corral.errors import BadRequest
 from corral.groups.schemas import GroupFilter, MemberCounts, MemberFilter, MemberType
-from corral.kit.pagination import decode_cursor, encode_cursor
+from corral.kit.pagination import decode_cursor, encode_cursor, keyset_page
 from corral.models import (
     AuditEvent,
     Device,
@@ -84,10 +84,7 @@ async def page(session: AsyncSession, filters: GroupFilter) -> tuple[list[Group]
     rows = (
         await session.execute(stmt.add_columns(key).order_by(key, Group.id).limit(filters.limit + 1))
     ).all()
-    items = [row[0] for row in rows[: filters.limit]]
-    next_cursor = None
-    if len(rows) > filters.limit and items:
-        next_cursor = encode_cursor([rows[filters.limit - 1][1], str(items[-1].id)])
+    items, next_cursor = keyset_page(rows, filters.limit)
     return items, next_cursor, total
 
 
