@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Subquery, any_, func, literal, select, union
+from sqlalchemy import BindParameter, ColumnElement, Select, Subquery, any_, func, literal, select, union
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,18 +32,24 @@ from corral.models import Device, group_children, group_devices, group_users
 UUIDS = ARRAY(PG_UUID(as_uuid=True))
 
 
-def id_array(ids: Sequence[uuid.UUID]) -> ColumnElement[list[uuid.UUID]]:
-    """The ids as one array parameter (one statement text whatever their number)."""
+Ids = Sequence[uuid.UUID] | BindParameter[Any]
+
+
+def id_array(ids: Ids) -> ColumnElement[list[uuid.UUID]]:
+    """The ids as one array parameter (one statement text whatever their number). A ``bindparam`` of type
+    ``UUIDS`` is taken as it is: a statement built once and executed with its values."""
+    if isinstance(ids, BindParameter):
+        return ids
     return literal(list(ids), UUIDS)
 
 
-def in_ids(column: Any, ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
+def in_ids(column: Any, ids: Ids) -> ColumnElement[bool]:
     """``column = ANY(:ids)``: the planner sees how many there are."""
     condition: ColumnElement[bool] = column == any_(id_array(ids))
     return condition
 
 
-def _unnest(ids: Sequence[uuid.UUID], name: str) -> Select[Any]:
+def _unnest(ids: Ids, name: str) -> Select[Any]:
     return select(func.unnest(id_array(ids)).label(name))
 
 
@@ -96,7 +102,7 @@ def device_direct_groups(device_id: Any, user_id: Any) -> Subquery:
     ).subquery()
 
 
-def device_memberships(device_ids: Sequence[uuid.UUID]) -> Subquery:
+def device_memberships(device_ids: Ids) -> Subquery:
     """(device_id, group_id) of the direct memberships of the devices and of their primary users."""
     return union(
         select(group_devices.c.device_id, group_devices.c.group_id).where(
@@ -108,7 +114,7 @@ def device_memberships(device_ids: Sequence[uuid.UUID]) -> Subquery:
     ).subquery()
 
 
-def device_groups(device_ids: Sequence[uuid.UUID], name: str = "device_groups") -> Any:
+def device_groups(device_ids: Ids, name: str = "device_groups") -> Any:
     """A recursive CTE (``device_id``, ``group_id``): every group each device belongs to, directly, through
     its primary user, or through nesting — one statement for any number of devices."""
     direct = device_memberships(device_ids)
