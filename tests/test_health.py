@@ -10,8 +10,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from corral.kit.db import discard_closed
 from corral.kit.middleware import client_address
 from corral.kit.migrations import downgrade
 from corral.main import NotMigrated
@@ -309,3 +311,35 @@ async def test_requests_after_the_database_closed_every_connection_succeed(
         for _ in range(4):
             response = await client.get("/readyz")
             assert response.status_code == 200, response.text
+
+
+async def test_a_connection_lost_unnoticed_answers_503_with_retry_after_and_the_next_request_succeeds(
+    tmp_path: Path, db_url: str, factory: Factory
+) -> None:
+    """A connection lost without a word (a network cut: asyncpg has not seen it close, so the checkout check
+    passes) fails the one request that finds it: with a 503 and Retry-After, not a 500. The pool then
+    drops its connections and the next request succeeds."""
+    admin = await factory.admin(GLOBAL_ADMINISTRATOR.name)
+    settings = make_settings(tmp_path, db_url, db_pool_size=1, db_max_overflow=0)
+    async with running_app(settings, db_url) as app, new_client(app) as client:
+        assert (await client.get("/api/v1/devices", headers=admin.headers)).status_code == 200
+        pool = app.state.engine.sync_engine.pool
+        # Stand for an unnoticed loss: with no checkout check, the request finds the dead connection.
+        event.remove(pool, "checkout", discard_closed)
+        try:
+            conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'corral'"
+                )
+            finally:
+                await conn.close()
+            await asyncio.sleep(0.2)
+            response = await client.get("/api/v1/devices", headers=admin.headers)
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"].isdigit()
+            assert "database" in response.json()["detail"]
+            assert (await client.get("/api/v1/devices", headers=admin.headers)).status_code == 200
+        finally:
+            event.listen(pool, "checkout", discard_closed)

@@ -11,7 +11,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.auth.dependencies import PasswordChangeRequired
@@ -137,8 +137,39 @@ async def http_error(request: Request, exc: Exception) -> Response:
 UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
 
 
+# The database went away or cannot take the connection now: class 08 (connection exceptions), the server
+# shutting down or starting (57P01-57P03), too many connections (53300).
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: Seconds a client is told to wait after the database connection was lost (the pool reconnects at once).
+DATABASE_RETRY_AFTER = 2
+
+
+def database_unavailable(exc: DBAPIError) -> bool:
+    """The request failed because its database connection was lost or refused, not because of what it
+    asked: a connection the driver found closed (SQLAlchemy invalidates the pool then), or PostgreSQL's
+    own word that it cannot serve the connection."""
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    return sqlstate.startswith("08") or sqlstate in UNAVAILABLE_SQLSTATES
+
+
 async def database_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DBAPIError)
+    if database_unavailable(exc):
+        # Not a defect to quote: a restart, a failover or a network cut. The client retries (agents do on
+        # 503 with Retry-After, docs/device-protocol.md §9); the pool has already dropped the dead connection.
+        log.warning("database connection lost on %s %s: %s", request.method, request.url.path, exc.orig)
+        detail = (
+            "The database connection was lost while handling this request; retry in a moment. "
+            f"Correlation id {context.current().correlation_id}."
+        )
+        headers = {"Retry-After": str(DATABASE_RETRY_AFTER)}
+        if is_scim(request):
+            return scim_error_response(503, detail, headers=headers)
+        if wants_problem(request):
+            return problem(503, "Service unavailable", detail, headers=headers)
+        return portal_error(request, 503, "Service unavailable", detail, headers=headers)
     if getattr(exc.orig, "sqlstate", None) not in UNSTORABLE_TEXT_SQLSTATES:
         return await unexpected_error(request, exc)
     detail = "Text cannot contain NUL (\\u0000) or other unstorable characters; nothing was changed."

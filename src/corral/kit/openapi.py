@@ -27,6 +27,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, Field
 
+from corral.kit.db import get_db_session
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 BEARER_SCHEME = "bearer"
 
@@ -40,6 +42,7 @@ DESCRIPTIONS: dict[int, str] = {
     413: "The request body is too large",
     422: "Validation failed: the request does not satisfy the schema or a rule",
     429: "Too many requests: try again after Retry-After seconds",
+    503: "The database connection was lost during the request: try again after Retry-After seconds",
 }
 
 
@@ -75,7 +78,7 @@ def _problem_response(description: str, status: int) -> dict[str, Any]:
                 "schema": {"type": "string"},
             }
         }
-    if status == 429:
+    if status in (429, 503):
         response["headers"] = {
             "Retry-After": {"description": "Seconds to wait", "required": True, "schema": {"type": "integer"}}
         }
@@ -94,6 +97,8 @@ def derived_errors(dependant: Dependant, operation: dict[str, Any]) -> set[int]:
     statuses: set[int] = set()
     for call in _dependency_calls(dependant):
         statuses |= set(getattr(call, "openapi_errors", ()))
+        if call is get_db_session:  # its connection can be lost (error_handlers.database_unavailable)
+            statuses.add(503)
     parameters = operation.get("parameters", [])
     if any(p["in"] == "path" for p in parameters):
         statuses.add(404)
