@@ -23,7 +23,7 @@ from corral.models import (
     EnrollmentToken,
     EnrollmentTokenUse,
 )
-from tests.conftest import Admin, Factory, make_settings, new_client, running_app
+from tests.conftest import Admin, Factory, audit_rows, make_settings, new_client, running_app
 from tests.devices.device import TestDevice, canonical_hash, csr_for, inventory, rsa_csr
 
 
@@ -203,14 +203,28 @@ async def test_token_refuses_other_platforms(client: httpx.AsyncClient, factory:
 
 
 async def test_same_serial_cannot_enroll_twice_while_managed(
-    client: httpx.AsyncClient, factory: Factory
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
+    """The unique index decides (no query beforehand); the refusal is still audited and logged on the token,
+    and nothing else changes: no second device, no use counted."""
     admin = await factory.admin("Global administrator")
-    token = await make_token(client, admin)
+    token = await make_token(client, admin, name="Lab")
     first = TestDevice(client)
     assert (await first.enroll(token)).status_code == 201
     again = await TestDevice(client, serial=first.serial).enroll(token)
     assert again.status_code == 409
+    assert f"serial number {first.serial} already exists" in again.json()["detail"]
+    assert await count(sessionmaker, Device) == 1
+    async with sessionmaker() as session:
+        stored = await session.scalar(select(EnrollmentToken).where(EnrollmentToken.name == "Lab"))
+    assert stored is not None and stored.use_count == 1
+    uses = (await client.get(f"/api/v1/enrollment-tokens/{stored.id}/uses", headers=admin.headers)).json()
+    assert sorted((u["result"], u["serial_number"]) for u in uses) == [
+        ("enrolled", first.serial),
+        ("refused", first.serial),
+    ]
+    [refused] = [e for e in await audit_rows(sessionmaker, activity="device.enroll") if e.result != "success"]
+    assert refused.target_name == "Lab" and "already" in (refused.detail or "")
 
 
 async def test_concurrent_enrollments_respect_the_quota(

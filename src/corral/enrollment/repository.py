@@ -3,17 +3,15 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Select, exists, or_, select, update
+from sqlalchemy import Select, bindparam, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from corral.devices import repository as devices_repository
 from corral.models import (
     Device,
     EnrollmentToken,
     EnrollmentTokenUse,
-    ManagementState,
-    Platform,
     enrollment_token_scope_tags,
 )
 from corral.rbac.principal import Scope
@@ -48,17 +46,20 @@ async def get_token(session: AsyncSession, token_id: uuid.UUID) -> EnrollmentTok
     return result
 
 
+# Built once (enrollment's hot path); its scope tags in the same round trip. FOR NO KEY UPDATE of the token
+# row only: token-use rows may still reference it.
+_TOKEN_BY_HASH = (
+    select(EnrollmentToken)
+    .options(joinedload(EnrollmentToken.scope_tags))
+    .where(EnrollmentToken.token_hash == bindparam("token_hash"))
+    .with_for_update(of=EnrollmentToken, key_share=True)
+)
+
+
 async def token_by_hash_for_update(session: AsyncSession, token_hash: bytes) -> EnrollmentToken | None:
-    stmt = (
-        select(EnrollmentToken)
-        .options(selectinload(EnrollmentToken.scope_tags))
-        .where(EnrollmentToken.token_hash == token_hash)
-        .with_for_update(
-            of=EnrollmentToken, key_share=True
-        )  # NO KEY UPDATE: token-use rows may still reference it
-    )
-    result: EnrollmentToken | None = await session.scalar(stmt)
-    return result
+    result = await session.scalars(_TOKEN_BY_HASH, {"token_hash": token_hash})
+    token: EnrollmentToken | None = result.unique().first()
+    return token
 
 
 async def uses_of(
@@ -78,15 +79,6 @@ async def uses_of(
             or_(EnrollmentTokenUse.device_id.is_(None), EnrollmentTokenUse.device_id.in_(reached))
         )
     return list((await session.scalars(stmt)).all())
-
-
-async def active_device_with_serial(session: AsyncSession, platform: Platform, serial: str) -> bool:
-    stmt = select(Device.id).where(
-        Device.platform == platform,
-        Device.serial_number == serial,
-        Device.management_state.not_in([ManagementState.retired, ManagementState.wiped]),
-    )
-    return (await session.scalar(stmt.limit(1))) is not None
 
 
 async def revoke_bound_to(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> list[str]:

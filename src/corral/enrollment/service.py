@@ -45,6 +45,7 @@ from corral.rbac.principal import EVERYWHERE, Principal, Scope, authorize_object
 from corral.users import repository as users_repository
 
 TOKEN_PREFIX = "cet"  # noqa: S105 - a prefix, not a secret
+UNIQUE_VIOLATION = "23505"  # SQLSTATE
 
 #: Why an enrollment was refused: code (a metric label; stored on the token's uses) -> the server's words (the
 #: audit log's). The response says more; the audit log never repeats what the request said, and never tells
@@ -177,6 +178,15 @@ class Enrolled:
     fingerprint: str
 
 
+@dataclass(frozen=True)
+class TokenNames:
+    """What a refusal names of its token."""
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+
+
 class EnrollmentService:
     # ---------------------------------------------------------------- tokens (admins)
     def _required_scope(self, tag_ids: frozenset[uuid.UUID]) -> Scope:
@@ -304,7 +314,7 @@ class EnrollmentService:
     async def _refuse(
         self,
         refusals: RefusalLog,
-        token: EnrollmentToken | None,
+        token: EnrollmentToken | TokenNames | None,
         facts: DeviceFacts,
         reason: str,
         error: CorralError,
@@ -411,13 +421,20 @@ class EnrollmentService:
             f"A managed {facts.platform.value} device with serial number {facts.serial_number} "
             "already exists; retire or delete it before enrolling it again."
         )
-        if await repository.active_device_with_serial(session, facts.platform, facts.serial_number):
-            raise await self._refuse(refusals, token, facts, EnrollmentRefusal.duplicate_serial, duplicate)
+        names = TokenNames(
+            token.id, token.name, token.prefix
+        )  # readable after a failed flush expired the token
         session.add(device)
         try:
             await session.flush()
-        except IntegrityError as exc:  # the same serial enrolling concurrently
-            raise duplicate from exc
+        except IntegrityError as exc:
+            # uq_devices_active_serial: one managed device per platform and serial, also when the same serial
+            # enrolls twice at once (the index decides; no query beforehand).
+            if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
+            raise await self._refuse(
+                refusals, names, facts, EnrollmentRefusal.duplicate_serial, duplicate
+            ) from exc
         cert, ca = await pki_service.issue_device_certificate(session, settings, device.id, csr)
         fingerprint = certs.fingerprint(cert)
         session.add(
