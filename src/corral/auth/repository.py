@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import bindparam, case, delete, func, select, text, update
+from sqlalchemy import Select, bindparam, case, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -65,9 +65,8 @@ async def token_with_user(session: AsyncSession, token_hash: bytes) -> tuple[Api
     return (row[0], row[1]) if row else None
 
 
-async def assignments_of(session: AsyncSession, user_id: uuid.UUID) -> list[RoleAssignment]:
-    """The role assignments a user holds: as a member, or through a member group they belong to directly
-    or through nested groups (at any depth)."""
+def _assignments_of_user() -> Select[RoleAssignment]:
+    user_id = bindparam("user_id", type_=PG_UUID(as_uuid=True))
     seed = select(group_users.c.group_id.label("id")).where(group_users.c.user_id == user_id)
     groups = seed.cte("user_groups", recursive=True)
     groups = groups.union(select(group_children.c.parent_id).where(group_children.c.child_id == groups.c.id))
@@ -77,7 +76,7 @@ async def assignments_of(session: AsyncSession, user_id: uuid.UUID) -> list[Role
     direct = select(role_assignment_members.c.role_assignment_id).where(
         role_assignment_members.c.user_id == user_id
     )
-    stmt = (
+    return (
         select(RoleAssignment)
         .where(RoleAssignment.id.in_(direct.union(via_group)))
         # One round trip on every admin request: an administrator holds a few assignments with a few scope
@@ -89,7 +88,18 @@ async def assignments_of(session: AsyncSession, user_id: uuid.UUID) -> list[Role
         )
         .order_by(RoleAssignment.name)
     )
-    return list((await session.scalars(stmt)).unique().all())
+
+
+# Built once: on every admin request, building it (a recursive CTE, three eager loads) cost more CPU than
+# running it.
+_ASSIGNMENTS_OF_USER = _assignments_of_user()
+
+
+async def assignments_of(session: AsyncSession, user_id: uuid.UUID) -> list[RoleAssignment]:
+    """The role assignments a user holds: as a member, or through a member group they belong to directly
+    or through nested groups (at any depth)."""
+    result = await session.scalars(_ASSIGNMENTS_OF_USER, {"user_id": user_id})
+    return list(result.unique().all())
 
 
 _NESTED = text(

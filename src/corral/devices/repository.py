@@ -10,6 +10,7 @@ from sqlalchemy import (
     Select,
     and_,
     any_,
+    bindparam,
     delete,
     exists,
     false,
@@ -226,13 +227,20 @@ async def export(
         yield batch
 
 
+# Built once (every device page and remote action reads a device this way; building the statement cost more
+# CPU than running it).
+_GET = with_member_of(
+    select(Device).options(joinedload(Device.scope_tags)).where(Device.id == bindparam("device_id"))
+)
+_GET_FOR_UPDATE = _GET.with_for_update(of=Device)
+
+
 async def get(session: AsyncSession, device_id: uuid.UUID, *, for_update: bool = False) -> Device | None:
     """The device with its scope tags and groups, in one round trip (the scope check needs both)."""
-    stmt = with_member_of(select(Device).options(joinedload(Device.scope_tags)).where(Device.id == device_id))
-    if for_update:
-        stmt = stmt.with_for_update(of=Device)
-    result: Device | None = (await session.execute(stmt)).unique().scalar_one_or_none()
-    return result
+    stmt = _GET_FOR_UPDATE if for_update else _GET
+    result = await session.execute(stmt, {"device_id": device_id})
+    device: Device | None = result.unique().scalar_one_or_none()
+    return device
 
 
 async def lock_many(

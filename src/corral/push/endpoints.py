@@ -16,7 +16,7 @@ from corral.push.service import push_service
 router = APIRouter(prefix="/device/v1", include_in_schema=False)
 
 
-def get_push_hub(request: Request) -> PushHub:
+async def get_push_hub(request: Request) -> PushHub:
     hub: PushHub = request.app.state.push_hub
     return hub
 
