@@ -421,9 +421,8 @@ class EnrollmentService:
             f"A managed {facts.platform.value} device with serial number {facts.serial_number} "
             "already exists; retire or delete it before enrolling it again."
         )
-        names = TokenNames(
-            token.id, token.name, token.prefix
-        )  # readable after a failed flush expired the token
+        # What a refusal names of the token, readable after a failed flush has expired the token.
+        names = TokenNames(token.id, token.name, token.prefix)
         session.add(device)
         try:
             await session.flush()
