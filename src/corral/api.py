@@ -1,5 +1,6 @@
 """The /api/v1 router tree. Every route carries a guard (see corral.auth.dependencies)."""
 
+from corral.apple.endpoints import router as apple_router
 from corral.assignments.endpoints import router as assignments_router
 from corral.audit.endpoints import router as audit_router
 from corral.auth.endpoints import router as me_router
@@ -40,5 +41,6 @@ for router in (
     licensing_router,
     scim_admin_router,
     identity_router,
+    apple_router,
 ):
     api_router.include_router(router)

@@ -1,6 +1,7 @@
 """ORM classes, one file per table; imported here so Alembic sees them all."""
 
 from corral.models.api_token import ApiToken
+from corral.models.apple_push_certificate import ApplePushCertificate
 from corral.models.assignable import (
     DESIRED_STATE_VERSIONS,
     Assignable,
@@ -79,6 +80,7 @@ from corral.models.user_session import UserSession
 __all__ = [
     "DESIRED_STATE_VERSIONS",
     "ApiToken",
+    "ApplePushCertificate",
     "Assignable",
     "AssignableKind",
     "Assignment",
