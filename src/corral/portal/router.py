@@ -5,6 +5,7 @@ from fastapi.responses import RedirectResponse
 from corral.auth.dependencies import PUBLIC
 from corral.kit.routing import APIRouter
 from corral.portal.admin_views import router as admin_router
+from corral.portal.apple_views import router as apple_router
 from corral.portal.approval_views import router as approval_router
 from corral.portal.assignment_views import router as assignment_router
 from corral.portal.auth_views import router as auth_router
@@ -21,6 +22,7 @@ from corral.portal.user_views import router as user_router
 portal_router = APIRouter()
 portal_router.include_router(auth_router)
 portal_router.include_router(admin_router)
+portal_router.include_router(apple_router)
 portal_router.include_router(device_router)
 portal_router.include_router(group_router)
 portal_router.include_router(user_router)
