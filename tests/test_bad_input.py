@@ -634,6 +634,12 @@ def _base_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
                 }
             ],
         },
+        # Apple MDM push certificate: a request is made for real; odd certificates must stay 4xx.
+        ("POST", "/api/v1/apple/push-certificate/request"): {},
+        ("PUT", "/api/v1/apple/push-certificate"): {
+            "certificate_pem": "-----BEGIN CERTIFICATE-----\nfuzz\n-----END CERTIFICATE-----",
+            "apple_account": "fuzz@example.com",
+        },
         **{
             ("POST", info.path): {"reason": "fuzz", "idempotency_key": f"fuzz-{n}"}
             for info in ROUTES

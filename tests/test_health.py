@@ -41,7 +41,11 @@ async def test_healthz_answers_ok(client: httpx.AsyncClient) -> None:
 async def test_readyz_is_ready_on_a_current_database(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "migrations": "ok"},
+        "warnings": {},
+    }
 
 
 async def test_readyz_is_not_ready_when_the_schema_is_behind(tmp_path: Path, db_url: str) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from corral.apple.push_certificate import expiry
 from corral.models import ApplePushCertificate
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR, SERVICE_ADMINISTRATOR
-from tests.conftest import Admin, Factory, audit_rows
+from tests.conftest import Admin, Factory, audit_rows, sign_in
 
 URL = "/api/v1/apple/push-certificate"
 _APPLE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -222,3 +222,37 @@ async def test_only_who_may_change_settings_can_request_or_upload(
 def test_expiry_warns_at_30_and_7_days(left: dt.timedelta, state: str) -> None:
     now = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
     assert expiry(now + left, now).state == state
+
+
+@pytest.mark.parametrize(("days", "words"), [(10, "expires in"), (-5, "expired on")])
+async def test_readyz_and_the_dashboard_warn_before_the_certificate_expires(
+    client: httpx.AsyncClient, factory: Factory, days: int, words: str
+) -> None:
+    admin = await factory.admin(GLOBAL_ADMINISTRATOR.name)
+    assert (await client.get("/readyz")).json()["warnings"] == {}
+    csr_pem = await request_csr(client, admin)
+    # A certificate that expires soon (uploaded while it was still valid) or has expired since.
+    starts = dt.datetime.now(dt.UTC) - dt.timedelta(days=365 - days)
+    pem = apple_issues(csr_pem, new_topic(), starts=starts)
+    if days > 0:
+        assert (
+            await client.put(URL, json={"certificate_pem": pem}, headers=admin.headers)
+        ).status_code == 200
+    else:
+        fresh = apple_issues(csr_pem, new_topic(), days=30)
+        assert (
+            await client.put(URL, json={"certificate_pem": fresh}, headers=admin.headers)
+        ).status_code == 200
+        async with factory.sessionmaker() as session:
+            row = await session.scalar(select(ApplePushCertificate))
+            assert row is not None
+            row.not_after = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+            await session.commit()
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"  # a warning, not unreadiness
+    assert words in ready.json()["warnings"]["apple_push_certificate"]
+
+    await sign_in(client, admin.email)
+    dashboard = await client.get("/portal")
+    assert 'id="push-certificate-alert"' in dashboard.text
+    assert ("has expired" if days < 0 else f"expires in {days - 1} days") in dashboard.text

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request, Response
@@ -8,9 +9,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
+from corral.apple.push_certificate import expiry
 from corral.auth.dependencies import PUBLIC, Require
 from corral.kit.migrations import is_current
 from corral.kit.routing import APIRouter
+from corral.kit.time import utcnow
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 from corral.worker import metrics as worker_metrics
@@ -27,6 +30,28 @@ async def healthz() -> dict[str, str]:
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     checks: dict[str, str] = Field(description="database, migrations: `ok` or what is wrong")
+    warnings: dict[str, str] = Field(
+        default_factory=dict,
+        description="What needs an operator soon without making the process unready: "
+        "`apple_push_certificate` 30 days before it expires",
+    )
+
+
+_PUSH_EXPIRY = text(
+    "SELECT not_after FROM apple_push_certificates WHERE certificate_pem IS NOT NULL "
+    "ORDER BY uploaded_at DESC LIMIT 1"
+)
+
+
+def _push_warning(not_after: dt.datetime | None) -> str | None:
+    if not_after is None:
+        return None
+    state = expiry(not_after, utcnow())
+    if state.state == "expired":
+        return f"expired on {not_after.date().isoformat()}: Apple devices cannot be woken"
+    if state.state != "valid":
+        return f"expires in {state.days_left} days ({not_after.date().isoformat()}): renew it"
+    return None
 
 
 @router.get(
@@ -39,17 +64,22 @@ async def readyz(request: Request) -> JSONResponse:
     """The database is reachable and its schema is current."""
     engine = request.app.state.engine
     checks: dict[str, str] = {}
+    warnings: dict[str, str] = {}
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
         checks["database"] = "ok"
         checks["migrations"] = "ok" if await is_current(engine) else "pending: run 'corral db upgrade'"
+        if checks["migrations"] == "ok":
+            async with engine.connect() as connection:
+                push = _push_warning(await connection.scalar(_PUSH_EXPIRY))
+            if push:
+                warnings["apple_push_certificate"] = push
     except Exception as exc:  # any failure means not ready
         checks.setdefault("database", f"unreachable: {type(exc).__name__}")
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
-    )
+    body = {"status": "ready" if ready else "not ready", "checks": checks, "warnings": warnings}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get(

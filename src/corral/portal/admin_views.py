@@ -13,6 +13,7 @@ from markupsafe import Markup
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
+from corral.apple.push_certificate import expiry, push_certificate_service
 from corral.audit.endpoints import CSV_HEADER, csv_row
 from corral.audit.schemas import AuditFilter
 from corral.audit.service import audit_service
@@ -107,6 +108,12 @@ async def dashboard(
         recent = (await audit_service.search(session, AuditFilter(limit=8), principal)).items
     tenant = await tenant_service.get(session)
     ctx: dict[str, Any] = {"counts": counts, "recent": recent, "tenant": tenant}
+    if principal.has(P.settings_read):
+        push = await push_certificate_service.current(session)
+        if push is not None and push.not_after is not None:
+            push_expiry = expiry(push.not_after, utcnow())
+            if push_expiry.state != "valid":
+                ctx["push_expiry"] = push_expiry
     headers: dict[str, str] = {}
     if principal.has(P.devices_read):
         nonce = charts.new_nonce()
