@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit.service import audit_service
@@ -32,6 +32,9 @@ KEY_BITS = 2048
 #: Days before expiry at which Corral warns (the dashboard and /readyz's details), the later one louder.
 WARN_DAYS = (30, 7)
 MAX_PEM = 64 * 1024
+# Requests and uploads take their turn (one waiting request at most, a renewal checked against the certificate
+# in use as it is): a transaction-scoped advisory lock.
+_LOCK = 0x41504E53  # "APNS"
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class PushCertificateService:
 
     async def request(self, session: AsyncSession, settings: Settings, actor: str) -> ApplePushCertificate:
         """A new key and CSR; a request still waiting is replaced (its key is dropped)."""
+        await session.execute(select(func.pg_advisory_xact_lock(_LOCK)))
         await session.execute(
             delete(ApplePushCertificate).where(ApplePushCertificate.certificate_pem.is_(None))
         )
@@ -139,6 +143,7 @@ class PushCertificateService:
                 "This is not a PEM certificate (-----BEGIN CERTIFICATE-----). Apple's portal gives a .pem "
                 "file."
             ) from exc
+        await session.execute(select(func.pg_advisory_xact_lock(_LOCK)))
         pending = await self.pending(session)
         if pending is None:
             raise Conflict("There is no certificate request waiting: create one, get it signed, then upload.")
