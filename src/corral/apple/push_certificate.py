@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit.service import audit_service
@@ -26,6 +26,7 @@ from corral.errors import Conflict, ValidationFailed
 from corral.kit.security import SecretBox
 from corral.kit.time import utcnow
 from corral.models import ApplePushCertificate
+from corral.pki import certs
 
 TOPIC_PREFIX = "com.apple.mgmt."
 KEY_BITS = 2048
@@ -68,19 +69,22 @@ def _spki(key: Any) -> bytes:
     )
 
 
+def in_use(stmt: Select[Any]) -> Select[Any]:
+    """``stmt`` over the certificate in use: the newest one uploaded."""
+    return (
+        stmt.where(ApplePushCertificate.certificate_pem.is_not(None))
+        .order_by(ApplePushCertificate.uploaded_at.desc())
+        .limit(1)
+    )
+
+
 class PushCertificateService:
     def _box(self, settings: Settings) -> SecretBox:
         return SecretBox(settings.resolved_secret_key(), "apple-push-key")
 
     async def current(self, session: AsyncSession) -> ApplePushCertificate | None:
         """The certificate in use: the newest one uploaded."""
-        stmt = (
-            select(ApplePushCertificate)
-            .where(ApplePushCertificate.certificate_pem.is_not(None))
-            .order_by(ApplePushCertificate.uploaded_at.desc())
-            .limit(1)
-        )
-        result: ApplePushCertificate | None = await session.scalar(stmt)
+        result: ApplePushCertificate | None = await session.scalar(in_use(select(ApplePushCertificate)))
         return result
 
     async def pending(self, session: AsyncSession) -> ApplePushCertificate | None:
@@ -101,12 +105,9 @@ class PushCertificateService:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Corral MDM push")]))
             .sign(key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
         row = ApplePushCertificate(
             id=uuid.uuid4(),
-            private_key_encrypted=self._box(settings).encrypt(key_pem),
+            private_key_encrypted=self._box(settings).encrypt(certs.key_pem(key)),
             csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode(),
             requested_at=utcnow(),
             requested_by=actor,
@@ -170,7 +171,7 @@ class PushCertificateService:
                 "devices enrolled with it could no longer be reached. Renew the certificate in Apple's "
                 "portal with the same Apple Account instead of creating a new one."
             )
-        pending.certificate_pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+        pending.certificate_pem = certs.cert_pem(certificate).decode()
         pending.topic = topic
         pending.serial_number = format(certificate.serial_number, "x")
         pending.not_before = certificate.not_valid_before_utc

@@ -4,6 +4,8 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.apple.push_certificate import MAX_PEM
+
 
 class PushCertificateOut(BaseModel):
     """The push certificate in use."""
@@ -40,7 +42,7 @@ class PushCertificateStatus(BaseModel):
 class PushCertificateUpload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    certificate_pem: str = Field(min_length=1, max_length=64 * 1024, description="Apple's certificate, PEM")
+    certificate_pem: str = Field(min_length=1, max_length=MAX_PEM, description="Apple's certificate, PEM")
     apple_account: str | None = Field(
         default=None, max_length=320, description="The Apple Account it was created with (renewals need it)"
     )

@@ -7,13 +7,14 @@ from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from corral.apple.push_certificate import expiry
+from corral.apple.push_certificate import expiry, in_use
 from corral.auth.dependencies import PUBLIC, Require
 from corral.kit.migrations import is_current
 from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
+from corral.models import ApplePushCertificate
 from corral.rbac.permissions import P
 from corral.rbac.principal import Principal
 from corral.worker import metrics as worker_metrics
@@ -37,10 +38,7 @@ class Readiness(BaseModel):
     )
 
 
-_PUSH_EXPIRY = text(
-    "SELECT not_after FROM apple_push_certificates WHERE certificate_pem IS NOT NULL "
-    "ORDER BY uploaded_at DESC LIMIT 1"
-)
+_PUSH_EXPIRY = in_use(select(ApplePushCertificate.not_after))
 
 
 def _push_warning(not_after: dt.datetime | None) -> str | None:
@@ -68,13 +66,12 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-        checks["migrations"] = "ok" if await is_current(engine) else "pending: run 'corral db upgrade'"
-        if checks["migrations"] == "ok":
-            async with engine.connect() as connection:
-                push = _push_warning(await connection.scalar(_PUSH_EXPIRY))
-            if push:
-                warnings["apple_push_certificate"] = push
+            checks["database"] = "ok"
+            current = await is_current(engine)
+            checks["migrations"] = "ok" if current else "pending: run 'corral db upgrade'"
+            push = _push_warning(await connection.scalar(_PUSH_EXPIRY)) if current else None
+        if push:
+            warnings["apple_push_certificate"] = push
     except Exception as exc:  # any failure means not ready
         checks.setdefault("database", f"unreachable: {type(exc).__name__}")
     ready = all(value == "ok" for value in checks.values())
