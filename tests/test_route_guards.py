@@ -52,6 +52,11 @@ PUBLIC_ALLOW_LIST = {
     ("GET", "/auth/oidc/callback"),
     # The enrollment token in the body is the credential: checked, counted, logged on the token and audited.
     ("POST", "/device/v1/enroll"),
+    # Apple enrollment (docs/apple-mdm.md): the enrollment token in the query is the profile's credential,
+    # the one-time challenge inside the profile SCEP's (RFC 8894); both refusals counted, throttled, audited.
+    ("GET", "/apple/v1/enroll"),
+    ("GET", "/apple/v1/scep"),
+    ("POST", "/apple/v1/scep"),
 }
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}

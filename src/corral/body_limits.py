@@ -28,6 +28,7 @@ def body_limits(settings: Settings, route_limits: Mapping[tuple[str, str], str] 
     return BodyLimits(
         prefixes=[
             ("/device/v1", Limit(settings.max_body_device_bytes, "Device requests")),
+            ("/apple/v1", Limit(settings.max_body_apple_bytes, "Apple MDM requests")),
             ("/api/v1", Limit(settings.max_body_api_bytes, "Admin API requests")),
             ("/scim/v2", Limit(settings.max_body_scim_bytes, "SCIM requests")),
         ],

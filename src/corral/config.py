@@ -110,10 +110,23 @@ class Settings(BaseSettings):
     # Content-Length or chunked body is answered 413 (docs/operations.md, security notes). Uploads of later
     # features declare their own limit in corral/body_limits.py.
     max_body_device_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)  # /device/v1
+    max_body_apple_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # /apple/v1 (a Mac's app list)
     max_body_api_bytes: int = Field(default=1024 * 1024, ge=1024)  # /api/v1
     max_body_scim_bytes: int = Field(default=1024 * 1024, ge=1024)  # /scim/v2
     max_body_policy_document_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # policies apply
     max_body_form_bytes: int = Field(default=1024 * 1024, ge=1024)  # /portal and every other path
+
+    # Apple MDM enrollment (docs/apple-mdm.md). The enrollment profile refuses a plain-http base URL unless
+    # this is true (tests and demos: a real device will not talk MDM without TLS).
+    apple_allow_http: bool = False
+    # How long the SCEP challenge in a downloaded enrollment profile stays good (it is good for one
+    # certificate), and how long the identity SCEP issues is valid.
+    apple_scep_challenge_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
+    apple_identity_days: int = Field(default=730, ge=1, le=3650)
+    # SCEP requests encrypted with DES or 3DES (Debian's and older scepclients send single DES whatever the
+    # server advertises) are accepted; false accepts AES only. Inside HTTPS, the cipher only protects the
+    # one-time challenge and the CSR.
+    apple_scep_allow_des: bool = True
 
     db_pool_size: int = 10
     db_max_overflow: int = 10

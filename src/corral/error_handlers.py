@@ -22,7 +22,7 @@ from corral.scim.errors import scim_error_response
 
 log = logging.getLogger("corral.errors")
 
-MACHINE_PREFIXES = ("/api/", "/device/", "/mam/", "/scim/", "/metrics", "/healthz", "/readyz")
+MACHINE_PREFIXES = ("/api/", "/apple/", "/device/", "/mam/", "/scim/", "/metrics", "/healthz", "/readyz")
 SCIM_PREFIX = "/scim/"
 
 

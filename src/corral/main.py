@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from corral import error_handlers
 from corral.api import api_router
+from corral.apple.device_endpoints import router as apple_device_router
 from corral.audit.refusals import RefusalLog
 from corral.body_limits import body_limits
 from corral.checkin.endpoints import router as device_router
@@ -102,6 +103,7 @@ def create_app(
     # admin API's hundreds of routes would be tried first otherwise); nothing else lives under /device/.
     app.include_router(device_router)
     app.include_router(push_router)
+    app.include_router(apple_device_router)
     app.include_router(api_router)
     app.include_router(scim_router)
     app.include_router(portal_router)

@@ -4,59 +4,21 @@ kept across renewals, its expiry shown."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from corral.apple.push_certificate import expiry
 from corral.models import ApplePushCertificate
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR, SERVICE_ADMINISTRATOR
+from tests.apple.support import apple_issues, new_topic
 from tests.conftest import Admin, Factory, audit_rows, sign_in
 
 URL = "/api/v1/apple/push-certificate"
-_APPLE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-_APPLE = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Apple Application Integration 2 CA (test)")])
-
-
-def apple_issues(
-    csr_pem: str,
-    topic: str | None,
-    *,
-    days: int = 365,
-    starts: dt.datetime | None = None,
-    public_key: rsa.RSAPublicKey | None = None,
-) -> str:
-    """What Apple's portal hands back for a CSR: a certificate for its key whose subject's UID is the topic
-    (and CN APSP:<uuid>), here from a stand-in issuer."""
-    csr = x509.load_pem_x509_csr(csr_pem.encode())
-    key = public_key or csr.public_key()
-    assert isinstance(key, rsa.RSAPublicKey)
-    start = starts or dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, f"APSP:{uuid.uuid4()}")]
-    if topic is not None:
-        attributes.insert(0, x509.NameAttribute(NameOID.USER_ID, topic))
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attributes))
-        .issuer_name(_APPLE)
-        .public_key(key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .sign(_APPLE_KEY, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def new_topic() -> str:
-    return f"com.apple.mgmt.External.{uuid.uuid4()}"
 
 
 async def request_csr(client: httpx.AsyncClient, admin: Admin) -> str:

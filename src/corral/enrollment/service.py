@@ -311,13 +311,16 @@ class EnrollmentService:
         return await repository.revoke_bound_to(session, user_id, utcnow())
 
     # ---------------------------------------------------------------- enrolling (devices)
-    async def _refuse(
+    async def refuse(
         self,
         refusals: RefusalLog,
         token: EnrollmentToken | TokenNames | None,
-        facts: DeviceFacts,
+        serial_number: str | None,
         reason: str,
         error: CorralError,
+        *,
+        endpoint: str = "/device/v1/enroll",
+        text: str | None = None,
     ) -> CorralError:
         """Count and audit the refusal (and log it on the token), in a transaction of its own, then hand the
         error back to raise (the request's own transaction rolls back)."""
@@ -327,9 +330,9 @@ class EnrollmentService:
                 activity="device.enroll",
                 category="device",
                 operation="create",
-                endpoint="/device/v1/enroll",
+                endpoint=endpoint,
                 reason=reason,
-                text=REASONS[reason],
+                text=text or REASONS[reason],
                 source=context.current().client_ip,
                 actor=context.Actor(type="device", name=actor),
                 target_type="enrollment_token" if token else None,
@@ -337,26 +340,34 @@ class EnrollmentService:
                 target_name=token.name if token else None,
                 subject=f"enrollment_token:{token.id}" if token else None,
                 token_id=token.id if token else None,
-                serial_number=facts.serial_number[:128],
+                serial_number=serial_number[:128] if serial_number else None,
                 token_detail=error.detail,
             )
         )
         return error
 
-    async def enroll(
+    async def admit_token(
         self,
         session: AsyncSession,
         refusals: RefusalLog,
-        settings: Settings,
+        token: EnrollmentToken | None,
         *,
-        secret: str,
-        csr_pem: str,
-        facts: DeviceFacts,
-    ) -> Enrolled:
-        token = await repository.token_by_hash_for_update(session, token_digest(secret))
+        platforms: frozenset[Platform],
+        serial_number: str | None,
+        endpoint: str = "/device/v1/enroll",
+    ) -> EnrollmentToken:
+        """The rules every enrollment passes, whatever its protocol: the token (locked by the caller) exists,
+        is active, allows one of ``platforms`` (the device's; before Apple's device says what it is, the
+        Apple platforms), and its bound user may hold devices. A refusal is counted, audited and logged on
+        the token, then raised."""
         if token is None:
-            raise await self._refuse(
-                refusals, None, facts, "unknown_token", NotAuthenticated("The enrollment token is not valid.")
+            raise await self.refuse(
+                refusals,
+                None,
+                serial_number,
+                "unknown_token",
+                NotAuthenticated("The enrollment token is not valid."),
+                endpoint=endpoint,
             )
         status = token_status(token)
         if status != "active":
@@ -365,17 +376,21 @@ class EnrollmentService:
                 "expired": ("The enrollment token has expired.", EnrollmentRefusal.expired),
                 "used_up": ("The enrollment token has been used up.", EnrollmentRefusal.used_up),
             }[status]
-            raise await self._refuse(refusals, token, facts, reason, NotAuthenticated(message))
-        if facts.platform.value not in token.platforms:
-            raise await self._refuse(
+            raise await self.refuse(
+                refusals, token, serial_number, reason, NotAuthenticated(message), endpoint=endpoint
+            )
+        if not any(p.value in token.platforms for p in platforms):
+            wanted = " or ".join(sorted(p.value for p in platforms))
+            raise await self.refuse(
                 refusals,
                 token,
-                facts,
+                serial_number,
                 EnrollmentRefusal.platform_not_allowed,
                 Forbidden(
-                    f"This enrollment token does not allow {facts.platform.value} devices "
+                    f"This enrollment token does not allow {wanted} devices "
                     f"(allowed: {', '.join(token.platforms)})."
                 ),
+                endpoint=endpoint,
             )
         if token.user_id is not None:
             # Devices enrolled with a bound token are the user's: the user must be able to hold them.
@@ -392,12 +407,37 @@ class EnrollmentService:
                     EnrollmentRefusal.user_unlicensed,
                 )
             if refusal:
-                raise await self._refuse(refusals, token, facts, refusal[1], Forbidden(refusal[0]))
+                raise await self.refuse(
+                    refusals, token, serial_number, refusal[1], Forbidden(refusal[0]), endpoint=endpoint
+                )
+        return token
+
+    async def enroll(
+        self,
+        session: AsyncSession,
+        refusals: RefusalLog,
+        settings: Settings,
+        *,
+        secret: str,
+        csr_pem: str,
+        facts: DeviceFacts,
+    ) -> Enrolled:
+        token = await self.admit_token(
+            session,
+            refusals,
+            await repository.token_by_hash_for_update(session, token_digest(secret)),
+            platforms=frozenset({facts.platform}),
+            serial_number=facts.serial_number,
+        )
         try:
             csr = certs.load_csr(csr_pem)
         except certs.CsrRefused as exc:
-            raise await self._refuse(
-                refusals, token, facts, EnrollmentRefusal.csr_refused, ValidationFailed(f"CSR refused: {exc}")
+            raise await self.refuse(
+                refusals,
+                token,
+                facts.serial_number,
+                EnrollmentRefusal.csr_refused,
+                ValidationFailed(f"CSR refused: {exc}"),
             ) from exc
 
         now = utcnow()
@@ -431,8 +471,8 @@ class EnrollmentService:
             # enrolls twice at once (the index decides; no query beforehand).
             if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
                 raise
-            raise await self._refuse(
-                refusals, names, facts, EnrollmentRefusal.duplicate_serial, duplicate
+            raise await self.refuse(
+                refusals, names, facts.serial_number, EnrollmentRefusal.duplicate_serial, duplicate
             ) from exc
         cert, ca = await pki_service.issue_device_certificate(session, settings, device.id, csr)
         fingerprint = certs.fingerprint(cert)

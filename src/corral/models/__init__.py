@@ -1,6 +1,7 @@
 """ORM classes, one file per table; imported here so Alembic sees them all."""
 
 from corral.models.api_token import ApiToken
+from corral.models.apple import ApplePendingIdentity, AppleScepChallenge, ServiceCertificate
 from corral.models.apple_push_certificate import ApplePushCertificate
 from corral.models.assignable import (
     DESIRED_STATE_VERSIONS,
@@ -80,7 +81,9 @@ from corral.models.user_session import UserSession
 __all__ = [
     "DESIRED_STATE_VERSIONS",
     "ApiToken",
+    "ApplePendingIdentity",
     "ApplePushCertificate",
+    "AppleScepChallenge",
     "Assignable",
     "AssignableKind",
     "Assignment",
@@ -125,6 +128,7 @@ __all__ = [
     "RoleAssignment",
     "RoleDefinition",
     "ScopeTag",
+    "ServiceCertificate",
     "SignInThrottle",
     "TenantSettings",
     "User",

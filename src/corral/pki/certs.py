@@ -21,6 +21,13 @@ def key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     )
 
 
+def load_rsa_key(pem: bytes) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("not an RSA private key")
+    return key
+
+
 def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -146,13 +153,33 @@ def issue_device_certificate(
 ) -> x509.Certificate:
     public_key = csr.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
-    return (
+    return issue_leaf(
+        ca_cert, ca_key, public_key, device_id, f"urn:corral:device:{device_id}", now, days, client=True
+    )
+
+
+def issue_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    common_name: str,
+    uri: str | None,
+    now: datetime,
+    days: int,
+    *,
+    client: bool,
+    key_encipherment: bool = False,
+    organization: str = "Corral device",
+) -> x509.Certificate:
+    """An end-entity certificate from one of Corral's CAs: a device's identity (``client``, with its URN) or
+    one of Corral's own service identities. RSA keys decrypt (``key_encipherment``: SCEP's key transport)."""
+    builder = (
         x509.CertificateBuilder()
         .subject_name(
             x509.Name(
                 [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Corral device"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, device_id),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                    x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                 ]
             )
         )
@@ -161,10 +188,6 @@ def issue_device_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(min(now + timedelta(days=days), ca_cert.not_valid_after_utc))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"urn:corral:device:{device_id}")]),
-            critical=False,
-        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -172,7 +195,7 @@ def issue_device_certificate(
                 key_cert_sign=False,
                 crl_sign=False,
                 content_commitment=False,
-                key_encipherment=False,
+                key_encipherment=key_encipherment,
                 data_encipherment=False,
                 key_agreement=False,
                 encipher_only=False,
@@ -180,9 +203,44 @@ def issue_device_certificate(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
+    if uri:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
+        )
+    if client:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+#: Apple devices make RSA keys for their SCEP identity (the agent channel stays EC-only: ``load_csr``).
+IDENTITY_RSA_BITS = (2048, 8192)
+
+
+def check_identity_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    """An Apple device identity's request (SCEP): valid self-signature; RSA of 2048 to 8192 bits, or EC
+    P-256 or P-384."""
+    try:
+        public_key = csr.public_key()
+    except (ValueError, TypeError) as exc:
+        raise CsrRefused("the CSR carries a key this server cannot read") from exc
+    if isinstance(public_key, rsa.RSAPublicKey):
+        low, high = IDENTITY_RSA_BITS
+        if not low <= public_key.key_size <= high:
+            raise CsrRefused(
+                f"the CSR's RSA key has {public_key.key_size} bits; {low} to {high} are accepted"
+            )
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        if not isinstance(public_key.curve, ALLOWED_CURVES):
+            raise CsrRefused(f"the CSR key uses the curve {public_key.curve.name}; use P-256 or P-384")
+    else:
+        raise CsrRefused("the CSR key must be RSA (2048 bits or more) or ECDSA P-256/P-384")
+    if not csr.is_signature_valid:
+        raise CsrRefused("the CSR signature does not verify: it was not signed with the key it carries")
+    return public_key

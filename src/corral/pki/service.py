@@ -101,7 +101,7 @@ class PkiService:
         (directory / "ca.crt").write_bytes(certificate.ca_pem)
         return cert_path, key_path
 
-    def _signer(
+    def signer(
         self, settings: Settings, ca: CertificateAuthority
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = (ca.id, ca.private_key_encrypted)
@@ -124,7 +124,7 @@ class PkiService:
         csr: x509.CertificateSigningRequest,
     ) -> tuple[x509.Certificate, CertificateAuthority]:
         ca = await self.get_or_create_ca(session, settings, DEVICE)
-        ca_cert, ca_key = self._signer(settings, ca)
+        ca_cert, ca_key = self.signer(settings, ca)
         cert = certs.issue_device_certificate(ca_cert, ca_key, csr, str(device_id), utcnow())
         return cert, ca
 

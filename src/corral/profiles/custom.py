@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import plistlib
 import re
@@ -18,11 +17,8 @@ from datetime import datetime
 from typing import Any
 from xml.parsers.expat import ExpatError
 
-from asn1crypto import cms
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from corral.apple import plist
+from corral.kit import cms
 
 MAX_MOBILECONFIG_BYTES = 200 * 1024
 MAX_PAYLOADS = 100
@@ -31,12 +27,6 @@ MAX_JSON_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 16
 OMA_URI = re.compile(r"^\./(Device|User|Vendor)/[A-Za-z0-9_.~%{}()@+,;=:!$&'*/\-]{1,1000}$")
 DATA_TYPES = ("string", "integer", "boolean", "float", "date", "base64", "xml")
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
 
 
 class PayloadError(ValueError):
@@ -49,71 +39,37 @@ def _signed_content(data: bytes) -> bytes:
     content verifies with the certificate it carries. Which CA issued that certificate is the device's
     business (it shows the profile as verified or not); a broken signature is refused here."""
     try:
-        info = cms.ContentInfo.load(data)
-        if info["content_type"].native != "signed_data":
-            raise PayloadError("a CMS structure that is not signed data")
-        signed = info["content"]
-        content = signed["encap_content_info"]["content"].native
-        (signer,) = signed["signer_infos"]
-        certificates = [c.chosen.dump() for c in signed["certificates"] or []]
-    except PayloadError:
-        raise
-    except (ValueError, TypeError, KeyError) as exc:
-        raise PayloadError(
-            "not a property list, nor a signed one (its CMS structure does not parse)"
-        ) from exc
-    if not isinstance(content, bytes) or not content:
-        raise PayloadError("the signed profile carries no content (a detached signature is not a profile)")
-    sid = signer["sid"]
-    certificate = None
-    for der in certificates:
-        candidate = x509.load_der_x509_certificate(der)
-        if sid.name == "issuer_and_serial_number":
-            if candidate.serial_number == sid.chosen["serial_number"].native:
-                certificate = candidate
-        elif candidate.extensions and _subject_key_id(candidate) == sid.chosen.native:
-            certificate = candidate
-    if certificate is None:
-        raise PayloadError("the signed profile does not carry its signer's certificate")
-    digest_name = signer["digest_algorithm"]["algorithm"].native
-    if digest_name not in _HASHES:
-        raise PayloadError(f"the signed profile uses an unsupported digest ({digest_name})")
-    algorithm = _HASHES[digest_name]()
-    attributes = signer["signed_attrs"]
-    if attributes:
-        digests = [a["values"][0].native for a in attributes if a["type"].native == "message_digest"]
-        computed = hashlib.new(digest_name, content).digest()
-        if digests != [computed]:
-            raise PayloadError("the signed profile's content does not match its signature (altered?)")
-        signed_bytes = attributes.untag().dump()  # signed over the attributes as a SET
-    else:
-        signed_bytes = content
-    signature = signer["signature"].native
-    key = certificate.public_key()
-    try:
-        if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, signed_bytes, padding.PKCS1v15(), algorithm)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, signed_bytes, ec.ECDSA(algorithm))
-        else:
-            raise PayloadError("the signed profile's key type is not supported")
-    except InvalidSignature as exc:
-        raise PayloadError("the signed profile's signature does not verify") from exc
-    return content
-
-
-def _subject_key_id(certificate: x509.Certificate) -> bytes | None:
-    try:
-        return certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except x509.ExtensionNotFound:
-        return None
+        return cms.verify_signed_data(data, max_bytes=MAX_MOBILECONFIG_BYTES).content
+    except cms.CmsError as exc:
+        if exc.code == "malformed":
+            raise PayloadError(
+                "not a property list, nor a signed one (its CMS structure does not parse)"
+            ) from exc
+        raise PayloadError(f"the signed profile is refused: {exc}") from exc
 
 
 def _plist(data: bytes) -> Any:
+    """The profile's value, bounded by the Apple message parser's walk (apple.plist.check). A binary profile
+    is still accepted (Apple tools write them), but its object references may be shared or circular — a
+    file of a few hundred bytes can decode to a cycle or to billions of values once re-serialised as XML —
+    and its reader recurses, so the decoded value is walked before anything else touches it. Strings are
+    bounded by the profile's own size limit, not by a device message's."""
+    fmt = plistlib.FMT_BINARY if data.startswith(b"bplist00") else plistlib.FMT_XML
     try:
-        return plistlib.loads(data)
-    except (plistlib.InvalidFileException, ExpatError, ValueError, OverflowError) as exc:
+        value = plistlib.loads(data, fmt=fmt)
+        plist.check(value, max_string_chars=MAX_MOBILECONFIG_BYTES)
+    except (
+        plistlib.InvalidFileException,
+        ExpatError,
+        ValueError,  # (apple.plist.PlistError included)
+        LookupError,  # (KeyError, IndexError; and an encoding Python does not know, declared in the XML)
+        OverflowError,
+        TypeError,
+        RecursionError,
+        AttributeError,
+    ) as exc:
         raise PayloadError(f"not a valid property list ({exc})") from exc
+    return value
 
 
 def _check_payload(where: str, payload: Any) -> None:

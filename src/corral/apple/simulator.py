@@ -1,0 +1,264 @@
+"""A protocol-level Apple device: what an iPhone, iPad or Mac does to enroll into an MDM server, at the level
+of its messages. It fetches the enrollment profile and verifies its signature against the CA it was told to
+trust, makes an RSA key and enrolls it over SCEP with the profile's challenge, exactly as the operating
+system's MDM client does. Used by the tests and by ``corral simulate --platform ios|macos``.
+
+It is deliberately independent of the server's code: it shares only the CMS helpers (kit/cms.py) and the
+plist parser, so that what it checks of the server's answers is checked the way a device would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from asn1crypto import core
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
+from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
+
+from corral.apple import plist
+from corral.kit import cms
+
+# SCEP attributes (RFC 8894 §3.2.1): the simulator spells them out itself, as a device's SCEP client does.
+_MESSAGE_TYPE = "2.16.840.1.113733.1.9.2"
+_PKI_STATUS = "2.16.840.1.113733.1.9.3"
+_FAIL_INFO = "2.16.840.1.113733.1.9.4"
+_SENDER_NONCE = "2.16.840.1.113733.1.9.5"
+_RECIPIENT_NONCE = "2.16.840.1.113733.1.9.6"
+_TRANSACTION_ID = "2.16.840.1.113733.1.9.7"
+
+#: kind → (ProductName, Model, ModelName, OSVersion, BuildVersion)
+MODELS = {
+    "iphone": ("iPhone16,1", "MTLX3", "iPhone", "18.1", "22B83"),
+    "ipad": ("iPad14,1", "MK7M3", "iPad", "18.1", "22B83"),
+    "mac": ("Mac15,6", "Mac15,6", "MacBook Pro", "15.1", "24B83"),
+}
+
+
+class SimulatorError(RuntimeError):
+    """The server answered something a real device would refuse (or refused the device)."""
+
+
+@dataclass
+class Identity:
+    certificate: x509.Certificate
+    key: rsa.RSAPrivateKey
+    chain: list[x509.Certificate]
+
+
+@dataclass
+class AppleDevice:
+    """One simulated device, deterministic from ``seed``."""
+
+    kind: str = "iphone"
+    seed: str = "corral"
+    identity: Identity | None = None
+    profile: dict[str, Any] = field(default_factory=dict)
+    udid: str = ""
+    serial_number: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODELS:
+            raise ValueError(f"kind must be one of {', '.join(MODELS)}")
+        digest = hashlib.sha256(f"{self.kind}:{self.seed}".encode()).hexdigest()
+        rng = random.Random(digest)
+        # iPhones and iPads have a 40-hex UDID (older) or 8-16 form; Macs a UUID: the fixtures have both.
+        self.udid = digest[:40] if self.kind != "mac" else str(uuid.UUID(digest[:32])).upper()
+        self.serial_number = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(10))
+
+    # ------------------------------------------------------------------------------------ enrollment
+    @property
+    def product(self) -> tuple[str, str, str, str, str]:
+        return MODELS[self.kind]
+
+    async def fetch_profile(
+        self, client: httpx.AsyncClient, url: str, trust: x509.Certificate
+    ) -> dict[str, Any]:
+        """Download the enrollment profile and check it as a device does before offering to install it: a CMS
+        signature that verifies, by a certificate that ``trust`` issued, around a configuration profile
+        holding a SCEP and an MDM payload."""
+        response = await client.get(url)
+        if response.status_code != 200:
+            raise SimulatorError(
+                f"the enrollment profile was refused: {response.status_code} {response.text}"
+            )
+        if response.headers.get("content-type", "").split(";")[0] != "application/x-apple-aspen-config":
+            raise SimulatorError(
+                f"the enrollment profile has the wrong type {response.headers.get('content-type')}"
+            )
+        try:
+            signed = cms.verify_signed_data(response.content)
+        except cms.CmsError as exc:
+            raise SimulatorError(f"the enrollment profile's signature does not verify: {exc}") from exc
+        try:
+            signed.signer.verify_directly_issued_by(trust)
+        except (ValueError, TypeError) as exc:
+            raise SimulatorError(
+                "the enrollment profile is not signed by a certificate the trusted CA issued"
+            ) from exc
+        profile = plist.parse(signed.content, max_bytes=1 << 20)
+        kinds = {p.get("PayloadType"): p for p in profile.get("PayloadContent", [])}
+        if profile.get("PayloadType") != "Configuration" or not {
+            "com.apple.security.scep",
+            "com.apple.mdm",
+        } <= set(kinds):
+            raise SimulatorError("the enrollment profile lacks its SCEP or MDM payload")
+        mdm = kinds["com.apple.mdm"]
+        if mdm.get("IdentityCertificateUUID") != kinds["com.apple.security.scep"]["PayloadUUID"]:
+            raise SimulatorError("the MDM payload does not name the SCEP payload as its identity")
+        if not mdm.get("SignMessage") or not str(mdm.get("Topic", "")).startswith("com.apple.mgmt."):
+            raise SimulatorError("the MDM payload must sign messages and name a com.apple.mgmt. topic")
+        self.profile = profile
+        return profile
+
+    def _payload(self, kind: str) -> dict[str, Any]:
+        for payload in self.profile.get("PayloadContent", []):
+            if payload.get("PayloadType") == kind:
+                found: dict[str, Any] = payload
+                return found
+        raise SimulatorError(f"no {kind} payload: fetch the profile first")
+
+    async def scep_enroll(self, client: httpx.AsyncClient, *, url: str | None = None) -> Identity:
+        """SCEP as the device's client does it: caps, CA certificates, then a PKCSReq with the profile's
+        challenge; the answer's signature and status checked, the certificate decrypted."""
+        scep = self._payload("com.apple.security.scep")["PayloadContent"]
+        url = url or scep["URL"]
+        caps = await client.get(url, params={"operation": "GetCACaps"})
+        if caps.status_code != 200 or "POSTPKIOperation" not in caps.text:
+            raise SimulatorError(f"GetCACaps: {caps.status_code} {caps.text[:200]}")
+        ca_response = await client.get(url, params={"operation": "GetCACert"})
+        if ca_response.status_code != 200:
+            raise SimulatorError(f"GetCACert: {ca_response.status_code}")
+        certificates = cms.certificates_of(ca_response.content)
+        ra = next((c for c in certificates if _key_encipherment(c)), None)
+        if ra is None:
+            raise SimulatorError("GetCACert names no certificate that can receive an encrypted request")
+        issuers = [c for c in certificates if c is not ra]
+        key = rsa.generate_private_key(public_exponent=65537, key_size=int(scep.get("Keysize", 2048)))
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{self.kind}-{self.udid[:12]}")])
+            )
+            .add_attribute(AttributeOID.CHALLENGE_PASSWORD, str(scep["Challenge"]).encode())
+            .sign(key, hashes.SHA256())
+        )
+        now = datetime.now(UTC)
+        self_signed = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(csr.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
+        envelope = (
+            pkcs7.PKCS7EnvelopeBuilder()
+            .set_data(csr.public_bytes(Encoding.DER))
+            .add_recipient(ra)
+            .encrypt(Encoding.DER, [pkcs7.PKCS7Options.Binary])
+        )
+        nonce = os.urandom(16)
+        transaction = hashlib.sha256(
+            key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        ).hexdigest()
+        message = cms.sign(
+            envelope,
+            self_signed,
+            key,
+            attributes=[
+                (_MESSAGE_TYPE, core.PrintableString("19")),
+                (_TRANSACTION_ID, core.PrintableString(transaction)),
+                (_SENDER_NONCE, core.OctetString(nonce)),
+            ],
+        )
+        response = await client.post(
+            url,
+            params={"operation": "PKIOperation"},
+            content=message,
+            headers={"Content-Type": "application/x-pki-message"},
+        )
+        if response.status_code != 200:
+            raise SimulatorError(f"PKIOperation: {response.status_code} {response.text[:300]}")
+        try:
+            reply = _verify_reply(response.content)
+        except cms.CmsError as exc:
+            raise SimulatorError(f"the SCEP answer does not verify: {exc}") from exc
+        if reply.signer.fingerprint(hashes.SHA256()) != ra.fingerprint(hashes.SHA256()):
+            raise SimulatorError("the SCEP answer is not signed by the RA")
+        if _attr(reply, _TRANSACTION_ID, core.PrintableString) != transaction:
+            raise SimulatorError("the SCEP answer is for another transaction")
+        if _attr(reply, _RECIPIENT_NONCE, core.OctetString) != nonce:
+            raise SimulatorError("the SCEP answer does not echo the request's nonce")
+        status = _attr(reply, _PKI_STATUS, core.PrintableString)
+        if status != "0":
+            raise ScepRefused(str(_attr(reply, _FAIL_INFO, core.PrintableString)))
+        inner = pkcs7.pkcs7_decrypt_der(reply.content, self_signed, key, [])
+        issued = cms.certificates_of(inner)
+        spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        mine = [
+            c
+            for c in issued
+            if c.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == spki
+        ]
+        if not mine:
+            raise SimulatorError("the SCEP answer carries no certificate for the device's key")
+        certificate = mine[0]
+        if not any(_issued_by(certificate, issuer) for issuer in issuers):
+            raise SimulatorError("the issued certificate is not from the CA GetCACert named")
+        eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+            raise SimulatorError("the issued certificate is not for client authentication")
+        self.identity = Identity(certificate, key, issuers)
+        return self.identity
+
+
+class ScepRefused(SimulatorError):
+    """The SCEP server answered FAILURE; the message is its failInfo."""
+
+    def __init__(self, fail_info: str) -> None:
+        super().__init__(f"SCEP refused the request (failInfo {fail_info})")
+        self.fail_info = fail_info
+
+
+def _verify_reply(der: bytes) -> cms.Signed:
+    """A CertRep: SUCCESS carries content, FAILURE none (its digest is over no bytes)."""
+    try:
+        return cms.verify_signed_data(der)
+    except cms.CmsError as exc:
+        if "no content" not in str(exc):
+            raise
+        return cms.verify_signed_data(der, detached=b"")
+
+
+def _key_encipherment(certificate: x509.Certificate) -> bool:
+    try:
+        return bool(certificate.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _attr(signed: cms.Signed, oid: str, spec: type[core.Asn1Value]) -> Any:
+    value = signed.attributes.get(oid)
+    if value is None:
+        return None
+    return (value if isinstance(value, spec) else value.parse(spec)).native

@@ -1,0 +1,90 @@
+"""What the Apple MDM tests share: a stand-in for Apple's certificate portal, a push certificate set up
+through the API, an Apple enrollment token, and Corral's root CA (what a device is told to trust)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from corral.config import Settings
+from corral.pki.service import ROOT, pki_service
+from tests.conftest import Admin
+
+PUSH_URL = "/api/v1/apple/push-certificate"
+_APPLE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_APPLE = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Apple Application Integration 2 CA (test)")])
+
+
+def apple_issues(
+    csr_pem: str,
+    topic: str | None,
+    *,
+    days: int = 365,
+    starts: dt.datetime | None = None,
+    public_key: rsa.RSAPublicKey | None = None,
+) -> str:
+    """What Apple's portal hands back for a CSR: a certificate for its key whose subject's UID is the topic
+    (and CN APSP:<uuid>), here from a stand-in issuer."""
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    key = public_key or csr.public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    start = starts or dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, f"APSP:{uuid.uuid4()}")]
+    if topic is not None:
+        attributes.insert(0, x509.NameAttribute(NameOID.USER_ID, topic))
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attributes))
+        .issuer_name(_APPLE)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .sign(_APPLE_KEY, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def new_topic() -> str:
+    return f"com.apple.mgmt.External.{uuid.uuid4()}"
+
+
+async def set_up_push_certificate(client: httpx.AsyncClient, admin: Admin, topic: str | None = None) -> str:
+    """Request, "sign at Apple" and upload a push certificate; its topic."""
+    response = await client.post(f"{PUSH_URL}/request", headers=admin.headers)
+    assert response.status_code == 201, response.text
+    topic = topic or new_topic()
+    uploaded = await client.put(
+        PUSH_URL,
+        json={"certificate_pem": apple_issues(response.json()["csr_pem"], topic)},
+        headers=admin.headers,
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    return topic
+
+
+async def apple_token(client: httpx.AsyncClient, admin: Admin, **body: Any) -> str:
+    """An enrollment token for Apple devices; its secret."""
+    payload = {"name": "iPhones", "platforms": ["ios", "ipados", "macos"], **body}
+    response = await client.post("/api/v1/enrollment-tokens", json=payload, headers=admin.headers)
+    assert response.status_code == 201, response.text
+    secret: str = response.json()["token"]
+    return secret
+
+
+async def ca_certificate(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, purpose: str = ROOT
+) -> x509.Certificate:
+    """One of Corral's CAs (made now if the server has not yet made it, as the server would)."""
+    async with sessionmaker() as session:
+        ca = await pki_service.get_or_create_ca(session, settings, purpose)
+        await session.commit()
+    return x509.load_pem_x509_certificate(ca.certificate_pem.encode())
