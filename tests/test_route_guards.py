@@ -33,6 +33,10 @@ try:  # the device protocol's guard: the caller proves a device key (HTTP messag
     GUARD_TYPES = (*GUARD_TYPES, DeviceSigned)
 except ImportError:  # pragma: no cover - before the device protocol exists
     pass
+# Apple MDM: the device proves its SCEP identity (Mdm-Signature or Client-Cert; tests/apple).
+from corral.apple.auth import AppleDeviceSigned  # noqa: E402
+
+GUARD_TYPES = (*GUARD_TYPES, AppleDeviceSigned)
 # SCIM: the identity connection's bearer token (tests/scim checks missing, wrong and other tokens).
 from corral.scim.auth import ScimBearer  # noqa: E402
 

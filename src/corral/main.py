@@ -12,6 +12,8 @@ from fastapi.staticfiles import StaticFiles
 
 from corral import error_handlers
 from corral.api import api_router
+from corral.apple.auth import DeviceEnded
+from corral.apple.device_endpoints import device_ended
 from corral.apple.device_endpoints import router as apple_device_router
 from corral.audit.refusals import RefusalLog
 from corral.body_limits import body_limits
@@ -98,6 +100,7 @@ def create_app(
     )
     app.state.settings = settings
     error_handlers.install(app)
+    app.add_exception_handler(DeviceEnded, device_ended)
     app.include_router(health_router)
     # The device routes first: every device request is matched against them before anything else (the
     # admin API's hundreds of routes would be tried first otherwise); nothing else lives under /device/.

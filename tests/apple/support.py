@@ -4,6 +4,7 @@ through the API, an Apple enrollment token, and Corral's root CA (what a device 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from typing import Any
 
@@ -53,6 +54,26 @@ def apple_issues(
     return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
+@functools.cache
+def apple_ca_pem() -> bytes:
+    """The stand-in issuer's certificate, for what must trust the certificates :func:`apple_issues` makes
+    (the stand-in APNs checking client certificates). Valid for long before and after: certificates are
+    issued with ``starts`` in the past."""
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_APPLE)
+        .issuer_name(_APPLE)
+        .public_key(_APPLE_KEY.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=3650))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(_APPLE_KEY, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
 def new_topic() -> str:
     return f"com.apple.mgmt.External.{uuid.uuid4()}"
 
@@ -88,3 +109,23 @@ async def ca_certificate(
         ca = await pki_service.get_or_create_ca(session, settings, purpose)
         await session.commit()
     return x509.load_pem_x509_certificate(ca.certificate_pem.encode())
+
+
+def self_signed_identity() -> Any:
+    """An RSA identity no Corral CA issued (what a device from elsewhere would present)."""
+    from corral.apple.simulator import Identity
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stranger")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return Identity(certificate, key, [])

@@ -16,6 +16,9 @@ from fastapi.responses import Response
 
 from corral.apple import profile as profiles
 from corral.apple import scep
+from corral.apple.auth import CurrentAppleDevice, DeviceEnded, unrecognized_body
+from corral.apple.checkin import apple_checkin
+from corral.apple.connect import apple_connect
 from corral.apple.enrollment import apple_enrollment
 from corral.audit.refusals import RefusalsDep
 from corral.auth.dependencies import PUBLIC
@@ -107,3 +110,31 @@ async def scep_post(
 ) -> Response:
     """Public: PKIOperation with the message as the body (``application/x-pki-message``)."""
     return await _scep(request, session, refusals, settings, operation, None)
+
+
+@router.put("/checkin")
+async def checkin(
+    request: Request,
+    session: SessionDep,
+    refusals: RefusalsDep,
+    settings: SettingsDep,
+    caller: CurrentAppleDevice,
+) -> Response:
+    """Apple's check-in protocol: Authenticate, TokenUpdate, CheckOut (plist bodies, signed)."""
+    await apple_checkin.handle(request, session, refusals, settings, caller)
+    return Response(status_code=200)
+
+
+async def device_ended(request: Request, exc: Exception) -> Response:
+    """A device whose management has ended gets Apple's ErrorUnrecognizedDevice document (403, XML), which
+    makes iOS 17 and macOS 14 unenroll; older systems keep asking and keep getting it."""
+    assert isinstance(exc, DeviceEnded)
+    return Response(unrecognized_body(str(exc)), status_code=403, media_type="application/xml")
+
+
+@router.put("/connect")
+async def connect(session: SessionDep, settings: SettingsDep, caller: CurrentAppleDevice) -> Response:
+    """Apple's command protocol: the device's report on its last command (or Idle), answered with the next
+    command, or an empty body when there is none."""
+    body = await apple_connect.handle(session, settings, caller)
+    return Response(body, media_type="application/xml" if body else None)

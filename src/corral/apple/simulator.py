@@ -9,8 +9,10 @@ plist parser, so that what it checks of the server's answers is checked the way 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import plistlib
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -223,6 +225,266 @@ class AppleDevice:
         self.identity = Identity(certificate, key, issuers)
         return self.identity
 
+    # ------------------------------------------------------------------------------------ check-in
+    push_token: bytes = b""
+    push_magic: str = ""
+    unlock_token: bytes = b""
+
+    def sign(self, body: bytes) -> str:
+        """The Mdm-Signature of a body: a detached CMS signature by the SCEP identity, base64 (as the MDM
+        client sends it with SignMessage)."""
+        if self.identity is None:
+            raise SimulatorError("no identity: enroll over SCEP first")
+        der = cms.sign(body, self.identity.certificate, self.identity.key, detached=True)
+        return base64.b64encode(der).decode()
+
+    @property
+    def topic(self) -> str:
+        return str(self._payload("com.apple.mdm")["Topic"])
+
+    def _url(self, key: str) -> str:
+        return str(self._payload("com.apple.mdm")[key])
+
+    async def send(
+        self, client: httpx.AsyncClient, message: dict[str, Any], *, url: str | None = None
+    ) -> httpx.Response:
+        """A signed check-in message (the CheckInURL), as the device sends it."""
+        body = plistlib.dumps(message, fmt=plistlib.FMT_XML)
+        return await self.send_raw(client, body, url=url or self._url("CheckInURL"))
+
+    async def send_raw(
+        self, client: httpx.AsyncClient, body: bytes, *, url: str, signature: str | None = None
+    ) -> httpx.Response:
+        """Send ``body`` signed; ``signature`` replaces the device's own (``""``: no Mdm-Signature at all)."""
+        headers = {"Content-Type": "application/x-apple-aspen-mdm-checkin"}
+        if signature != "":
+            headers["Mdm-Signature"] = signature if signature is not None else self.sign(body)
+        return await client.put(url, content=body, headers=headers)
+
+    def authenticate_message(self) -> dict[str, Any]:
+        product, model, model_name, os_version, build = self.product
+        message: dict[str, Any] = {
+            "MessageType": "Authenticate",
+            "Topic": self.topic,
+            "UDID": self.udid,
+            "SerialNumber": self.serial_number,
+            "ProductName": product,
+            "Model": model,
+            "ModelName": model_name,
+            "OSVersion": os_version,
+            "BuildVersion": build,
+            "DeviceName": f"{model_name} {self.serial_number[-4:]}",
+        }
+        return message
+
+    def token_update_message(self) -> dict[str, Any]:
+        digest = hashlib.sha256(f"push:{self.udid}".encode()).digest()
+        self.push_token = self.push_token or digest  # 32 bytes, as APNs tokens are
+        self.push_magic = self.push_magic or str(uuid.UUID(bytes=digest[:16])).upper()
+        message: dict[str, Any] = {
+            "MessageType": "TokenUpdate",
+            "Topic": self.topic,
+            "UDID": self.udid,
+            "Token": self.push_token,
+            "PushMagic": self.push_magic,
+            "AwaitingConfiguration": False,
+        }
+        if self.kind != "mac":
+            self.unlock_token = (
+                self.unlock_token or hashlib.sha512(f"unlock:{self.udid}".encode()).digest() * 36
+            )
+            message["UnlockToken"] = self.unlock_token
+        return message
+
+    async def check_in(self, client: httpx.AsyncClient) -> None:
+        """Authenticate, then TokenUpdate: what the device does once its profile is installed."""
+        for message in (self.authenticate_message(), self.token_update_message()):
+            response = await self.send(client, message)
+            if response.status_code != 200:
+                raise SimulatorError(
+                    f"{message['MessageType']}: {response.status_code} {response.text[:300]}"
+                )
+
+    async def check_out(self, client: httpx.AsyncClient) -> httpx.Response:
+        return await self.send(client, {"MessageType": "CheckOut", "Topic": self.topic, "UDID": self.udid})
+
+    async def enroll(self, client: httpx.AsyncClient, url: str, trust: x509.Certificate) -> None:
+        """The whole enrollment: profile, SCEP, Authenticate, TokenUpdate."""
+        await self.fetch_profile(client, url, trust)
+        await self.scep_enroll(client)
+        await self.check_in(client)
+
+    # ------------------------------------------------------------------------------------ commands
+    supervised: bool = False
+    lost_mode: bool = False
+    passcode_set: bool = True
+    #: Answer NotNow to this many commands first (a locked device with data protection does).
+    not_now: int = 0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    erased: bool = False
+    checked_out: bool = False
+
+    async def connect(self, client: httpx.AsyncClient, report: dict[str, Any]) -> httpx.Response:
+        """One request to the ServerURL: a status report (or Idle)."""
+        body = plistlib.dumps({"UDID": self.udid, **report}, fmt=plistlib.FMT_XML)
+        return await self.send_raw(client, body, url=self._url("ServerURL"))
+
+    async def connect_loop(self, client: httpx.AsyncClient, *, limit: int = 100) -> list[str]:
+        """What the device does when pushed: Idle, then answer each command until the server has no more.
+        Returns the RequestTypes it received."""
+        report: dict[str, Any] = {"Status": "Idle"}
+        handled: list[str] = []
+        for _ in range(limit):
+            response = await self.connect(client, report)
+            if response.status_code != 200:
+                raise SimulatorError(f"connect: {response.status_code} {response.text[:300]}")
+            if not response.content:
+                return handled
+            command = plist.parse(response.content, max_bytes=4 << 20)
+            self.received.append(command)
+            request_type = str(command["Command"]["RequestType"])
+            handled.append(request_type)
+            report = self.answer(command)
+            if self.erased:
+                return handled
+            if self.checked_out:
+                await self.connect(client, report)  # the acknowledgement, then the CheckOut
+                await self.check_out(client)
+                return handled
+        raise SimulatorError("the server kept sending commands")
+
+    def answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A realistic report on ``command``, shaped like the captured ones (tests/fixtures/apple-mdm)."""
+        uuid_ = command["CommandUUID"]
+        body = command["Command"]
+        request_type = body["RequestType"]
+        if self.not_now > 0:
+            self.not_now -= 1
+            return {"Status": "NotNow", "CommandUUID": uuid_}
+        ack: dict[str, Any] = {"Status": "Acknowledged", "CommandUUID": uuid_}
+        product, model, model_name, os_version, build = self.product
+        mac = self.kind == "mac"
+        if request_type == "DeviceInformation":
+            values = {
+                "DeviceName": f"{model_name} {self.serial_number[-4:]}",
+                "OSVersion": os_version,
+                "BuildVersion": build,
+                "ModelName": model_name,
+                "Model": model,
+                "ProductName": product,
+                "SerialNumber": self.serial_number,
+                "UDID": self.udid,
+                "DeviceCapacity": 256.0 if not mac else 994.66,
+                "AvailableDeviceCapacity": 171.25 if not mac else 512.5,
+                "IsSupervised": self.supervised,
+                "IsMDMLostModeEnabled": self.lost_mode,
+                "IsActivationLockEnabled": False,
+                "IsAppleSilicon": True,
+                "SystemIntegrityProtectionEnabled": True,
+                "HostName": f"{model_name.replace(' ', '-').lower()}-{self.serial_number[-4:].lower()}",
+                "WiFiMAC": "a4:83:e7:" + ":".join(self.udid[i : i + 2] for i in (0, 2, 4)).lower(),
+                "BatteryLevel": 0.87,
+            }
+            queries = body.get("Queries") or list(values)
+            return {**ack, "QueryResponses": {k: values[k] for k in queries if k in values}}
+        if request_type == "SecurityInfo":
+            if mac:
+                info: dict[str, Any] = {
+                    "FDE_Enabled": True,
+                    "FirewallSettings": {
+                        "FirewallEnabled": True,
+                        "BlockAllIncoming": False,
+                        "StealthMode": False,
+                    },
+                    "SecureBoot": {"SecureBootLevel": "full"},
+                    "SystemIntegrityProtectionEnabled": True,
+                }
+            else:
+                info = {
+                    "HardwareEncryptionCaps": 3,
+                    "PasscodePresent": self.passcode_set,
+                    "PasscodeCompliant": True,
+                    "PasscodeCompliantWithProfiles": True,
+                    "PasscodeLockGracePeriodEnforced": 0,
+                }
+            return {**ack, "SecurityInfo": info}
+        if request_type == "InstalledApplicationList":
+            apps = [
+                {
+                    "Name": "Safari",
+                    "Identifier": "com.apple.mobilesafari",
+                    "ShortVersion": os_version,
+                    "Version": build,
+                },
+                {
+                    "Name": "Slack",
+                    "Identifier": "com.tinyspeck.chatlyio",
+                    "ShortVersion": "24.11.10",
+                    "Version": "2411",
+                },
+                {
+                    "Name": "Microsoft Outlook",
+                    "Identifier": "com.microsoft.Office.Outlook",
+                    "ShortVersion": "4.2446.0",
+                },
+            ]
+            return {**ack, "InstalledApplicationList": apps}
+        if request_type == "ProfileList":
+            return {
+                **ack,
+                "ProfileList": [
+                    {
+                        "PayloadIdentifier": self.profile.get("PayloadIdentifier", ""),
+                        "PayloadDisplayName": self.profile.get("PayloadDisplayName", ""),
+                        "PayloadOrganization": self.profile.get("PayloadOrganization", ""),
+                        "HasRemovalPasscode": False,
+                        "IsEncrypted": False,
+                        "IsManaged": True,
+                        "PayloadContent": [
+                            {"PayloadType": p["PayloadType"], "PayloadIdentifier": p["PayloadIdentifier"]}
+                            for p in self.profile.get("PayloadContent", [])
+                        ],
+                    }
+                ],
+            }
+        if request_type == "CertificateList":
+            assert self.identity is not None
+            der = self.identity.certificate.public_bytes(Encoding.DER)
+            return {
+                **ack,
+                "CertificateList": [{"CommonName": "Corral device", "Data": der, "IsIdentity": True}],
+            }
+        if request_type == "DeviceLock":
+            return {**ack, "MessageResult": "Locked"} if body.get("Message") else ack
+        if request_type == "EraseDevice":
+            self.erased = True
+            return ack
+        if request_type == "RemoveProfile":
+            if body.get("Identifier") == self.profile.get("PayloadIdentifier"):
+                self.checked_out = True
+            return ack
+        if request_type == "ClearPasscode":
+            if body.get("UnlockToken") != self.unlock_token or not self.unlock_token:
+                return _error(uuid_, 12078, "MCMDMErrorDomain", "The unlock token is invalid.")
+            self.passcode_set = False
+            return ack
+        if request_type == "EnableLostMode":
+            self.lost_mode = True
+            return ack
+        if request_type == "DisableLostMode":
+            self.lost_mode = False
+            return ack
+        if request_type == "DeviceLocation":
+            if not self.lost_mode:
+                return _error(uuid_, 12067, "MCMDMErrorDomain", "The device is not in lost mode.")
+            return {**ack, "Latitude": 48.8584, "Longitude": 2.2945, "HorizontalAccuracy": 12.0}
+        if request_type == "Settings":
+            items = body.get("Settings") or []
+            return {**ack, "Settings": [{"Item": i.get("Item"), "Status": "Acknowledged"} for i in items]}
+        if request_type in ("RestartDevice", "ShutDownDevice"):
+            return ack
+        return _error(uuid_, 12021, "MCMDMErrorDomain", f"“{request_type}” is not a valid request type.")
+
 
 class ScepRefused(SimulatorError):
     """The SCEP server answered FAILURE; the message is its failInfo."""
@@ -262,3 +524,18 @@ def _attr(signed: cms.Signed, oid: str, spec: type[core.Asn1Value]) -> Any:
     if value is None:
         return None
     return (value if isinstance(value, spec) else value.parse(spec)).native
+
+
+def _error(command_uuid: str, code: int, domain: str, text: str) -> dict[str, Any]:
+    return {
+        "Status": "Error",
+        "CommandUUID": command_uuid,
+        "ErrorChain": [
+            {
+                "ErrorCode": code,
+                "ErrorDomain": domain,
+                "LocalizedDescription": text,
+                "USEnglishDescription": text,
+            }
+        ],
+    }

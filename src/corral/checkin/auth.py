@@ -38,6 +38,7 @@ from corral.models import (
     Device,
     DeviceCertificate,
     DeviceNonce,
+    ManagementChannel,
     ManagementState,
 )
 from corral.pki import certs
@@ -115,6 +116,7 @@ REASONS = {
     "replayed": "replayed request (nonce already used)",
     "malformed_client_cert": "malformed Client-Cert header",
     "client_cert_not_from_device_ca": "the Client-Cert certificate was not issued by Corral's device CA",
+    "wrong_channel": "the device is managed through Apple MDM, not the agent protocol",
 }
 
 
@@ -163,7 +165,7 @@ async def _device_cas(request: Request, session: AsyncSession, reload: bool) -> 
     return cache
 
 
-async def _issued_by_device_ca(request: Request, session: AsyncSession, cert: x509.Certificate) -> bool:
+async def issued_by_device_ca(request: Request, session: AsyncSession, cert: x509.Certificate) -> bool:
     for reload in (
         False,
         True,
@@ -200,6 +202,8 @@ async def _lookup(
         raise _Refused("certificate_not_valid_now", device)
     if device.management_state in ENDED_STATES:
         raise _Refused(f"device_{device.management_state}", device)
+    if device.management_channel is not ManagementChannel.agent:
+        raise _Refused("wrong_channel", device)
     return certificate, device, pending, desired, fresh
 
 
@@ -260,7 +264,7 @@ async def _by_client_certificate(request: Request, session: AsyncSession, value:
             cert = client_certificate(value)
         except ValueError as exc:
             raise _Refused("malformed_client_cert", explanation=str(exc)) from exc
-        if not await _issued_by_device_ca(request, session, cert):
+        if not await issued_by_device_ca(request, session, cert):
             raise _Refused("client_cert_not_from_device_ca")
         fingerprint = certs.fingerprint(cert)  # as at enrollment: SHA-256 of the DER certificate
         if len(verified) >= VERIFIED_CLIENT_CERTS:
@@ -274,18 +278,24 @@ async def _by_client_certificate(request: Request, session: AsyncSession, value:
 
 
 async def _refuse(request: Request, refused: _Refused) -> CorralError:
-    """Count and audit the refusal (aggregated; only the reason code's text and the device the server found),
-    then the error to answer: 401, or 429 once the client has had too many refusals."""
+    return await refuse_device(request, refused.code, REASONS[refused.code], refused.device, refused.message)
+
+
+async def refuse_device(
+    request: Request, code: str, text: str, device: Device | None, message: str
+) -> CorralError:
+    """Count and audit a refused device authentication (aggregated; only the reason code's text and the
+    device the server found), then the error to answer: 401, or 429 once the client has had too many
+    refusals. Every device channel (the agent's, Apple MDM's) refuses through here."""
     client = context.current().client_ip
-    device = refused.device
     await (await get_refusals(request)).record(
         Refusal(
             activity="device.auth",
             category="device",
             operation="authenticate",
             endpoint=endpoint_of(request),
-            reason=refused.code,
-            text=REASONS[refused.code],
+            reason=code,
+            text=text,
             source=client,
             # The device whose certificate was presented: not proven to be the caller.
             actor=context.Actor(type="device", id=device.id if device else None, name=UNKNOWN_DEVICE),
@@ -295,7 +305,7 @@ async def _refuse(request: Request, refused: _Refused) -> CorralError:
             subject=f"device:{device.id}" if device else None,
         )
     )
-    message = f"Device authentication failed: {refused.message}."
+    message = f"Device authentication failed: {message}."
     limits: DeviceLimits = request.app.state.device_limits
     wait = await limits.auth.hit(client)
     if wait is not None:

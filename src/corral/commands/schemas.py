@@ -17,14 +17,23 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+PIN = Field(
+    default=None,
+    pattern=r"^[0-9]{6}$",
+    description="Macs managed through Apple MDM: the six-digit PIN that unlocks the Mac afterwards",
+)
+
+
 class LockParams(NoParams):
     message: str | None = Field(default=None, max_length=256, description="Shown on the lock screen")
     phone: str | None = Field(default=None, max_length=64, description="A number to call, on the lock screen")
+    pin: str | None = PIN
 
 
 class WipeParams(NoParams):
     keep_enrollment_data: bool = False
     keep_user_data: bool = False
+    pin: str | None = PIN
 
 
 class RenameParams(NoParams):

@@ -23,6 +23,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from corral.apple import commands as apple_commands
 from corral.audit.service import audit_service
 from corral.commands import repository
 from corral.commands.registry import REGISTRY, CommandType, Outcome
@@ -33,7 +34,7 @@ from corral.devices.service import MIN_REASON, device_service
 from corral.errors import Conflict, CorralError, Forbidden, NotFound, ValidationFailed
 from corral.kit import context
 from corral.kit.time import utcnow
-from corral.models import CommandStatus, Device, DeviceCommand, ManagementState
+from corral.models import CommandStatus, Device, DeviceCommand, ManagementChannel, ManagementState
 from corral.models.device_command import OPEN_STATUSES, WAITING_STATUSES
 from corral.push.service import push_service
 from corral.rbac.permissions import P
@@ -207,6 +208,14 @@ def _expiring(
     return state, events
 
 
+def channel_refusal(command_type: CommandType, device: Device, params: dict[str, Any] | None) -> str | None:
+    """Why the command cannot go to the device on its management channel (``params`` None: whether the type
+    ever can): the type's own rules for agents, Apple's for Apple MDM devices (apple/commands.py)."""
+    if device.management_channel is ManagementChannel.apple_mdm:
+        return apple_commands.refusal(command_type, params, device)
+    return command_type.refusal(device)
+
+
 def _requested_by(requester: Requester) -> tuple[uuid.UUID, str]:
     """The id and name a command records as its requester (Corral's own: the system user's id)."""
     if isinstance(requester, System):
@@ -257,7 +266,7 @@ class CommandService:
             c
             for c in REGISTRY.values()
             if device_service.may(principal, c.permission, device)
-            and c.refusal(device) is None
+            and channel_refusal(c, device, None) is None
             and not (ending and c.destructive)  # a wipe or retire is already under way
         ]
 
@@ -316,7 +325,9 @@ class CommandService:
         command_type = action.command_type
         if device.management_state in ENDED:
             raise Conflict(f"The device is {device.management_state.value}: it takes no more commands.")
-        refusal = command_type.refusal(device)
+        refusal = channel_refusal(
+            command_type, device, action.params if action.params_error is None else None
+        )
         if refusal:
             raise ValidationFailed(refusal)
         if action.params_error is not None:
@@ -738,6 +749,25 @@ class CommandService:
         """At check-in (the device row locked by its update): the device's open commands, oldest first, as
         their types build them; those past their deadline expire instead (``expiry``). At least once:
         unacknowledged ones go again. A command waiting for approval is never delivered."""
+        out = []
+        for command in await self.open_commands(session, device, now):
+            command_type = REGISTRY[command.type]
+            self.mark_sent(device, command, now)
+            out.append(
+                PendingCommand(
+                    id=command.id,
+                    type=command.type,
+                    params=command_type.build(command.params, device),
+                    expires_at=command.expires_at,
+                )
+            )
+        return out
+
+    async def open_commands(
+        self, session: AsyncSession, device: Device, now: datetime
+    ) -> list[DeviceCommand]:
+        """The device's commands to deliver now, oldest first, locked (the device row locked first); those
+        past their deadline expire instead. Every channel delivers from here."""
         if device.management_state in ENDED:
             return []
         await session.flush()  # results applied in this check-in must count before choosing what to send
@@ -748,26 +778,17 @@ class CommandService:
         overdue = [command for command in commands if command.expires_at <= now]
         if overdue:
             await self._expire(session, device, overdue, now)
-        out = []
-        for command in commands:
-            if command.status not in OPEN_STATUSES:
-                continue
-            command_type = REGISTRY[command.type]
-            if command.status is not CommandStatus.sent:
-                command.status = CommandStatus.sent
-            command.sent_at = command.sent_at or now
-            command.delivery_count += 1
-            if command_type.issued_state is not None:
-                device.management_state = command_type.issued_state
-            out.append(
-                PendingCommand(
-                    id=command.id,
-                    type=command.type,
-                    params=command_type.build(command.params, device),
-                    expires_at=command.expires_at,
-                )
-            )
-        return out
+        return [command for command in commands if command.status in OPEN_STATUSES]
+
+    def mark_sent(self, device: Device, command: DeviceCommand, now: datetime) -> None:
+        """The command went to the device (again: delivery is at least once)."""
+        if command.status is not CommandStatus.sent:
+            command.status = CommandStatus.sent
+        command.sent_at = command.sent_at or now
+        command.delivery_count += 1
+        issued_state = REGISTRY[command.type].issued_state
+        if issued_state is not None:
+            device.management_state = issued_state
 
     async def record_results(
         self, session: AsyncSession, device: Device, results: Sequence[CommandResult], now: datetime
@@ -821,6 +842,32 @@ class CommandService:
             )
         if outcome.name is not None:
             device.name = outcome.name
+
+    async def device_left(self, session: AsyncSession, device: Device, detail: str) -> int:
+        """The device ended management itself (Apple's CheckOut: its user removed the enrollment profile):
+        retired, its certificates revoked, every command still open canceled, audited. The device row is
+        locked by the caller. Returns the number of commands canceled."""
+        commands = await repository.waiting(session, device.id)
+        now = utcnow()
+        for command in commands:
+            command.status = CommandStatus.canceled
+            command.completed_at = now
+        before = device.management_state
+        device.management_state = ManagementState.retired
+        revoked = await device_service.revoke_certificates(session, device.id, "checked_out")
+        await session.flush()
+        await audit_service.record(
+            session,
+            activity="device.retired",
+            category="device",
+            operation="update",
+            target_type="device",
+            target_id=device.id,
+            target_name=device.name,
+            changes=[("management_state", before, device.management_state)],
+            detail=f"{detail}; {revoked} certificate(s) revoked, {len(commands)} open command(s) canceled",
+        )
+        return len(commands)
 
     # ------------------------------------------------------------------------------- expiry
     async def _expire(

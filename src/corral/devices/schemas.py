@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.kit.pagination import COUNT_EXACTLY_UP_TO
-from corral.models import ComplianceState, ManagementState, Ownership, Platform
+from corral.models import ComplianceState, ManagementChannel, ManagementState, Ownership, Platform
 
 Text = Annotated[str, Field(max_length=512)]
 Count = Annotated[int, Field(ge=0, le=2**62)]
@@ -88,6 +88,8 @@ class DeviceOut(BaseModel):
     manufacturer: str | None
     ownership: Ownership
     management_state: ManagementState
+    #: How Corral reaches it: its agent, or Apple's MDM protocol (iPhone, iPad, Mac without an agent).
+    management_channel: ManagementChannel = ManagementChannel.agent
     compliance_state: ComplianceState
     user_id: uuid.UUID | None
     primary_user: str | None
@@ -111,6 +113,8 @@ class DeviceDetail(DeviceOut):
     screen_lock_enabled: bool | None
     jailbroken: bool | None
     secure_boot: bool | None
+    #: Apple devices: supervised, as the device reported it (None until it has, and for agent devices).
+    supervised: bool | None = None
     inventory: dict[str, Any]
     inventory_updated_at: datetime | None
     certificate_fingerprint: str | None = None

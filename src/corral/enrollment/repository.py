@@ -56,6 +56,22 @@ _TOKEN_BY_HASH = (
 )
 
 
+_TOKEN_BY_ID = (
+    select(EnrollmentToken)
+    .options(joinedload(EnrollmentToken.scope_tags))
+    .where(EnrollmentToken.id == bindparam("token_id"))
+    .with_for_update(of=EnrollmentToken, key_share=True)
+)
+
+
+async def token_for_update(session: AsyncSession, token_id: uuid.UUID) -> EnrollmentToken | None:
+    """The token, locked as for an enrollment (Apple's devices name theirs through the identity SCEP
+    issued for it)."""
+    result = await session.scalars(_TOKEN_BY_ID, {"token_id": token_id})
+    token: EnrollmentToken | None = result.unique().first()
+    return token
+
+
 async def token_by_hash_for_update(session: AsyncSession, token_hash: bytes) -> EnrollmentToken | None:
     result = await session.scalars(_TOKEN_BY_HASH, {"token_hash": token_hash})
     token: EnrollmentToken | None = result.unique().first()

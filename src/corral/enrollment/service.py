@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import segno
+from cryptography import x509
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,6 +35,7 @@ from corral.models import (
     EnrollmentRefusal,
     EnrollmentToken,
     EnrollmentTokenUse,
+    ManagementChannel,
     ManagementState,
     Platform,
 )
@@ -440,7 +442,23 @@ class EnrollmentService:
                 ValidationFailed(f"CSR refused: {exc}"),
             ) from exc
 
-        now = utcnow()
+        device = await self.new_device(session, refusals, token, facts)
+        cert, ca = await pki_service.issue_device_certificate(session, settings, device.id, csr)
+        fingerprint = await self.record_enrollment(session, token, device, cert, ca.fingerprint_sha256, facts)
+        return Enrolled(device, certs.cert_pem(cert).decode(), ca.certificate_pem, fingerprint)
+
+    async def new_device(
+        self,
+        session: AsyncSession,
+        refusals: RefusalLog,
+        token: EnrollmentToken,
+        facts: DeviceFacts,
+        *,
+        channel: ManagementChannel = ManagementChannel.agent,
+        endpoint: str = "/device/v1/enroll",
+    ) -> Device:
+        """The admitted token's new device, flushed: refused (409, counted, audited, logged on the token) when
+        a managed device of the platform already has its serial number."""
         device = Device(
             id=uuid.uuid4(),
             name=facts.name or facts.serial_number,
@@ -450,10 +468,11 @@ class EnrollmentService:
             model=facts.model,
             manufacturer=facts.manufacturer,
             ownership=token.ownership,
+            management_channel=channel,
             management_state=ManagementState.managed,
             user_id=token.user_id,
             enrollment_token_id=token.id,
-            enrolled_at=now,
+            enrolled_at=utcnow(),
             scope_tags=list(token.scope_tags),
             inventory={},
         )
@@ -472,9 +491,27 @@ class EnrollmentService:
             if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
                 raise
             raise await self.refuse(
-                refusals, names, facts.serial_number, EnrollmentRefusal.duplicate_serial, duplicate
+                refusals,
+                names,
+                facts.serial_number,
+                EnrollmentRefusal.duplicate_serial,
+                duplicate,
+                endpoint=endpoint,
             ) from exc
-        cert, ca = await pki_service.issue_device_certificate(session, settings, device.id, csr)
+        return device
+
+    async def record_enrollment(
+        self,
+        session: AsyncSession,
+        token: EnrollmentToken,
+        device: Device,
+        cert: x509.Certificate,
+        issuer_fingerprint: str,
+        facts: DeviceFacts,
+    ) -> str:
+        """The new device's certificate, the token's use, the audit event and the device's groups and
+        assignments (at once): the end of every enrollment. Returns the certificate's fingerprint."""
+        now = device.enrolled_at
         fingerprint = certs.fingerprint(cert)
         session.add(
             DeviceCertificate(
@@ -483,7 +520,7 @@ class EnrollmentService:
                 fingerprint_sha256=fingerprint,
                 serial_number=format(cert.serial_number, "x"),
                 certificate_pem=certs.cert_pem(cert).decode(),
-                issuer_fingerprint_sha256=ca.fingerprint_sha256,
+                issuer_fingerprint_sha256=issuer_fingerprint,
                 not_before=cert.not_valid_before_utc,
                 not_after=cert.not_valid_after_utc,
                 created_at=now,
@@ -516,11 +553,12 @@ class EnrollmentService:
                 ("serial_number", None, device.serial_number),
                 ("platform", None, device.platform),
                 ("ownership", None, device.ownership),
+                ("management_channel", None, device.management_channel),
                 ("certificate_fingerprint", None, fingerprint),
             ],
         )
         await assignment_hooks.device_changed(session, device)  # dynamic device groups and targets, at once
-        return Enrolled(device, certs.cert_pem(cert).decode(), ca.certificate_pem, fingerprint)
+        return fingerprint
 
 
 enrollment_service = EnrollmentService()

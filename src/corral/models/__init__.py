@@ -1,7 +1,13 @@
 """ORM classes, one file per table; imported here so Alembic sees them all."""
 
 from corral.models.api_token import ApiToken
-from corral.models.apple import ApplePendingIdentity, AppleScepChallenge, ServiceCertificate
+from corral.models.apple import (
+    AppleCommand,
+    AppleEnrollment,
+    ApplePendingIdentity,
+    AppleScepChallenge,
+    ServiceCertificate,
+)
 from corral.models.apple_push_certificate import ApplePushCertificate
 from corral.models.assignable import (
     DESIRED_STATE_VERSIONS,
@@ -36,6 +42,7 @@ from corral.models.delivery import DeviceProfileDelivery, DeviceSettingState
 from corral.models.device import (
     ComplianceState,
     Device,
+    ManagementChannel,
     ManagementState,
     Ownership,
     Platform,
@@ -81,6 +88,8 @@ from corral.models.user_session import UserSession
 __all__ = [
     "DESIRED_STATE_VERSIONS",
     "ApiToken",
+    "AppleCommand",
+    "AppleEnrollment",
     "ApplePendingIdentity",
     "ApplePushCertificate",
     "AppleScepChallenge",
@@ -120,6 +129,7 @@ __all__ = [
     "GroupSource",
     "IdentityConnection",
     "Licence",
+    "ManagementChannel",
     "ManagementState",
     "MembershipType",
     "NotificationTemplate",

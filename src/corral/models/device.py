@@ -39,6 +39,14 @@ class ManagementState(StrEnum):
     wiped = "wiped"
 
 
+class ManagementChannel(StrEnum):
+    """How Corral reaches the device: its agent (docs/device-protocol.md) or Apple's MDM protocol
+    (docs/apple-mdm.md)."""
+
+    agent = "agent"
+    apple_mdm = "apple_mdm"
+
+
 class ComplianceState(StrEnum):
     unknown = "unknown"
     compliant = "compliant"
@@ -90,6 +98,14 @@ class Device(IdMixin, TimestampMixin, Model):
     model: Mapped[str | None] = mapped_column(String(256), default=None)
     manufacturer: Mapped[str | None] = mapped_column(String(256), default=None)
     ownership: Mapped[Ownership] = mapped_column(str_enum(Ownership), index=True)
+    management_channel: Mapped[ManagementChannel] = mapped_column(
+        str_enum(ManagementChannel),
+        default=ManagementChannel.agent,
+        server_default=ManagementChannel.agent.value,
+    )
+    #: Apple devices: supervised (Apple Configurator or Automated Device Enrollment), as reported;
+    #: None until it has (and for agent devices).
+    supervised: Mapped[bool | None] = mapped_column(default=None)
     management_state: Mapped[ManagementState] = mapped_column(
         str_enum(ManagementState), default=ManagementState.managed, index=True
     )
