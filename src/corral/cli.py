@@ -238,12 +238,53 @@ def simulate(
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C)")
     ] = None,
+    platform: Annotated[
+        str | None,
+        typer.Option(
+            help="ios, ipados or macos: simulate Apple devices enrolling with Apple's MDM protocol "
+            "(enrollment profile, SCEP, check-in, commands) instead of agents"
+        ),
+    ] = None,
+    connect_interval: Annotated[
+        float,
+        typer.Option(min=1, help="Apple devices: seconds between connections (no APNs in a simulation)"),
+    ] = 60.0,
 ) -> None:
     """Run virtual devices that enroll, check in, hold wake-up streams and answer commands."""
     from corral.simulator import print_progress
     from corral.simulator import simulate as run_simulation
 
     logging.basicConfig(level=logging.WARNING)
+    if platform is not None:
+        from corral.apple.simulator import KINDS
+        from corral.apple.simulator import simulate as run_apple
+
+        if platform not in KINDS:
+            raise _fail(f"--platform must be one of {', '.join(KINDS)}")
+
+        async def apple() -> Any:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            return await run_apple(
+                url,
+                token,
+                devices,
+                platform,
+                ca_fingerprint=ca_fingerprint,
+                duration=duration,
+                interval=connect_interval,
+                progress=print_progress,
+                stop=stop,
+            )
+
+        apple_stats = asyncio.run(apple())
+        typer.echo("")
+        typer.echo(f"done: {apple_stats.line()}")
+        if apple_stats.enrolled == 0:
+            raise typer.Exit(1)
+        return
 
     async def main() -> Any:
         stop = asyncio.Event()

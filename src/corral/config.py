@@ -127,6 +127,17 @@ class Settings(BaseSettings):
     # server advertises) are accepted; false accepts AES only. Inside HTTPS, the cipher only protects the
     # one-time challenge and the CSR.
     apple_scep_allow_des: bool = True
+    # APNs, the push service that wakes Apple devices (the worker's apple.push job sends the pushes). The URL
+    # and CA file are for tests and stand-ins (Apple's is HTTPS with publicly trusted certificates: no CA file
+    # is needed). Pushes in flight at once (over one HTTP/2 connection); a push APNs asks to retry (busy,
+    # unreachable) waits 5 s·2^attempts (at most 15 min, ±20 %) and is dropped after this many attempts
+    # (12: about 80 minutes; the device's own periodic check-in then brings what it was woken for).
+    apple_apns_url: str = "https://api.push.apple.com"
+    apple_apns_ca_file: Path | None = None
+    apple_push_concurrency: int = Field(default=256, ge=1, le=1000)
+    apple_push_max_attempts: int = Field(default=12, ge=1, le=100)
+    # How often the worker looks for pushes due that no job is waiting for (one lost with a worker that died).
+    apple_push_sweep_cron: str = "* * * * *"
 
     db_pool_size: int = 10
     db_max_overflow: int = 10
@@ -227,6 +238,7 @@ class Settings(BaseSettings):
         "housekeeping_checkin_days_cron",
         "housekeeping_retention_cron",
         "compliance_cron",
+        "apple_push_sweep_cron",
     )
     @classmethod
     def _valid_cron(cls, value: str) -> str:

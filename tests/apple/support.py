@@ -129,3 +129,31 @@ def self_signed_identity() -> Any:
         .sign(key, hashes.SHA256())
     )
     return Identity(certificate, key, [])
+
+
+async def enrolled_apple(
+    client: httpx.AsyncClient,
+    admin: Admin,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    kind: str = "iphone",
+    seed: str = "device",
+    **token: Any,
+) -> tuple[Any, str]:
+    """A simulated Apple device enrolled all the way (profile, SCEP, Authenticate, TokenUpdate), with the
+    push certificate set up if it was not; the device and its id in Corral."""
+    from corral.apple.simulator import AppleDevice
+
+    status = (await client.get(PUSH_URL, headers=admin.headers)).json()
+    if status["certificate"] is None:
+        await set_up_push_certificate(client, admin)
+    secret = await apple_token(client, admin, **token)
+    device = AppleDevice(kind, seed=seed)
+    trust = await ca_certificate(sessionmaker, settings)
+    await device.enroll(client, f"/apple/v1/enroll?token={secret}", trust)
+    listed = (
+        await client.get("/api/v1/devices", params={"search": device.serial_number}, headers=admin.headers)
+    ).json()
+    items = listed["items"] if isinstance(listed, dict) else listed
+    [item] = [i for i in items if i["serial_number"] == device.serial_number]
+    return device, str(item["id"])

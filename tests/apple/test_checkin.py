@@ -237,9 +237,12 @@ async def test_a_request_that_is_not_the_devices_is_refused_and_audited(
 
         signature = _signed(phone, body, signing_time=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
     elif case == "replayed":
-        # A new message (the one check_in sent is identical within the second: its signature too).
+        # Signed 10 s ago and used once: a repeat within a second or two of its signing time would be the
+        # device's own (an unchanged message signed within the same second has the same signature).
+        import datetime as dt
+
         body = plistlib.dumps({**message, "AwaitingConfiguration": True})
-        signature = phone.sign(body)
+        signature = _signed(phone, body, signing_time=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10))
         assert (await phone.send_raw(client, body, url=CHECKIN, signature=signature)).status_code == 200
     elif case == "other_udid":
         body = plistlib.dumps({**message, "UDID": "0" * 40})

@@ -13,7 +13,8 @@ unenroll cleanly. Every refusal is counted and audited like the agents' (checkin
 
 Replays: Apple's messages carry no nonce. When the signature has a signing time (Apple's and the
 simulator's do), it must be within ``MAX_AGE`` and the signature's hash is stored as a nonce of the device:
-a second use is refused. A signature without one relies on TLS (see docs/apple-mdm.md, security notes).
+a second use is refused, unless it comes within ``SAME_SECOND`` of the signing time (the device's own repeat
+of an unchanged message). A signature without one relies on TLS (see docs/apple-mdm.md, security notes).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ MAX_SIGNATURE = 16 * 1024
 #: How far a signature's signing time may be from the server's clock, either way.
 MAX_AGE = timedelta(seconds=300)
 UNRECOGNIZED = "com.apple.unrecognized.device"
+#: The signing time has whole seconds: a device that sends the same message twice within a second (an Idle
+#: poll right after another) sends the same signature. Such a repeat, within this long of its signing time,
+#: is the device's own and is answered; later, it is a replay.
+SAME_SECOND = timedelta(seconds=2)
 
 REASONS = {
     "unsigned": "the request carries no Mdm-Signature (nor a client certificate from a trusted proxy)",
@@ -168,7 +173,7 @@ async def _use_nonce(session: AsyncSession, device: Device, signed: cms.Signed |
     fresh = await session.scalar(
         _NONCE, {"device_id": device.id, "nonce": nonce, "expires_at": now + MAX_AGE + MAX_AGE}
     )
-    if fresh is None:
+    if fresh is None and now - signed.signing_time > SAME_SECOND:
         raise _Refused("replayed", device)
 
 

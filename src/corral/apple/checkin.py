@@ -43,6 +43,7 @@ from corral.models import (
     ManagementChannel,
     Platform,
 )
+from corral.push.service import push_service
 
 ENDPOINT = "/apple/v1/checkin"
 UNLOCK_TOKEN_PURPOSE = "apple-unlock-token"  # noqa: S105 - a key derivation label
@@ -109,6 +110,35 @@ async def queue_inventory(session: AsyncSession, device_id: uuid.UUID, now: date
         )
 
 
+async def refuse_message(
+    request: Request, refusals: RefusalLog, caller: AppleCaller, kind: str, error: CorralError
+) -> None:
+    """Count and audit a refused message of an authenticated Apple device (aggregated like every refusal:
+    the reason is the status and the kind of message, never what the message said)."""
+    device = caller.device
+    known = kind if kind in KNOWN else "unknown"
+    await refusals.record(
+        MessageRefused(
+            activity=f"device.apple.{'connect' if request.url.path.endswith('/connect') else 'checkin'}",
+            category="device",
+            operation="update",
+            endpoint=endpoint_of(request),
+            reason=f"{known}_{error.status_code}",
+            text=f"a {known} message was refused ({error.status_code})",
+            source=context.current().client_ip,
+            actor=context.Actor(
+                type="device",
+                id=device.id if device else None,
+                name=device.name if device else "unenrolled Apple device",
+            ),
+            target_type="device" if device else None,
+            target_id=device.id if device else None,
+            target_name=device.name if device else None,
+            subject=f"device:{device.id}" if device else f"identity:{caller.fingerprint}",
+        )
+    )
+
+
 class AppleCheckin:
     async def handle(
         self,
@@ -137,33 +167,8 @@ class AppleCheckin:
             else:
                 raise BadRequest("Unknown or missing MessageType.")
         except CorralError as exc:
-            await self._refused(request, refusals, caller, str(kind)[:64], exc)
+            await refuse_message(request, refusals, caller, str(kind)[:64], exc)
             raise
-
-    async def _refused(
-        self, request: Request, refusals: RefusalLog, caller: AppleCaller, kind: str, error: CorralError
-    ) -> None:
-        device = caller.device
-        await refusals.record(
-            MessageRefused(
-                activity="device.apple.checkin",
-                category="device",
-                operation="update",
-                endpoint=endpoint_of(request),
-                reason=f"{error.status_code}",
-                text=f"a {kind if kind in KNOWN else 'unknown'} message was refused ({error.status_code})",
-                source=context.current().client_ip,
-                actor=context.Actor(
-                    type="device",
-                    id=device.id if device else None,
-                    name=device.name if device else "unenrolled Apple device",
-                ),
-                target_type="device" if device else None,
-                target_id=device.id if device else None,
-                target_name=device.name if device else None,
-                subject=f"device:{device.id}" if device else f"identity:{caller.fingerprint}",
-            )
-        )
 
     # -------------------------------------------------------------------------------- Authenticate
     async def authenticate(
@@ -276,13 +281,15 @@ class AppleCheckin:
         enrollment.last_token_update_at = now
         device.last_checkin_at = now
         device.last_checkin_ip = context.current().client_ip
-        if enrollment.first_token_update_at is None or enrollment.push_state == "pending":
+        if enrollment.first_token_update_at is None or enrollment.push_state in ("pending", "unreachable"):
+            # A new token (or the first): reachable again.
             first = enrollment.first_token_update_at is None
             enrollment.first_token_update_at = enrollment.first_token_update_at or now
             enrollment.push_state = "ok"
             enrollment.push_failed_reason = None
             if first:
                 await queue_inventory(session, device.id, now)
+                await push_service.wake(session, device.id, "enrolled")  # over APNs: the device connects
                 await audit_service.record(
                     session,
                     activity="device.apple.enrolled",
@@ -315,6 +322,10 @@ class _Gone(CorralError):
         super().__init__("Corral does not manage user channels: the device continues without one.")
 
 
-KNOWN = frozenset({"Authenticate", "TokenUpdate", "CheckOut", "UserAuthenticate"}) | NOT_SUPPORTED
+KNOWN = (
+    frozenset({"Authenticate", "TokenUpdate", "CheckOut", "UserAuthenticate"})
+    | NOT_SUPPORTED
+    | frozenset({"Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow"})
+)
 
 apple_checkin = AppleCheckin()

@@ -17,13 +17,13 @@ from fastapi.responses import Response
 from corral.apple import profile as profiles
 from corral.apple import scep
 from corral.apple.auth import CurrentAppleDevice, DeviceEnded, unrecognized_body
-from corral.apple.checkin import apple_checkin
+from corral.apple.checkin import apple_checkin, refuse_message
 from corral.apple.connect import apple_connect
 from corral.apple.enrollment import apple_enrollment
 from corral.audit.refusals import RefusalsDep
 from corral.auth.dependencies import PUBLIC
 from corral.checkin.throttle import ENROLL_THROTTLE
-from corral.errors import BadRequest
+from corral.errors import BadRequest, CorralError
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
@@ -133,8 +133,18 @@ async def device_ended(request: Request, exc: Exception) -> Response:
 
 
 @router.put("/connect")
-async def connect(session: SessionDep, settings: SettingsDep, caller: CurrentAppleDevice) -> Response:
+async def connect(
+    request: Request,
+    session: SessionDep,
+    refusals: RefusalsDep,
+    settings: SettingsDep,
+    caller: CurrentAppleDevice,
+) -> Response:
     """Apple's command protocol: the device's report on its last command (or Idle), answered with the next
     command, or an empty body when there is none."""
-    body = await apple_connect.handle(session, settings, caller)
+    try:
+        body = await apple_connect.handle(session, settings, caller)
+    except CorralError as exc:
+        await refuse_message(request, refusals, caller, str(caller.message.get("Status"))[:64], exc)
+        raise
     return Response(body, media_type="application/xml" if body else None)

@@ -87,6 +87,10 @@ class PushCertificateService:
         result: ApplePushCertificate | None = await session.scalar(in_use(select(ApplePushCertificate)))
         return result
 
+    def private_key_pem(self, settings: Settings, certificate: ApplePushCertificate) -> bytes:
+        """The certificate's key, decrypted (PEM): for the APNs client alone, never stored or shown."""
+        return self._box(settings).decrypt(certificate.private_key_encrypted)
+
     async def pending(self, session: AsyncSession) -> ApplePushCertificate | None:
         """The request waiting for its certificate, if any (at most one)."""
         stmt = select(ApplePushCertificate).where(ApplePushCertificate.certificate_pem.is_(None)).limit(1)

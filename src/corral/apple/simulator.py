@@ -9,12 +9,16 @@ plist parser, so that what it checks of the server's answers is checked the way 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
+import logging
 import os
 import plistlib
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +33,8 @@ from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
 from corral.apple import plist
 from corral.kit import cms
+
+log = logging.getLogger("corral.simulator.apple")
 
 # SCEP attributes (RFC 8894 §3.2.1): the simulator spells them out itself, as a device's SCEP client does.
 _MESSAGE_TYPE = "2.16.840.1.113733.1.9.2"
@@ -83,11 +89,13 @@ class AppleDevice:
         return MODELS[self.kind]
 
     async def fetch_profile(
-        self, client: httpx.AsyncClient, url: str, trust: x509.Certificate
+        self, client: httpx.AsyncClient, url: str, trust: x509.Certificate | str | None
     ) -> dict[str, Any]:
         """Download the enrollment profile and check it as a device does before offering to install it: a CMS
         signature that verifies, by a certificate that ``trust`` issued, around a configuration profile
-        holding a SCEP and an MDM payload."""
+        holding a SCEP and an MDM payload. ``trust``: the CA certificate, or the SHA-256 fingerprint (hex) of
+        one the profile carries, or None to take the CA the profile carries (what a user does who installs
+        a profile marked "not verified")."""
         response = await client.get(url)
         if response.status_code != 200:
             raise SimulatorError(
@@ -101,6 +109,14 @@ class AppleDevice:
             signed = cms.verify_signed_data(response.content)
         except cms.CmsError as exc:
             raise SimulatorError(f"the enrollment profile's signature does not verify: {exc}") from exc
+        if not isinstance(trust, x509.Certificate):
+            carried = [c for c in signed.certificates if c is not signed.signer]
+            if isinstance(trust, str):
+                wanted = trust.lower().removeprefix("sha256:").replace(":", "")
+                carried = [c for c in carried if c.fingerprint(hashes.SHA256()).hex() == wanted]
+            if not carried:
+                raise SimulatorError("the enrollment profile carries no CA certificate to trust")
+            trust = carried[0]
         try:
             signed.signer.verify_directly_issued_by(trust)
         except (ValueError, TypeError) as exc:
@@ -308,7 +324,7 @@ class AppleDevice:
     async def check_out(self, client: httpx.AsyncClient) -> httpx.Response:
         return await self.send(client, {"MessageType": "CheckOut", "Topic": self.topic, "UDID": self.udid})
 
-    async def enroll(self, client: httpx.AsyncClient, url: str, trust: x509.Certificate) -> None:
+    async def enroll(self, client: httpx.AsyncClient, url: str, trust: x509.Certificate | str | None) -> None:
         """The whole enrollment: profile, SCEP, Authenticate, TokenUpdate."""
         await self.fetch_profile(client, url, trust)
         await self.scep_enroll(client)
@@ -539,3 +555,70 @@ def _error(command_uuid: str, code: int, domain: str, text: str) -> dict[str, An
             }
         ],
     }
+
+
+# ------------------------------------------------------------------------------------ a simulated fleet
+KINDS = {"ios": "iphone", "ipados": "ipad", "macos": "mac"}
+
+
+async def simulate(
+    url: str,
+    token: str | None,
+    devices: int,
+    platform: str,
+    *,
+    ca_fingerprint: str | None = None,
+    duration: float | None = None,
+    interval: float = 60.0,
+    seed: str = "corral-apple",
+    progress: Callable[[Any], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> Any:
+    """``corral simulate --platform ios|ipados|macos``: ``devices`` simulated Apple devices enroll through the
+    enrollment profile URL (``url`` is Corral's base URL with ``token``, or the profile URL itself), then
+    connect every ``interval`` seconds (there is no APNs here) and answer their commands."""
+    from corral.simulator import Stats
+
+    if token:
+        url = f"{url.rstrip('/')}/apple/v1/enroll?token={token}"
+    stats = Stats(devices)
+    stop = stop or asyncio.Event()
+    fleet = [AppleDevice(KINDS[platform], seed=f"{seed}-{index}") for index in range(devices)]
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def run(device: AppleDevice) -> None:
+            try:
+                await device.enroll(client, url, ca_fingerprint)
+            except (SimulatorError, httpx.HTTPError) as exc:
+                stats.failed += 1
+                log.warning("%s %s: enrollment failed: %s", device.kind, device.serial_number, exc)
+                return
+            stats.enrolled += 1
+            while not stop.is_set() and not device.erased and not device.checked_out:
+                try:
+                    handled = await device.connect_loop(client)
+                    stats.checkins += 1
+                    stats.commands += len(handled)
+                except (SimulatorError, httpx.HTTPError) as exc:
+                    stats.failed += 1
+                    log.warning("%s %s: %s", device.kind, device.serial_number, exc)
+                if device.erased or device.checked_out:
+                    stats.ended += 1
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval * random.uniform(0.8, 1.2))
+
+        async def report() -> None:
+            while not stop.is_set():
+                if progress:
+                    progress(stats)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1)
+
+        if duration is not None:
+            asyncio.get_running_loop().call_later(duration, stop.set)
+        reporter = asyncio.create_task(report())
+        await asyncio.gather(*(run(device) for device in fleet))
+        stop.set()
+        await reporter
+    return stats

@@ -99,6 +99,25 @@ class DeviceOut(BaseModel):
     scope_tags: list[str] = Field(default_factory=list)
 
 
+class AppleMdmOut(BaseModel):
+    """An Apple device's MDM enrollment as admins see it: never its push token, push magic or UnlockToken."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    udid: str
+    topic: str
+    push_state: str = Field(description="pending (no push token yet), ok, retrying or unreachable")
+    push_failed_reason: str | None
+    last_push_at: datetime | None
+    authenticated_at: datetime
+    first_token_update_at: datetime | None
+    last_token_update_at: datetime | None
+    ended_at: datetime | None
+    lost_mode_enabled: bool | None
+    awaiting_configuration: bool
+    facts: dict[str, Any] = Field(description="Profiles and certificates the device reported")
+
+
 class DeviceDetail(DeviceOut):
     os_build: str | None
     agent_version: str | None
@@ -119,6 +138,8 @@ class DeviceDetail(DeviceOut):
     inventory_updated_at: datetime | None
     certificate_fingerprint: str | None = None
     certificate_expires_at: datetime | None = None
+    #: Apple devices managed through Apple MDM: their enrollment; None for agent devices.
+    apple_mdm: AppleMdmOut | None = None
 
 
 SortKey = Literal["name", "-name", "last_checkin_at", "-last_checkin_at", "enrolled_at", "-enrolled_at"]

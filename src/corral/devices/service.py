@@ -17,12 +17,20 @@ from corral.assignments import hooks as assignment_hooks
 from corral.audit.service import audit_service
 from corral.config import Settings
 from corral.devices import repository
-from corral.devices.schemas import DeviceDetail, DeviceFilter, DeviceOut, DeviceUpdate
+from corral.devices.schemas import AppleMdmOut, DeviceDetail, DeviceFilter, DeviceOut, DeviceUpdate
 from corral.errors import Forbidden, NotFound, ValidationFailed
 from corral.kit.csvexport import csv_lines
 from corral.kit.pagination import Total
 from corral.kit.time import utcnow
-from corral.models import Device, DeviceApp, DeviceCertificate, DeviceCompliancePolicy, DeviceInventoryChange
+from corral.models import (
+    AppleEnrollment,
+    Device,
+    DeviceApp,
+    DeviceCertificate,
+    DeviceCompliancePolicy,
+    DeviceInventoryChange,
+    ManagementChannel,
+)
 from corral.rbac import repository as rbac_repository
 from corral.rbac.permissions import P
 from corral.rbac.principal import EVERYWHERE, Principal, Scope, authorize_object
@@ -166,6 +174,10 @@ class DeviceService:
         if certificate is not None:
             out.certificate_fingerprint = certificate.fingerprint_sha256
             out.certificate_expires_at = certificate.not_after
+        if device.management_channel is ManagementChannel.apple_mdm:
+            enrollment = await session.get(AppleEnrollment, device.id)
+            if enrollment is not None:
+                out.apple_mdm = AppleMdmOut.model_validate(enrollment)
         return out
 
     async def apps(

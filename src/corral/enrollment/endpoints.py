@@ -12,7 +12,7 @@ from corral.enrollment.schemas import (
     EnrollmentTokenOut,
     EnrollmentTokenUseOut,
 )
-from corral.enrollment.service import enrollment_service, qr_svg, token_out
+from corral.enrollment.service import apple_enrollment_url, enrollment_service, qr_svg, token_out
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
@@ -37,8 +37,14 @@ async def create_enrollment_token(
 ) -> EnrollmentTokenCreated:
     """Create a token; the secret, the enrollment URL and its QR code are shown once."""
     token, secret, url = await enrollment_service.create_token(session, settings, principal, data)
+    apple_url = apple_enrollment_url(settings, token, secret)
     return EnrollmentTokenCreated(
-        token=secret, enrollment_url=url, qr_svg_data_uri=qr_svg(url), enrollment_token=token_out(token)
+        token=secret,
+        enrollment_url=url,
+        qr_svg_data_uri=qr_svg(url),
+        apple_enrollment_url=apple_url,
+        apple_qr_svg_data_uri=qr_svg(apple_url) if apple_url else None,
+        enrollment_token=token_out(token),
     )
 
 

@@ -48,6 +48,10 @@ class EnrollmentTokenCreated(BaseModel):
     token: str = Field(description="Shown once")
     enrollment_url: str
     qr_svg_data_uri: str
+    #: For a token allowing iOS, iPadOS or macOS: the enrollment profile's URL (Apple MDM, no agent), to open
+    #: in Safari on the device, and its QR code.
+    apple_enrollment_url: str | None = None
+    apple_qr_svg_data_uri: str | None = None
     enrollment_token: EnrollmentTokenOut
 
 

@@ -129,6 +129,17 @@ def enrollment_url(settings: Settings, secret: str, ca_fingerprint: str | None) 
     return f"{settings.base_url}/device/v1/enroll?{urlencode(query)}"
 
 
+APPLE_PLATFORMS = frozenset({"ios", "ipados", "macos"})
+
+
+def apple_enrollment_url(settings: Settings, token: EnrollmentToken, secret: str) -> str | None:
+    """Where an iPhone, iPad or Mac downloads its enrollment profile (Apple MDM, no agent), for a token that
+    allows one of them; None otherwise."""
+    if not APPLE_PLATFORMS & set(token.platforms):
+        return None
+    return f"{settings.base_url}/apple/v1/enroll?{urlencode({'token': secret})}"
+
+
 def qr_svg(url: str) -> str:
     data_uri: str = segno.make(url, error="m").svg_data_uri(scale=4, border=2)
     return data_uri

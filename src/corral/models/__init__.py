@@ -5,6 +5,7 @@ from corral.models.apple import (
     AppleCommand,
     AppleEnrollment,
     ApplePendingIdentity,
+    ApplePushQueue,
     AppleScepChallenge,
     ServiceCertificate,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "AppleEnrollment",
     "ApplePendingIdentity",
     "ApplePushCertificate",
+    "ApplePushQueue",
     "AppleScepChallenge",
     "Assignable",
     "AssignableKind",

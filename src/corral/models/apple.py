@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, text
+from sqlalchemy import ForeignKey, Index, LargeBinary, SmallInteger, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -107,6 +107,25 @@ class AppleEnrollment(Model):
     lost_mode_enabled: Mapped[bool | None] = mapped_column(default=None)
     #: What the device reported that has no column: its profiles, certificates (never their bytes).
     facts: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+
+
+class ApplePushQueue(Model):
+    """A device waiting for an APNs wake-up: one row per device, so that every wake before the push is sent
+    becomes one push. ``push_service.wake_many`` adds it; the ``apple.push`` job sends it when ``due_at`` has
+    come and deletes it, or pushes ``due_at`` back (with ``attempts``) when APNs asks to retry."""
+
+    __tablename__ = "apple_push_queue"
+
+    device_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    due_at: Mapped[datetime] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(SmallInteger, default=0, server_default=text("0"))
+    #: Why the device was woken last (``wake_many``'s reason): for the log and the administrator.
+    reason: Mapped[str] = mapped_column(String(32))
+    enqueued_at: Mapped[datetime]
+    #: APNs' answer (or the transport error) of the last attempt that is to be retried.
+    last_error: Mapped[str | None] = mapped_column(String(256), default=None)
 
 
 class AppleCommand(IdMixin, Model):

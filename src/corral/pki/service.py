@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit.service import audit_service
@@ -18,6 +18,7 @@ from corral.kit.time import utcnow
 from corral.models import CertificateAuthority
 from corral.pki import certs
 
+_CREATE_LOCK = 0x43414B59  # "CAKY"
 ROOT = "root"
 DEVICE = "device"
 
@@ -43,12 +44,19 @@ class PkiService:
     async def get_or_create_ca(
         self, session: AsyncSession, settings: Settings, purpose: str = ROOT
     ) -> CertificateAuthority:
-        ca = await session.scalar(
+        stmt = (
             select(CertificateAuthority)
             .where(CertificateAuthority.purpose == purpose, CertificateAuthority.active.is_(True))
             .order_by(CertificateAuthority.created_at.desc())
             .limit(1)
         )
+        ca = await session.scalar(stmt)
+        if ca is not None:
+            return ca
+        # The first requests of a new installation may come together (devices enrolling at once): one makes
+        # the CA, the others wait for it and use it (a transaction-scoped lock, held until the maker commits).
+        await session.execute(select(func.pg_advisory_xact_lock(_CREATE_LOCK)))
+        ca = await session.scalar(stmt)
         if ca is not None:
             return ca
         now = utcnow()

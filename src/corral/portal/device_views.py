@@ -25,7 +25,7 @@ from corral.devices.bulk import BULK_PERMISSIONS, bulk_service, bulk_types_for, 
 from corral.devices.schemas import BulkActionCreate, DeviceFilter
 from corral.devices.service import MIN_REASON, device_service, is_stale
 from corral.enrollment.schemas import EnrollmentTokenCreate
-from corral.enrollment.service import enrollment_service, qr_svg, token_status
+from corral.enrollment.service import apple_enrollment_url, enrollment_service, qr_svg, token_status
 from corral.errors import CorralError, NotFound, ValidationFailed
 from corral.groups.schemas import MemberType
 from corral.groups.service import group_service
@@ -34,7 +34,15 @@ from corral.kit.db import SessionDep
 from corral.kit.deps import SessionMakerDep, SettingsDep
 from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
-from corral.models import CommandStatus, ComplianceState, Device, ManagementState, Ownership, Platform
+from corral.models import (
+    CommandStatus,
+    ComplianceState,
+    Device,
+    ManagementChannel,
+    ManagementState,
+    Ownership,
+    Platform,
+)
 from corral.models.device_command import FINAL_STATUSES
 from corral.portal.rendering import (
     clear_reveal,
@@ -175,12 +183,17 @@ FIELD_TEXT: dict[str, tuple[str, str]] = {
     "name": ("New name", "The device renames itself and reports the new name."),
     "keep_enrollment_data": ("Keep enrollment data", "The device re-enrolls by itself after the reset."),
     "keep_user_data": ("Keep user data", "User files survive the reset (where the platform supports it)."),
+    "pin": ("PIN", "Six digits the Mac asks for to unlock: give them to the user."),
 }
 
 
-def action_fields(command: CommandType) -> list[ActionField]:
+def action_fields(command: CommandType, *, apple_mac: bool = False) -> list[ActionField]:
+    """The action's form fields; the PIN only for a Mac managed through Apple MDM (the only device that
+    takes one)."""
     fields = []
     for name, info in command.params.model_fields.items():
+        if name == "pin" and not apple_mac:
+            continue
         kind = "checkbox" if info.annotation is bool else ("tel" if name == "phone" else "text")
         max_length = next((m.max_length for m in info.metadata if hasattr(m, "max_length")), None)
         label, hint = FIELD_TEXT.get(name, (name.replace("_", " ").capitalize(), info.description or ""))
@@ -188,9 +201,13 @@ def action_fields(command: CommandType) -> list[ActionField]:
     return fields
 
 
+def _apple_mac(device: Device) -> bool:
+    return device.management_channel is ManagementChannel.apple_mdm and device.platform is Platform.macos
+
+
 def _params_from_form(command: CommandType, form: FormData) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for field in action_fields(command):
+    for field in action_fields(command, apple_mac=True):  # a PIN sent for another device is refused
         value = form.get(field.name)
         if field.kind == "checkbox":
             params[field.name] = value in {"on", "true", "yes", "1"}
@@ -228,7 +245,7 @@ async def _detail_context(
             "detail": detail,
             "bound_user": user,
             "actions": actions,
-            "fields": {a.name: action_fields(a) for a in actions},
+            "fields": {a.name: action_fields(a, apple_mac=_apple_mac(device)) for a in actions},
             "can_delete": device_service.may(principal, P.devices_delete, device),
             "apps": await device_service.apps(session, principal, device.id),
             "history": await device_service.history(session, principal, device.id, limit=100),
@@ -558,6 +575,8 @@ async def enrollment(request: Request, session: SessionDep, principal: Enrollmen
     revealed = read_reveal(request, "enrollment")
     if revealed:
         ctx["created"] = {**revealed, "qr": qr_svg(revealed["url"])}
+        if revealed.get("apple_url"):
+            ctx["created"]["apple_qr"] = qr_svg(revealed["apple_url"])
     response = render(request, "enrollment/token_list.html", ctx, headers={"Cache-Control": "no-store"})
     return clear_reveal(response)
 
@@ -596,7 +615,13 @@ async def create_enrollment_token(
         response,
         request,
         "enrollment",
-        {"token": secret, "url": url, "name": token.name, "id": str(token.id)},
+        {
+            "token": secret,
+            "url": url,
+            "apple_url": apple_enrollment_url(settings, token, secret) or "",
+            "name": token.name,
+            "id": str(token.id),
+        },
     )
     return response
 

@@ -44,7 +44,12 @@ from corral.kit import context
 from corral.worker import JOB_QUEUE_SCHEMA
 
 # Modules that declare tasks: a worker imports them all before it takes jobs.
-TASK_MODULES = ["corral.worker.tasks", "corral.assignments.jobs", "corral.compliance.jobs"]
+TASK_MODULES = [
+    "corral.worker.tasks",
+    "corral.assignments.jobs",
+    "corral.compliance.jobs",
+    "corral.apple.push",
+]
 
 WORKER_ACTOR = context.Actor(type="system", name="worker")
 QUEUEING_LOCK_INDEX = "procrastinate_jobs_queueing_lock_idx_v1"

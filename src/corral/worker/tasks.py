@@ -16,6 +16,7 @@ from procrastinate import JobContext, jobs
 from procrastinate.exceptions import UniqueViolation
 from procrastinate.tasks import Task
 
+from corral.apple import push as apple_push
 from corral.compliance import jobs as compliance_jobs
 from corral.config import Settings
 from corral.delivery import service as _delivery  # noqa: F401 - registers the wake-up listener
@@ -127,6 +128,16 @@ async def purge_history(context: JobContext, timestamp: int) -> dict[str, int]:
     return deleted
 
 
+@_housekeeping("apple_push_sweep")
+async def apple_push_sweep(context: JobContext, timestamp: int) -> bool:
+    """Apple wake-ups due with no job on its way to send them (lost with a worker that died): one is
+    queued."""
+    due = await apple_push.sweep(resources(context).sessionmaker)
+    if due:
+        log.info("housekeeping: Apple wake-ups are due: the %s job is queued", apple_push.TASK)
+    return due
+
+
 SCHEDULES: dict[str, tuple[Task[Any, Any, Any], Callable[[Settings], str]]] = {
     "purge_device_nonces": (purge_device_nonces, lambda s: s.housekeeping_nonces_cron),
     "purge_user_sessions": (purge_user_sessions, lambda s: s.housekeeping_sessions_cron),
@@ -137,6 +148,7 @@ SCHEDULES: dict[str, tuple[Task[Any, Any, Any], Callable[[Settings], str]]] = {
     "retry_stalled_jobs": (retry_stalled_jobs, lambda s: s.housekeeping_stalled_jobs_cron),
     "purge_finished_jobs": (purge_finished_jobs, lambda s: s.housekeeping_finished_jobs_cron),
     "purge_history": (purge_history, lambda s: s.housekeeping_retention_cron),
+    "apple_push_sweep": (apple_push_sweep, lambda s: s.apple_push_sweep_cron),
 }
 
 
