@@ -289,6 +289,7 @@ class AppleCheckin:
             enrollment.push_failed_reason = None
             if first:
                 await queue_inventory(session, device.id, now)
+                await session.flush()  # the wake-up reads the push token from the table
                 await push_service.wake(session, device.id, "enrolled")  # over APNs: the device connects
                 await audit_service.record(
                     session,
