@@ -18,22 +18,36 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.apple import commands as apple_commands
 from corral.apple import inventory, plist
+from corral.apple import profiles as apple_profiles
 from corral.apple.auth import AppleCaller
 from corral.apple.checkin import unlock_box
+from corral.apple.identities import PROFILE_SIGNER, identities
 from corral.assignments import hooks as assignment_hooks
+from corral.assignments import repository as assignments_repository
 from corral.commands.schemas import CommandResult
 from corral.commands.service import command_service
 from corral.compliance.service import compliance_service
 from corral.config import Settings
+from corral.delivery.service import delivery_service, document_content
 from corral.errors import BadRequest, NotAuthenticated
-from corral.kit import context
+from corral.kit import cms, context
 from corral.kit.time import utcnow
-from corral.models import AppleCommand, AppleEnrollment, Device, DeviceCommand
+from corral.models import (
+    AppleCommand,
+    AppleEnrollment,
+    ConfigurationProfile,
+    Device,
+    DeviceCommand,
+    DeviceProfileDelivery,
+    DeviceSettingState,
+)
+from corral.tenant.service import tenant_service
 
 STATUSES = frozenset({"Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow"})
 OPEN = ("queued", "sent", "not_now")
@@ -81,7 +95,138 @@ class AppleConnect:
         if changed:
             await assignment_hooks.device_changed(session, device)
             await compliance_service.evaluate(session, [device.id], now, reason="check-in")
+        await self._reconcile(session, settings, device, enrollment, now)
         return await self._next(session, settings, device, enrollment, now, skip)
+
+    # ---------------------------------------------------------------------------- configuration profiles
+    async def _reconcile(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        device: Device,
+        enrollment: AppleEnrollment,
+        now: datetime,
+    ) -> None:
+        """Queue InstallProfile for each profile that reaches the device at a version it does not have, and
+        RemoveProfile for each it has that no longer reaches it; only when its desired state moved since the
+        last time (one indexed read per connection otherwise)."""
+        version = await assignments_repository.desired_state_version(session, device.id)
+        if version == enrollment.reconciled_version:
+            return
+        # Right after a ProfileList answer, what the device says it has counts too: a profile Corral
+        # installed that is gone from the device is installed again.
+        after_profile_list = enrollment.reconciled_version == -1
+        content = await document_content(session, settings, device.id, delivery_service.contents)
+        desired = {uuid.UUID(p["id"]): int(p["version"]) for p in content.body["profiles"]}
+        delivered = {
+            row.profile_id: row.version
+            for row in (
+                await session.scalars(
+                    select(DeviceProfileDelivery).where(DeviceProfileDelivery.device_id == device.id)
+                )
+            ).all()
+        }
+        reported = {
+            profile_id
+            for item in (enrollment.facts or {}).get("profiles", [])
+            if (profile_id := apple_profiles.profile_id_of(str(item.get("identifier") or ""))) is not None
+        }
+        waiting = (
+            await session.execute(
+                select(AppleCommand.request_type, AppleCommand.params).where(
+                    AppleCommand.device_id == device.id,
+                    AppleCommand.device_command_id.is_(None),
+                    AppleCommand.status.in_(OPEN),
+                    AppleCommand.request_type.in_(("InstallProfile", "RemoveProfile")),
+                )
+            )
+        ).all()
+        installing = {str(params.get("profile_id")) for kind, params in waiting if kind == "InstallProfile"}
+        removing = {str(params.get("Identifier")) for kind, params in waiting if kind == "RemoveProfile"}
+        for profile_id, profile_version in desired.items():
+            missing = after_profile_list and profile_id not in reported
+            if (delivered.get(profile_id) != profile_version or missing) and str(
+                profile_id
+            ) not in installing:
+                session.add(_internal(device.id, "InstallProfile", {"profile_id": str(profile_id)}, now))
+        for profile_id in (set(delivered) | reported) - set(desired):
+            name = apple_profiles.identifier(profile_id)
+            if name not in removing:
+                session.add(_internal(device.id, "RemoveProfile", {"Identifier": name}, now))
+        enrollment.reconciled_version = version
+        await session.flush()
+
+    async def _install(
+        self, session: AsyncSession, settings: Settings, device: Device, step: AppleCommand
+    ) -> dict[str, Any] | None:
+        """InstallProfile's parameters, built as it leaves from the profile as it is now (None: it no longer
+        reaches the device). The version and the settings' states to record are kept with the step."""
+        content = await document_content(session, settings, device.id, delivery_service.contents)
+        wanted = str(step.params.get("profile_id"))
+        entry = next((p for p in content.body["profiles"] if p["id"] == wanted), None)
+        if entry is None:
+            return None
+        conflicts = frozenset(c["setting_id"] for c in content.body["conflicts"] if wanted in c["profiles"])
+        values = {s["id"]: s["value"] for s in entry["settings"]}
+        generated = apple_profiles.generate(wanted, values, device.platform, conflicts)
+        tenant = await tenant_service.get(session)
+        body = apple_profiles.configuration(
+            wanted, entry["name"], tenant.organization_name, generated.payloads
+        )
+        signer = await identities.get(session, settings, PROFILE_SIGNER)
+        step.params = {
+            "profile_id": wanted,
+            "version": entry["version"],
+            "states": {k: list(v) for k, v in generated.states.items()},
+        }
+        return {"Payload": cms.sign(body, signer.certificate, signer.key, certificates=[signer.issuer])}
+
+    async def _profile_done(
+        self, session: AsyncSession, device: Device, step: AppleCommand, failure: str | None, now: datetime
+    ) -> None:
+        """An install or removal of a Corral profile answered: what the status pages read."""
+        if step.request_type == "RemoveProfile":
+            profile_id = apple_profiles.profile_id_of(str(step.params.get("Identifier") or ""))
+            if profile_id is not None:
+                for model in (DeviceProfileDelivery, DeviceSettingState):
+                    await session.execute(
+                        delete(model).where(model.device_id == device.id, model.profile_id == profile_id)
+                    )
+            return
+        profile_id = uuid.UUID(str(step.params["profile_id"]))
+        if await session.get(ConfigurationProfile, profile_id) is None:
+            return  # deleted meanwhile
+        version = int(step.params["version"])
+        values = {"device_id": device.id, "profile_id": profile_id, "version": version, "delivered_at": now}
+        stmt = pg_insert(DeviceProfileDelivery).values(values)
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[DeviceProfileDelivery.device_id, DeviceProfileDelivery.profile_id],
+                set_={"version": version, "delivered_at": now},
+            )
+        )
+        await session.execute(
+            delete(DeviceSettingState).where(
+                DeviceSettingState.device_id == device.id, DeviceSettingState.profile_id == profile_id
+            )
+        )
+        rows = []
+        for setting_id, (state, message) in dict(step.params.get("states") or {}).items():
+            if failure is not None and state == "succeeded":
+                state, message = "error", failure
+            rows.append(
+                {
+                    "device_id": device.id,
+                    "profile_id": profile_id,
+                    "setting_id": setting_id,
+                    "profile_version": version,
+                    "state": state,
+                    "message": message[:1024],
+                    "reported_at": now,
+                }
+            )
+        if rows:
+            await session.execute(pg_insert(DeviceSettingState), rows)
 
     async def _reported(self, session: AsyncSession, device: Device, message: dict[str, Any]) -> AppleCommand:
         try:
@@ -137,6 +282,10 @@ class AppleConnect:
             command.not_before = now + not_now_delay(command.not_now_count)
         if command.device_command_id is not None:
             await self._roll_up(session, device, enrollment, command, status, failure, now)
+        elif command.request_type in ("InstallProfile", "RemoveProfile") and status != "NotNow":
+            await self._profile_done(session, device, command, failure, now)
+        if command.request_type == "ProfileList" and status == "Acknowledged":
+            enrollment.reconciled_version = -1  # compare again with what the device says it has
         return changed
 
     async def _roll_up(
@@ -219,7 +368,10 @@ class AppleConnect:
         while True:
             step = await self._due_step(session, device, now, skip)
             if step is not None:
-                return await self._send(session, settings, device, enrollment, step, open_commands, now)
+                sent = await self._send(session, settings, device, enrollment, step, open_commands, now)
+                if sent is not None:
+                    return sent
+                continue
             expanded = await self._expand(session, device, enrollment, open_commands, now)
             if not expanded:
                 return b""
@@ -303,8 +455,15 @@ class AppleConnect:
         step: AppleCommand,
         open_commands: list[DeviceCommand],
         now: datetime,
-    ) -> bytes:
+    ) -> bytes | None:
+        """The step's plist, as it leaves (None: it no longer applies and was canceled)."""
         params = dict(step.params)
+        if step.request_type == "InstallProfile" and step.device_command_id is None:
+            rendered = await self._install(session, settings, device, step)
+            if rendered is None:
+                step.status, step.completed_at = "canceled", now
+                return None
+            params = rendered
         if step.request_type == "ClearPasscode" and enrollment.unlock_token_encrypted is not None:
             params["UnlockToken"] = unlock_box(settings).decrypt(enrollment.unlock_token_encrypted)
         step.status = "sent"
@@ -315,6 +474,13 @@ class AppleConnect:
             if command is not None:
                 command_service.mark_sent(device, command, now)
         return command_plist(step, params)
+
+
+def _internal(device_id: uuid.UUID, request_type: str, params: dict[str, Any], now: datetime) -> AppleCommand:
+    """A command of Corral's own (inventory, profiles): no Corral command behind it."""
+    return AppleCommand(
+        id=uuid.uuid4(), device_id=device_id, request_type=request_type, params=params, created_at=now
+    )
 
 
 apple_connect = AppleConnect()

@@ -339,6 +339,10 @@ class AppleDevice:
     received: list[dict[str, Any]] = field(default_factory=list)
     erased: bool = False
     checked_out: bool = False
+    #: Answer InstallProfile with an error (a payload the device cannot take, say).
+    refuse_profiles: bool = False
+    #: Configuration profiles installed by the server: identifier → profile.
+    installed_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def connect(self, client: httpx.AsyncClient, report: dict[str, Any]) -> httpx.Response:
         """One request to the ServerURL: a status report (or Idle)."""
@@ -450,17 +454,18 @@ class AppleDevice:
                 **ack,
                 "ProfileList": [
                     {
-                        "PayloadIdentifier": self.profile.get("PayloadIdentifier", ""),
-                        "PayloadDisplayName": self.profile.get("PayloadDisplayName", ""),
-                        "PayloadOrganization": self.profile.get("PayloadOrganization", ""),
+                        "PayloadIdentifier": profile.get("PayloadIdentifier", ""),
+                        "PayloadDisplayName": profile.get("PayloadDisplayName", ""),
+                        "PayloadOrganization": profile.get("PayloadOrganization", ""),
                         "HasRemovalPasscode": False,
                         "IsEncrypted": False,
                         "IsManaged": True,
                         "PayloadContent": [
                             {"PayloadType": p["PayloadType"], "PayloadIdentifier": p["PayloadIdentifier"]}
-                            for p in self.profile.get("PayloadContent", [])
+                            for p in profile.get("PayloadContent", [])
                         ],
                     }
+                    for profile in (self.profile, *self.installed_profiles.values())
                 ],
             }
         if request_type == "CertificateList":
@@ -475,9 +480,19 @@ class AppleDevice:
         if request_type == "EraseDevice":
             self.erased = True
             return ack
+        if request_type == "InstallProfile":
+            if self.refuse_profiles:
+                return _error(uuid_, 4001, "MCInstallationErrorDomain", "The profile could not be installed.")
+            try:
+                installed = plist.parse(cms.verify_signed_data(body["Payload"]).content, max_bytes=1 << 20)
+            except (cms.CmsError, plist.PlistError, KeyError):
+                return _error(uuid_, 1000, "MCProfileErrorDomain", "The profile is not valid.")
+            self.installed_profiles[str(installed.get("PayloadIdentifier"))] = installed
+            return ack
         if request_type == "RemoveProfile":
             if body.get("Identifier") == self.profile.get("PayloadIdentifier"):
                 self.checked_out = True
+            self.installed_profiles.pop(str(body.get("Identifier")), None)
             return ack
         if request_type == "ClearPasscode":
             if body.get("UnlockToken") != self.unlock_token or not self.unlock_token:

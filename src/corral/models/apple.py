@@ -105,6 +105,9 @@ class AppleEnrollment(Model):
     push_failed_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     last_push_at: Mapped[datetime | None] = mapped_column(default=None)
     lost_mode_enabled: Mapped[bool | None] = mapped_column(default=None)
+    #: The device's desired-state version its configuration profiles were last compared at (apple/connect):
+    #: a connection compares them again only when it moved.
+    reconciled_version: Mapped[int] = mapped_column(default=0, server_default="0")
     #: What the device reported that has no column: its profiles, certificates (never their bytes).
     facts: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
 
