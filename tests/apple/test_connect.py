@@ -317,3 +317,44 @@ async def test_captured_command_answers_are_accepted(
         assert (
             "Google Chrome" in {a["name"] for a in detail["inventory"]["apps"]} or detail["inventory"]["apps"]
         )
+
+
+async def test_a_macs_security_posture_is_read_by_compliance(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:
+    """FileVault, the firewall and System Integrity Protection, as a Mac reports them over MDM, decide a
+    compliance policy like an agent's report does."""
+    admin = await factory.admin(GLOBAL_ADMINISTRATOR.name)
+    mac, device_id = await enrolled_apple(client, admin, sessionmaker, settings, kind="mac")
+    await mac.connect_loop(client)
+    detail = (await client.get(f"/api/v1/devices/{device_id}", headers=admin.headers)).json()
+    security = detail["inventory"]["security"]
+    assert security["disk_encrypted"] is True and security["firewall_enabled"] is True
+    assert security["system_integrity_protection"] is True and security["secure_boot"] is True
+    assert detail["cpu_architecture"] == "arm64"
+    made = await client.post(
+        "/api/v1/compliance-policies",
+        json={
+            "name": "Mac baseline",
+            "platform": "macos",
+            "settings": {
+                "disk_encryption.required": True,
+                "firewall.required": True,
+                "system_integrity_protection.required": True,
+            },
+            "actions": [{"action": "mark_noncompliant", "delay_hours": 0}],
+        },
+        headers=admin.headers,
+    )
+    assert made.status_code == 201, made.text
+    assigned = await client.put(
+        f"/api/v1/compliance-policies/{made.json()['id']}/assignments",
+        json={"assignments": [{"target": "all_devices"}]},
+        headers=admin.headers,
+    )
+    assert assigned.status_code == 200, assigned.text
+    compliance = (await client.get(f"/api/v1/devices/{device_id}/compliance", headers=admin.headers)).json()
+    assert compliance["state"] == "compliant", compliance

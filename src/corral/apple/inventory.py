@@ -79,6 +79,11 @@ def merge(
             ):
                 if _gb(info.get(key)) is not None:
                     hardware[name] = _gb(info.get(key))
+            if (
+                device.platform is Platform.macos
+                and _bool(info.get("SystemIntegrityProtectionEnabled")) is not None
+            ):
+                security["system_integrity_protection"] = info["SystemIntegrityProtectionEnabled"]
             silicon = _bool(info.get("IsAppleSilicon"))
             if device.platform is not Platform.macos:
                 hardware["cpu_architecture"] = "arm64"

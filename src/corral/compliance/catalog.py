@@ -324,6 +324,21 @@ SETTINGS: tuple[Setting, ...] = (
         sql=Sql("d.secure_boot", IS_TRUE),
     ),
     Setting(
+        "system_integrity_protection.required",
+        "Require System Integrity Protection",
+        "macOS System Integrity Protection is on (Macs managed through Apple MDM report it).",
+        "boolean",
+        frozenset({Platform.macos}),
+        lambda o: o.security("system_integrity_protection"),
+        _is_true,
+        reads="security.system_integrity_protection",
+        sql=Sql(
+            "CASE WHEN jsonb_typeof(d.facts -> 'system_integrity_protection') = 'boolean' "
+            "THEN (d.facts -> 'system_integrity_protection')::boolean END",
+            IS_TRUE,
+        ),
+    ),
+    Setting(
         "checkin.max_days",
         "Maximum days since the last check-in",
         "The device checked in with Corral within this many days.",

@@ -43,6 +43,8 @@ class Security(_Strict):
     passcode_set: bool | None = None
     jailbroken: bool | None = None
     secure_boot: bool | None = None
+    #: macOS System Integrity Protection (reported through Apple MDM).
+    system_integrity_protection: bool | None = None
     # What the device's password policy asks (minimum length) and after how many idle minutes it locks.
     passcode_min_length: Annotated[int, Field(ge=0, le=256, strict=True)] | None = None
     screen_lock_timeout_minutes: Annotated[int, Field(ge=0, le=100_000, strict=True)] | None = None
