@@ -123,7 +123,7 @@ async def _scenario(
         return result
 
     inventoried = await until(
-        lambda: _when(detail(), lambda d: d["inventory"].get("os", {}).get("name") == "iOS"), "the inventory"
+        lambda: _when(detail(), lambda d: bool(d["apple_mdm"]["facts"].get("certificates"))), "the inventory"
     )
     assert (
         inventoried["storage_total_bytes"] == 256 * 10**9 and inventoried["apple_mdm"]["push_state"] == "ok"

@@ -20,9 +20,22 @@ from corral.apple.simulator import AppleDevice, ScepRefused, SimulatorError
 from corral.config import Settings
 from corral.kit import cms
 from corral.kit.security import token_digest
-from corral.models import ApplePendingIdentity, AppleScepChallenge, EnrollmentToken, ServiceCertificate
+from corral.models import (
+    ApplePendingIdentity,
+    ApplePushCertificate,
+    AppleScepChallenge,
+    EnrollmentToken,
+    ServiceCertificate,
+)
 from corral.rbac.roles import GLOBAL_ADMINISTRATOR
-from tests.apple.support import apple_token, ca_certificate, set_up_push_certificate
+from tests.apple.support import (
+    PUSH_URL,
+    apple_issues,
+    apple_token,
+    ca_certificate,
+    new_topic,
+    set_up_push_certificate,
+)
 from tests.conftest import Admin, Factory, audit_rows, count_rows
 
 ENROLL = "/apple/v1/enroll"
@@ -107,6 +120,8 @@ async def test_the_profile_is_refused_without_a_push_certificate_or_a_good_token
     secret = await apple_token(client, admin)
     no_push = await client.get(profile_url(secret))
     assert no_push.status_code == 409 and "push certificate" in no_push.json()["detail"]
+    [not_ready] = await audit_rows(sessionmaker, activity="device.enroll")
+    assert not_ready.result == "failure" and "Apple enrollment is not set up" in (not_ready.detail or "")
     await set_up_push_certificate(client, admin)
 
     unknown = await client.get(profile_url("cet_" + "x" * 32))
@@ -126,6 +141,7 @@ async def test_the_profile_is_refused_without_a_push_certificate_or_a_good_token
     # Nothing was handed out for any of them.
     assert await count_rows(sessionmaker, "apple_scep_challenges") == 0
     details = " | ".join(e.detail or "" for e in await audit_rows(sessionmaker, activity="device.enroll"))
+    assert details.count("/apple/v1/enroll:") == 4
     for text in ("is not valid", "does not allow this platform", "has expired"):
         assert f"/apple/v1/enroll: the enrollment token {text}" in details
 
@@ -197,3 +213,36 @@ async def test_the_simulator_refuses_a_profile_signed_by_someone_else(
     )  # a CA of Corral's, but not the profile signer's
     with pytest.raises(SimulatorError, match="not signed by a certificate the trusted CA issued"):
         await AppleDevice("mac").fetch_profile(client, profile_url(secret), other)
+
+
+async def test_the_profile_is_refused_while_the_push_certificate_is_expired(
+    client: httpx.AsyncClient, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    admin = await factory.admin(GLOBAL_ADMINISTRATOR.name)
+    secret = await apple_token(client, admin)
+    # An expired certificate is refused at upload (422, nothing saved); one that expired in use is the
+    # stored certificate's end moved into the past.
+    request = await client.post(f"{PUSH_URL}/request", headers=admin.headers)
+    expired = apple_issues(
+        request.json()["csr_pem"],
+        new_topic(),
+        starts=dt.datetime.now(dt.UTC) - dt.timedelta(days=400),
+        days=365,
+    )
+    refused = await client.put(PUSH_URL, json={"certificate_pem": expired}, headers=admin.headers)
+    assert refused.status_code == 422 and "not valid now" in refused.json()["detail"], refused.text
+    await set_up_push_certificate(client, admin)
+    async with sessionmaker() as session:
+        await session.execute(
+            update(ApplePushCertificate)
+            .where(ApplePushCertificate.certificate_pem.is_not(None))
+            .values(not_after=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+        )
+        await session.commit()
+
+    response = await client.get(profile_url(secret))
+    assert response.status_code == 409, response.text
+    assert "the Apple MDM push certificate has expired" in response.json()["detail"]
+    # No challenge was handed out, and no profile download recorded.
+    assert await count_rows(sessionmaker, "apple_scep_challenges") == 0
+    assert await audit_rows(sessionmaker, activity="apple.enrollment_profile.download") == []

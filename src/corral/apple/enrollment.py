@@ -76,21 +76,32 @@ class AppleEnrollment:
             serial_number=None,
             endpoint=PROFILE_ENDPOINT,
         )
+        now = utcnow()
+        push = await push_certificate_service.current(session)
+        problem = None
         if not settings.base_url.startswith("https://") and not settings.apple_allow_http:
-            raise Conflict(
+            problem = (
                 "Apple devices enroll over HTTPS only: set CORRAL_BASE_URL to this server's https:// address."
             )
-        push = await push_certificate_service.current(session)
-        if push is None or push.topic is None or push.not_after is None:
-            raise Conflict(
+        elif push is None or push.topic is None or push.not_after is None:
+            problem = (
                 "Apple devices cannot enroll yet: an administrator must set up the Apple MDM push "
                 "certificate (in Settings, Apple MDM push certificate)."
             )
-        now = utcnow()
-        if expiry(push.not_after, now).state == "expired":
-            raise Conflict(
+        elif expiry(push.not_after, now).state == "expired":
+            problem = (
                 "Apple devices cannot enroll: the Apple MDM push certificate has expired; an administrator "
                 "must renew it."
+            )
+        if problem is not None or push is None or push.topic is None:
+            raise await enrollment_service.refuse(
+                refusals,
+                token,
+                None,
+                "apple_not_ready",
+                Conflict(problem or "Apple enrollment is not set up."),
+                endpoint=PROFILE_ENDPOINT,
+                text="Apple enrollment is not set up (push certificate or HTTPS)",
             )
         challenge = secrets.token_urlsafe(32)
         session.add(

@@ -343,6 +343,7 @@ class AppleDevice:
     refuse_profiles: bool = False
     #: Configuration profiles installed by the server: identifier → profile.
     installed_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _session: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def connect(self, client: httpx.AsyncClient, report: dict[str, Any]) -> httpx.Response:
         """One request to the ServerURL: a status report (or Idle)."""
@@ -351,7 +352,12 @@ class AppleDevice:
 
     async def connect_loop(self, client: httpx.AsyncClient, *, limit: int = 100) -> list[str]:
         """What the device does when pushed: Idle, then answer each command until the server has no more.
-        Returns the RequestTypes it received."""
+        Returns the RequestTypes it received. One session at a time, as a device does (a push during a
+        session is taken after it)."""
+        async with self._session:
+            return await self._connect_loop(client, limit)
+
+    async def _connect_loop(self, client: httpx.AsyncClient, limit: int) -> list[str]:
         report: dict[str, Any] = {"Status": "Idle"}
         handled: list[str] = []
         for _ in range(limit):

@@ -115,7 +115,10 @@ class Lock(CommandType):
     name, label, permission = "lock", "Lock", P.remote_lock
     params = LockParams
     ttl = timedelta(days=1)
-    description = "Locks the screen now, optionally with a message and a phone number."
+    description = (
+        "Locks the screen now, optionally with a message and a phone number (a Mac managed through Apple MDM "
+        "also takes a six-digit PIN that unlocks it)."
+    )
 
 
 class Wipe(EndsManagement):
