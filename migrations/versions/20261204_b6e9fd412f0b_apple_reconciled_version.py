@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "b6e9fd412f0b"
 down_revision: str | None = "f55bd985b397"
 branch_labels: str | Sequence[str] | None = None
