@@ -262,11 +262,12 @@ def simulate(
         if platform not in KINDS:
             raise _fail(f"--platform must be one of {', '.join(KINDS)}")
 
-        async def apple() -> Any:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+    async def main() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if platform is not None:
             return await run_apple(
                 url,
                 token,
@@ -278,19 +279,6 @@ def simulate(
                 progress=print_progress,
                 stop=stop,
             )
-
-        apple_stats = asyncio.run(apple())
-        typer.echo("")
-        typer.echo(f"done: {apple_stats.line()}")
-        if apple_stats.enrolled == 0:
-            raise typer.Exit(1)
-        return
-
-    async def main() -> Any:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         return await run_simulation(
             url,
             token,

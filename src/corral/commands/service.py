@@ -826,19 +826,12 @@ class CommandService:
         self, session: AsyncSession, device: Device, command_type: CommandType, outcome: Outcome
     ) -> None:
         if outcome.ends_management is not None:
-            before = device.management_state
-            device.management_state = outcome.ends_management
-            revoked = await device_service.revoke_certificates(session, device.id, command_type.name)
-            await audit_service.record(
+            await self._end_management(
                 session,
-                activity=f"device.{outcome.ends_management.value}",
-                category="device",
-                operation="update",
-                target_type="device",
-                target_id=device.id,
-                target_name=device.name,
-                changes=[("management_state", before, device.management_state)],
-                detail=f"{command_type.label} taken by the device; {revoked} certificate(s) revoked",
+                device,
+                outcome.ends_management,
+                command_type.name,
+                f"{command_type.label} taken by the device",
             )
         if outcome.name is not None:
             device.name = outcome.name
@@ -852,22 +845,34 @@ class CommandService:
         for command in commands:
             command.status = CommandStatus.canceled
             command.completed_at = now
-        before = device.management_state
-        device.management_state = ManagementState.retired
-        revoked = await device_service.revoke_certificates(session, device.id, "checked_out")
         await session.flush()
+        await self._end_management(
+            session,
+            device,
+            ManagementState.retired,
+            "checked_out",
+            f"{detail}; {len(commands)} open command(s) canceled",
+        )
+        return len(commands)
+
+    async def _end_management(
+        self, session: AsyncSession, device: Device, state: ManagementState, reason: str, detail: str
+    ) -> None:
+        """Management ends (retired, wiped): the state set, the device's certificates revoked, audited."""
+        before = device.management_state
+        device.management_state = state
+        revoked = await device_service.revoke_certificates(session, device.id, reason)
         await audit_service.record(
             session,
-            activity="device.retired",
+            activity=f"device.{state.value}",
             category="device",
             operation="update",
             target_type="device",
             target_id=device.id,
             target_name=device.name,
             changes=[("management_state", before, device.management_state)],
-            detail=f"{detail}; {revoked} certificate(s) revoked, {len(commands)} open command(s) canceled",
+            detail=f"{detail}; {revoked} certificate(s) revoked",
         )
-        return len(commands)
 
     # ------------------------------------------------------------------------------- expiry
     async def _expire(
