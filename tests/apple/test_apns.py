@@ -197,14 +197,16 @@ async def test_a_connection_apns_closed_while_idle_is_opened_again(tmp_path: Pat
         assert first.connection != second.connection
 
 
-async def test_a_thousand_devices_are_pushed_at_once(apns: ApnsStandin, client: ApnsClient) -> None:
-    devices = {n: token() for n in range(1000)}
+async def test_hundreds_of_devices_are_pushed_at_once(apns: ApnsStandin, client: ApnsClient) -> None:
+    """More pushes than the stand-in's 100 concurrent streams, over one connection (bench/apple_push_fanout.py
+    measures 10,000)."""
+    devices = {n: token() for n in range(300)}
     started = time.perf_counter()
     results = await client.push_many([(n, device, TOPIC, f"magic-{n}") for n, device in devices.items()])
     took = time.perf_counter() - started
-    print(f"1,000 pushes in {took:.2f} s")
+    print(f"300 pushes in {took:.2f} s")
     assert {n: result.outcome for n, result in results.items()} == dict.fromkeys(devices, Outcome.sent)
-    pushes = await apns.wait_for(1000)
+    pushes = await apns.wait_for(300)
     assert sorted(push.token for push in pushes) == sorted(device.hex() for device in devices.values())
     assert {push.magic for push in pushes} == {f"magic-{n}" for n in devices}
     assert len({push.connection for push in pushes}) == 1  # multiplexed over one connection

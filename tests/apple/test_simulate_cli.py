@@ -38,7 +38,7 @@ async def test_simulated_iphones_enroll_and_report_inventory(
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "corral.cli", "simulate",
         "--url", live.url, "--token", secret, "--devices", "3", "--platform", "ios",
-        "--duration", "6", "--connect-interval", "2",
+        "--duration", "3", "--connect-interval", "1",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
