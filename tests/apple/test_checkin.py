@@ -329,6 +329,8 @@ async def test_a_body_that_is_not_an_mdm_plist_gets_400_and_changes_nothing(
     assert response.status_code == 400 and "property list" in response.json()["detail"]
     device, _ = await stored(sessionmaker)
     assert device.management_state == "managed"
+    [refused] = await audit_rows(sessionmaker, activity="device.apple.message")
+    assert refused.result == "failure" and "not a valid MDM property list" in (refused.detail or "")
 
 
 async def test_an_oversized_body_is_refused_before_it_is_read(

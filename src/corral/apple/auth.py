@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from corral.apple import plist
+from corral.audit.refusals import Refusal, get_refusals
 from corral.checkin.auth import (
     CLIENT_CERT,
     ENDED_STATES,
@@ -41,6 +42,7 @@ from corral.checkin.auth import (
     issued_by_device_ca,
     refuse_device,
 )
+from corral.checkin.throttle import endpoint_of
 from corral.config import Settings
 from corral.errors import BadRequest
 from corral.kit import cms, context
@@ -192,6 +194,21 @@ async def authenticate(request: Request, session: AsyncSession, settings: Settin
         raise await refuse_device(
             request, refused.code, REASONS[refused.code], refused.device, refused.message
         ) from None
+    except BadRequest:
+        # A proven device sent something that is not an MDM property list: nothing changes, audited.
+        await (await get_refusals(request)).record(
+            Refusal(
+                activity="device.apple.message",
+                category="device",
+                operation="update",
+                endpoint=endpoint_of(request),
+                reason="malformed_plist",
+                text="the body is not a valid MDM property list",
+                source=context.current().client_ip,
+                actor=context.Actor(type="device", name="Apple device"),
+            )
+        )
+        raise
     except DeviceEnded as ended:
         # Audited and counted like a refusal; the answer is Apple's document, not a 401.
         await refuse_device(
