@@ -361,3 +361,24 @@ async def test_a_macs_security_posture_is_read_by_compliance(
     assert assigned.status_code == 200, assigned.text
     compliance = (await client.get(f"/api/v1/devices/{device_id}/compliance", headers=admin.headers)).json()
     assert compliance["state"] == "compliant", compliance
+
+
+async def test_connections_of_one_device_at_the_same_time_do_not_deadlock(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:
+    """A device polling twice at once (a push during a session): both answered, neither a 500 (the replay
+    check's nonce row holds a key-share lock on the device, which the connection's lock must not fight)."""
+    import asyncio
+
+    admin = await factory.admin(GLOBAL_ADMINISTRATOR.name)
+    phone, _ = await enrolled_apple(client, admin, sessionmaker, settings)
+    await phone.connect_loop(client)
+    for round_ in range(5):
+        # Different bodies (so different signatures: identical ones would wait on each other's nonce).
+        answers = await asyncio.gather(
+            *(phone.connect(client, {"Status": "Idle", "Round": f"{round_}.{n}"}) for n in range(4))
+        )
+        assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]

@@ -196,7 +196,8 @@ class ApnsClient:
         push sent twice is harmless (the device checks in once)."""
         try:
             return await self._http.post(path, headers=headers, content=body)
-        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.LocalProtocolError):
+            # LocalProtocolError: the connection was closed (GOAWAY) while this request was being sent.
             return await self._http.post(path, headers=headers, content=body)
 
     async def push_many(self, items: Sequence[tuple[K, bytes, str, str]]) -> dict[K, PushResult]:

@@ -305,7 +305,7 @@ class AppleCheckin:
 
     # -------------------------------------------------------------------------------- CheckOut
     async def check_out(self, session: AsyncSession, device: Device, enrollment: AppleEnrollment) -> None:
-        await session.execute(select(Device.id).where(Device.id == device.id).with_for_update())
+        await session.execute(select(Device.id).where(Device.id == device.id).with_for_update(key_share=True))
         enrollment.ended_at = utcnow()
         enrollment.push_token = None
         enrollment.push_magic = None

@@ -81,7 +81,7 @@ class AppleConnect:
         if status not in STATUSES:
             raise BadRequest("Status must be Idle, Acknowledged, Error, CommandFormatError or NotNow.")
         now = utcnow()
-        await session.execute(select(Device.id).where(Device.id == device.id).with_for_update())
+        await session.execute(select(Device.id).where(Device.id == device.id).with_for_update(key_share=True))
         skip = None
         changed = False
         if status != "Idle":
