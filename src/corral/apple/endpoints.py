@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends
-
 from corral.apple.push_certificate import expiry, push_certificate_service
 from corral.apple.schemas import (
     PushCertificateOut,
@@ -13,18 +9,14 @@ from corral.apple.schemas import (
     PushCertificateStatus,
     PushCertificateUpload,
 )
-from corral.auth.dependencies import Require
+from corral.auth.dependencies import SettingsRead, SettingsWrite
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
 from corral.kit.time import utcnow
 from corral.models import ApplePushCertificate
-from corral.rbac.permissions import P
-from corral.rbac.principal import Principal
 
 router = APIRouter(prefix="/apple/push-certificate", tags=["apple"])
-SettingsRead = Annotated[Principal, Depends(Require(P.settings_read))]
-SettingsWrite = Annotated[Principal, Depends(Require(P.settings_write))]
 
 
 def certificate_out(row: ApplePushCertificate) -> PushCertificateOut:

@@ -191,3 +191,6 @@ def current_user_session(request: Request) -> UserSession:
 
 PUBLIC = Depends(Public())
 SignedIn = Annotated[Principal, Depends(Authenticated())]
+#: Tenant settings (and the identity, SCIM and Apple connections under them): read, and change.
+SettingsRead = Annotated[Principal, Depends(Require(P.settings_read))]
+SettingsWrite = Annotated[Principal, Depends(Require(P.settings_write))]

@@ -41,7 +41,6 @@ router = APIRouter(tags=["compliance"])
 ComplianceRead = Annotated[Principal, Depends(Require(P.compliance_read))]
 ComplianceWrite = Annotated[Principal, Depends(Require(P.compliance_write))]
 DevicesRead = Annotated[Principal, Depends(Require(P.devices_read))]
-SettingsRead = Annotated[Principal, Depends(Require(P.settings_read))]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": "Refused: see the problem's detail"}}
 

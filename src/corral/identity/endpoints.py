@@ -1,23 +1,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Response, status
+from fastapi import Response, status
 
-from corral.auth.dependencies import Require
+from corral.auth.dependencies import SettingsRead, SettingsWrite
 from corral.identity.schemas import IdentityConnectionCreate, IdentityConnectionOut, IdentityConnectionUpdate
 from corral.identity.service import identity_service
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
-from corral.rbac.permissions import P
-from corral.rbac.principal import Principal
 
 router = APIRouter(prefix="/identity-connections", tags=["identity connections"])
 
-SettingsRead = Annotated[Principal, Depends(Require(P.settings_read))]
-SettingsWrite = Annotated[Principal, Depends(Require(P.settings_write))]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
 INVALID: dict[int | str, dict[str, Any]] = {
     422: {"description": "Invalid, or the provider's discovery document is unreachable or invalid"}

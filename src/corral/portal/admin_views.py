@@ -17,7 +17,7 @@ from corral.apple.push_certificate import expiry, push_certificate_service
 from corral.audit.endpoints import CSV_HEADER, csv_row
 from corral.audit.schemas import AuditFilter
 from corral.audit.service import audit_service
-from corral.auth.dependencies import Authenticated, Require
+from corral.auth.dependencies import Authenticated, Require, SettingsRead, SettingsWrite
 from corral.compliance import catalog as compliance_catalog
 from corral.devices.overview import DeviceOverview, device_overview
 from corral.errors import CorralError, Forbidden, ValidationFailed
@@ -53,8 +53,6 @@ RolesAssign = Annotated[Principal, Depends(Require(P.roles_assign))]
 TagsRead = Annotated[Principal, Depends(Require(P.scope_tags_read))]
 TagsWrite = Annotated[Principal, Depends(Require(P.scope_tags_write))]
 AuditRead = Annotated[Principal, Depends(Require(P.audit_read))]
-SettingsRead = Annotated[Principal, Depends(Require(P.settings_read))]
-SettingsWrite = Annotated[Principal, Depends(Require(P.settings_write))]
 
 
 def _first_error(exc: ValidationError) -> str:

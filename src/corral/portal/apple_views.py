@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import Form, Request
 from fastapi.responses import Response
 
-from corral.apple.endpoints import SettingsRead, SettingsWrite, certificate_out
+from corral.apple.endpoints import certificate_out
 from corral.apple.push_certificate import MAX_PEM, push_certificate_service
+from corral.auth.dependencies import SettingsRead, SettingsWrite
 from corral.errors import CorralError, NotFound
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep

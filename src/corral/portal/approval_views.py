@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
-from corral.auth.dependencies import Require
+from corral.auth.dependencies import Require, SettingsWrite
 from corral.commands.registry import REGISTRY
 from corral.commands.service import command_service
 from corral.devices.service import MIN_REASON
@@ -27,7 +27,6 @@ from corral.tenant.service import tenant_service
 router = APIRouter(prefix="/portal", include_in_schema=False)
 
 RemoteApprove = Annotated[Principal, Depends(Require(P.remote_approve))]
-SettingsWrite = Annotated[Principal, Depends(Require(P.settings_write))]
 APPROVALS = "/portal/approvals"
 
 

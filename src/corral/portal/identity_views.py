@@ -9,7 +9,7 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from corral.auth.dependencies import Require
+from corral.auth.dependencies import SettingsRead, SettingsWrite
 from corral.errors import CorralError
 from corral.identity.schemas import IdentityConnectionCreate, IdentityConnectionUpdate
 from corral.identity.service import identity_service
@@ -17,13 +17,9 @@ from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
 from corral.portal.rendering import redirect, render
-from corral.rbac.permissions import P
-from corral.rbac.principal import Principal
 
 router = APIRouter(prefix="/portal/identity-connections", include_in_schema=False)
 
-SettingsRead = Annotated[Principal, Depends(Require(P.settings_read))]
-SettingsWrite = Annotated[Principal, Depends(Require(P.settings_write))]
 Text = Annotated[str, Form(max_length=1024)]
 Flag = Annotated[str, Form(max_length=8)]
 

@@ -4,25 +4,21 @@ Calls the same service as ``/api/v1/identity-connections/{id}/scim-token``."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Request
 from fastapi.responses import Response
 
-from corral.auth.dependencies import Require
+from corral.auth.dependencies import SettingsRead, SettingsWrite
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
 from corral.portal.rendering import clear_reveal, read_reveal, redirect, render, set_reveal
 from corral.rbac.permissions import P
-from corral.rbac.principal import Principal
 from corral.scim.endpoints import scim_url
 from corral.scim.service import scim_service
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
 
-SettingsRead = Annotated[Principal, Depends(Require(P.settings_read))]
-SettingsWrite = Annotated[Principal, Depends(Require(P.settings_write))]
 REVEAL = "scim-token"
 
 

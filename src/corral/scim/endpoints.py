@@ -12,7 +12,7 @@ from fastapi import Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from corral.auth.dependencies import Require
+from corral.auth.dependencies import Require, SettingsWrite
 from corral.kit.db import SessionDep
 from corral.kit.deps import SettingsDep
 from corral.kit.routing import APIRouter
@@ -263,7 +263,6 @@ async def delete_group(session: SessionDep, connection: ScimToken, group_id: str
 
 # ------------------------------------------------------------------------------------- the admin API
 api_router = APIRouter(tags=["identity"])
-SettingsWrite = Annotated[Principal, Depends(Require(P.settings_write))]
 
 
 class ScimTokenOut(BaseModel):
