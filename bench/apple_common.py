@@ -10,22 +10,17 @@ lines) rather than imported with the test fixtures around them.
 from __future__ import annotations
 
 import atexit
-import datetime as dt
-import functools
 import shutil
 import subprocess
 import sys
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 from common import ROOT
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from push_common import Server, corral_env
 
 if str(ROOT) not in sys.path:
@@ -33,64 +28,15 @@ if str(ROOT) not in sys.path:
 
 from corral.config import Settings
 from tests.peers.apns_standin import ApnsStandin
+from tests.peers.apple_ca import apple_ca_pem, apple_issues, new_topic
 
-__all__ = ["ApnsStandin"]
+__all__ = ["ApnsStandin", "apple_ca_pem", "apple_issues", "new_topic"]
 
 PUSH_URL = "/api/v1/apple/push-certificate"
 # A schedule whose latest tick is always long past: the worker defers no periodic job (as tests/worker's
 # QUIET), so what it spends is the pushes'.
 NEVER = "0 0 29 2 *"
 QUIET = {f"CORRAL_{name.upper()}": NEVER for name in Settings.model_fields if name.endswith("_cron")}
-
-_APPLE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-_APPLE = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Apple Application Integration 2 CA (bench)")])
-
-
-def apple_issues(csr_pem: str, topic: str) -> str:
-    """What Apple's portal hands back for a CSR: a certificate for its key whose subject's UID is the topic,
-    from the stand-in "Apple" CA (tests/apple/support.py)."""
-    csr = x509.load_pem_x509_csr(csr_pem.encode())
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.USER_ID, topic),
-                    x509.NameAttribute(NameOID.COMMON_NAME, f"APSP:{uuid.uuid4()}"),
-                ]
-            )
-        )
-        .issuer_name(_APPLE)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=365))
-        .sign(_APPLE_KEY, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM).decode()
-
-
-@functools.cache
-def apple_ca_pem() -> bytes:
-    """The stand-in "Apple" CA's certificate: the APNs stand-in requires client certificates from it."""
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_APPLE)
-        .issuer_name(_APPLE)
-        .public_key(_APPLE_KEY.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=3650))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(_APPLE_KEY, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM)
-
-
-def new_topic() -> str:
-    return f"com.apple.mgmt.External.{uuid.uuid4()}"
 
 
 async def set_up_push_certificate(client: httpx.AsyncClient, base_url: str, api_token: str) -> str:

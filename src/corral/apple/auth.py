@@ -34,10 +34,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from corral.apple import plist
+from corral.assignments.engine import desired_version
 from corral.audit.refusals import Refusal, get_refusals
 from corral.checkin.auth import (
     CLIENT_CERT,
     ENDED_STATES,
+    client_cert_allowed,
     client_certificate,
     issued_by_device_ca,
     refuse_device,
@@ -47,7 +49,6 @@ from corral.config import Settings
 from corral.errors import BadRequest
 from corral.kit import cms, context
 from corral.kit.db import SessionDep
-from corral.kit.middleware import is_trusted_proxy
 from corral.kit.time import utcnow
 from corral.models import AppleEnrollment, ApplePendingIdentity, Device, DeviceCertificate, DeviceNonce
 from corral.pki import certs
@@ -78,8 +79,10 @@ REASONS = {
     "wrong_channel": "the device is managed through the agent, not Apple MDM",
 }
 
+# The device's desired-state version rides along (as in the agents' lookup): the connection compares the
+# device's configuration profiles only when it moved, without a statement of its own.
 _LOOKUP = (
-    select(DeviceCertificate, Device, AppleEnrollment)
+    select(DeviceCertificate, Device, AppleEnrollment, desired_version(Device.id).label("desired"))
     .join(Device, Device.id == DeviceCertificate.device_id)
     .outerjoin(AppleEnrollment, AppleEnrollment.device_id == Device.id)
     .where(DeviceCertificate.fingerprint_sha256 == bindparam("fingerprint"))
@@ -113,6 +116,8 @@ class AppleCaller:
     #: The SCEP identity no device holds yet (only an Authenticate may use it).
     pending: ApplePendingIdentity | None = None
     method: str = "signature"
+    #: The device's desired-state version when it was authenticated (0: nothing assigned).
+    desired_state_version: int = 0
 
 
 class DeviceEnded(Exception):
@@ -135,11 +140,6 @@ class _Refused(Exception):
         self.message = REASONS[code] + (f" ({explanation})" if explanation else "")
 
 
-def _client_cert_allowed(request: Request, settings: Settings) -> bool:
-    peer = request.client.host if request.client else None
-    return settings.client_cert_header and is_trusted_proxy(peer, settings.trusted_proxy_networks)
-
-
 def _proof(request: Request, settings: Settings, body: bytes) -> tuple[x509.Certificate, cms.Signed | None]:
     header = request.headers.get(SIGNATURE)
     if header is not None:
@@ -156,7 +156,7 @@ def _proof(request: Request, settings: Settings, body: bytes) -> tuple[x509.Cert
             raise _Refused(code, explanation=str(exc)) from exc
         return signed.signer, signed
     value = request.headers.get(CLIENT_CERT)
-    if value is not None and _client_cert_allowed(request, settings):
+    if value is not None and client_cert_allowed(request, settings):
         try:
             return client_certificate(value), None
         except ValueError as exc:
@@ -185,7 +185,7 @@ async def authenticate(request: Request, session: AsyncSession, settings: Settin
     is parsed)."""
     try:
         if request.headers.get(SIGNATURE) is None and not (
-            CLIENT_CERT in request.headers and _client_cert_allowed(request, settings)
+            CLIENT_CERT in request.headers and client_cert_allowed(request, settings)
         ):
             raise _Refused("unsigned")  # before a byte of the body is read
         body = await request.body()
@@ -241,7 +241,8 @@ async def _authenticate(
     )
     if row is None:
         return caller
-    stored, device, enrollment = row
+    stored, device, enrollment, desired = row
+    caller.desired_state_version = int(desired or 0)
     caller.device, caller.certificate, caller.enrollment = device, stored, enrollment
     if device.management_state in ENDED_STATES or (
         enrollment is not None and enrollment.ended_at is not None

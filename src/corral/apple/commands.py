@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from corral.commands.registry import CommandType
-from corral.models import Ownership, Platform
+from corral.commands.registry import CommandType, Target
+from corral.models import Platform
 
 APPLE = frozenset({Platform.ios, Platform.ipados, Platform.macos})
 MOBILE = frozenset({Platform.ios, Platform.ipados})
@@ -65,12 +65,8 @@ INVENTORY: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-class AppleTarget(Protocol):
-    @property
-    def platform(self) -> Platform: ...
-
-    @property
-    def ownership(self) -> Ownership: ...
+class AppleTarget(Target, Protocol):
+    """What the Apple rules read of a device: the registry's target, and whether it is supervised."""
 
     @property
     def supervised(self) -> bool | None: ...
@@ -112,11 +108,9 @@ def refusal(command_type: CommandType, params: dict[str, Any] | None, device: Ap
     if device.platform in rule.supervised_on and device.supervised is not True:
         state = "it has not reported whether it is (sync first)" if device.supervised is None else "it is not"
         return f"{label} needs a supervised {what}; {state}."
-    if command_type.company_only and device.ownership is not Ownership.company:
-        extra = " Retire it instead: retire removes corporate data and keeps personal data."
-        return f"{label} is only for company-owned devices; this one is personal." + (
-            extra if command_type.name == "wipe" else ""
-        )
+    ownership = command_type.ownership_refusal(device)
+    if ownership:
+        return ownership
     if params is None:
         return None
     if command_type.name in ("lock", "wipe"):

@@ -29,7 +29,6 @@ from corral.apple.auth import AppleCaller
 from corral.apple.checkin import unlock_box
 from corral.apple.identities import PROFILE_SIGNER, identities
 from corral.assignments import hooks as assignment_hooks
-from corral.assignments import repository as assignments_repository
 from corral.commands.schemas import CommandResult
 from corral.commands.service import command_service
 from corral.compliance.service import compliance_service
@@ -95,7 +94,7 @@ class AppleConnect:
         if changed:
             await assignment_hooks.device_changed(session, device)
             await compliance_service.evaluate(session, [device.id], now, reason="check-in")
-        await self._reconcile(session, settings, device, enrollment, now)
+        await self._reconcile(session, settings, device, enrollment, caller.desired_state_version, now)
         return await self._next(session, settings, device, enrollment, now, skip)
 
     # ---------------------------------------------------------------------------- configuration profiles
@@ -105,12 +104,12 @@ class AppleConnect:
         settings: Settings,
         device: Device,
         enrollment: AppleEnrollment,
+        version: int,
         now: datetime,
     ) -> None:
         """Queue InstallProfile for each profile that reaches the device at a version it does not have, and
-        RemoveProfile for each it has that no longer reaches it; only when its desired state moved since the
-        last time (one indexed read per connection otherwise)."""
-        version = await assignments_repository.desired_state_version(session, device.id)
+        RemoveProfile for each it has that no longer reaches it; only when its desired state (``version``,
+        read with the authentication) moved since the last time."""
         if version == enrollment.reconciled_version:
             return
         # Right after a ProfileList answer, what the device says it has counts too: a profile Corral

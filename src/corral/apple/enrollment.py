@@ -27,8 +27,8 @@ from corral.audit.refusals import RefusalLog
 from corral.audit.service import audit_service
 from corral.config import Settings
 from corral.enrollment import repository as enrollment_repository
-from corral.enrollment.service import RefusedEnrollment, TokenNames, enrollment_service, token_status
-from corral.errors import Conflict
+from corral.enrollment.service import enrollment_service, token_status
+from corral.errors import BadRequest, Conflict
 from corral.kit import context
 from corral.kit.rate_limit import ClientRateLimit
 from corral.kit.security import token_digest
@@ -251,29 +251,18 @@ class AppleEnrollment:
     ) -> None:
         """Counted and audited like a refused enrollment, and against the address's refusal limit (a FAILURE
         answer is a 200, which the enrollment throttle does not see)."""
-        names = TokenNames(token.id, token.name, token.prefix) if token is not None else None
-        client = context.current().client_ip
         if limit is not None:
-            await limit.count(client)
-        await refusals.record(
-            RefusedEnrollment(
-                activity="apple.scep.issue",
-                category="enrollment",
-                operation="create",
-                endpoint=SCEP_ENDPOINT,
-                reason=reason,
-                text=SCEP_REASONS[reason],
-                source=client,
-                actor=context.Actor(
-                    type="device",
-                    name=f"enrollment token {names.prefix}…" if names else "unknown SCEP client",
-                ),
-                target_type="enrollment_token" if names else None,
-                target_id=names.id if names else None,
-                target_name=names.name if names else None,
-                subject=f"enrollment_token:{names.id}" if names else None,
-                token_id=names.id if names else None,
-            )
+            await limit.count(context.current().client_ip)
+        await enrollment_service.refuse(
+            refusals,
+            token,
+            None,
+            reason,
+            BadRequest(SCEP_REASONS[reason]),
+            endpoint=SCEP_ENDPOINT,
+            text=SCEP_REASONS[reason],
+            activity="apple.scep.issue",
+            category="enrollment",
         )
 
 

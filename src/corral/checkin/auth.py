@@ -316,7 +316,9 @@ async def refuse_device(
     return NotAuthenticated(message)
 
 
-def _client_cert_allowed(request: Request, settings: Settings) -> bool:
+def client_cert_allowed(request: Request, settings: Settings) -> bool:
+    """Whether this request may identify its device by an RFC 9440 ``Client-Cert`` header: the setting is on
+    and the peer is a trusted proxy (every device channel follows the same rule)."""
     peer = request.client.host if request.client else None
     return settings.client_cert_header and is_trusted_proxy(peer, settings.trusted_proxy_networks)
 
@@ -329,7 +331,7 @@ async def authenticate_device(request: Request, session: SessionDep) -> Authenti
     try:
         if signature_input and request.headers.get("signature"):
             authenticated = await _by_signature(request, session, settings, signature_input)
-        elif client_cert is not None and not signature_input and _client_cert_allowed(request, settings):
+        elif client_cert is not None and not signature_input and client_cert_allowed(request, settings):
             authenticated = await _by_client_certificate(request, session, client_cert)
         else:
             raise _Refused("unsigned")

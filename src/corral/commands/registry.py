@@ -83,6 +83,10 @@ class CommandType:
         """Why this command cannot go to this device, or None."""
         if device.platform not in self.platforms:
             return f"{self.label} is not available for {device.platform.value} devices."
+        return self.ownership_refusal(device)
+
+    def ownership_refusal(self, device: Target) -> str | None:
+        """Why the device's ownership rules the command out (every channel), or None."""
         if self.company_only and device.ownership is not Ownership.company:
             return f"{self.label} is only for company-owned devices; this one is personal."
         return None
@@ -131,9 +135,9 @@ class Wipe(EndsManagement):
     ended_state = ManagementState.wiped
     description = "Factory-resets the device: all data, corporate and personal, is erased."
 
-    def refusal(self, device: Target) -> str | None:
-        refusal = super().refusal(device)
-        if refusal and device.ownership is not Ownership.company and device.platform in self.platforms:
+    def ownership_refusal(self, device: Target) -> str | None:
+        refusal = super().ownership_refusal(device)
+        if refusal:
             refusal += " Retire it instead: retire removes corporate data and keeps personal data."
         return refusal
 

@@ -334,14 +334,17 @@ class EnrollmentService:
         *,
         endpoint: str = "/device/v1/enroll",
         text: str | None = None,
+        activity: str = "device.enroll",
+        category: str = "device",
     ) -> CorralError:
         """Count and audit the refusal (and log it on the token), in a transaction of its own, then hand the
-        error back to raise (the request's own transaction rolls back)."""
+        error back to raise (the request's own transaction rolls back). Apple's SCEP refusals come through
+        here too, as their own activity."""
         actor = f"enrollment token {token.prefix}…" if token else UNKNOWN_TOKEN
         await refusals.record(
             RefusedEnrollment(
-                activity="device.enroll",
-                category="device",
+                activity=activity,
+                category=category,
                 operation="create",
                 endpoint=endpoint,
                 reason=reason,
